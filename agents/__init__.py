@@ -1,0 +1,3 @@
+"""agents."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""envs."""
+
+from __future__ import annotations
