@@ -1,0 +1,192 @@
+"""`Evaluator`: how good is an architecture, measured on the validation split, cached.
+
+Each candidate is compressed from the base model, optionally fine-tuned for a few steps, then its batch-norm
+statistics are recomputed on a few training batches (adaptive BN, EagleEye: Li et al. 2020) before the
+validation accuracy is measured. Stale statistics from the full-width model badly understate a pruned
+model, which would mislead every searcher.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune.compress import compress
+from automl_prune.criteria import Criterion
+from search_spaces import Architecture, SearchSpace
+
+__all__ = ["Evaluator", "Metrics", "recalibrate_batch_norm"]
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What one evaluation measured."""
+
+    accuracy: float
+    loss: float
+    flops: int
+    params: int
+    flops_ratio: float
+    params_ratio: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Recompute every batch norm's running mean and variance as the exact average over ``batches``."""
+    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
+    if not bns:
+        return
+    was_training = model.training
+    model.eval()
+    saved_momentum = []
+    for bn in bns:
+        bn.reset_running_stats()
+        saved_momentum.append(bn.momentum)
+        bn.momentum = None  # cumulative moving average: every batch counts equally
+        bn.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for bn, momentum in zip(bns, saved_momentum):
+            bn.momentum = momentum
+        model.train(was_training)
+
+
+@torch.no_grad()
+def accuracy_and_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on the given tensors."""
+    model.eval()
+    correct = 0
+    loss_sum = 0.0
+    for start in range(0, len(labels), batch_size):
+        x = images[start : start + batch_size]
+        y = labels[start : start + batch_size]
+        logits = model(x)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    n = max(1, len(labels))
+    return correct / n, loss_sum / n
+
+
+class Evaluator:
+    """Scores architectures of one base model on a held-out validation split.
+
+    Args:
+        model: The trained base model (not modified).
+        space: Its search space.
+        train_images: Training images; calibration (and short fine-tune) batches are drawn from them.
+        val_images, val_labels: The validation split the score is measured on (never the test set).
+        criterion: Which channels survive compression.
+        bn_batches, bn_batch_size: How much training data adaptive BN sees.
+        finetune_steps: Optional short fine-tune before adaptive BN (a second, costlier proxy).
+        train_labels: Needed only when ``finetune_steps > 0``.
+        seed: Same seed, same architecture -> same metrics.
+        device: Defaults to CUDA when available.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        train_images: torch.Tensor,
+        val_images: torch.Tensor,
+        val_labels: torch.Tensor,
+        *,
+        criterion: str | Criterion = "l1",
+        bn_batches: int = 10,
+        bn_batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        finetune_steps: int = 0,
+        finetune_lr: float = 0.01,
+        finetune_batch_size: int = 128,
+        train_labels: torch.Tensor | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if finetune_steps > 0 and train_labels is None:
+            raise ValueError("finetune_steps > 0 needs train_labels")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.space = space
+        self.criterion = criterion
+        self.seed = seed
+        self.eval_batch_size = eval_batch_size
+        self.finetune_steps = finetune_steps
+        self.finetune_lr = finetune_lr
+        self.model = model.to(self.device).eval()
+        generator = torch.Generator().manual_seed(seed)
+        n_calib = min(len(train_images), bn_batches * bn_batch_size)
+        calib_idx = torch.randperm(len(train_images), generator=generator)[:n_calib]
+        self._calibration = [
+            train_images[calib_idx[i : i + bn_batch_size]].to(self.device)
+            for i in range(0, n_calib, bn_batch_size)
+        ]
+        self._finetune: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if finetune_steps > 0 and train_labels is not None:
+            ft_idx = torch.randint(
+                len(train_images), (finetune_steps, finetune_batch_size), generator=generator
+            )
+            self._finetune = [
+                (train_images[idx].to(self.device), train_labels[idx].to(self.device)) for idx in ft_idx
+            ]
+        self.val_images = val_images.to(self.device)
+        self.val_labels = val_labels.to(self.device)
+        self._cache: dict[str, Metrics] = {}
+        self.evaluations = 0  # evaluations actually computed (cache misses)
+
+    def build(self, architecture: Architecture) -> nn.Module:
+        """The compressed, recalibrated (and optionally briefly fine-tuned) model for ``architecture``."""
+        self.space.validate(architecture)
+        torch.manual_seed(self.seed)
+        pruned = compress(self.model, self.space.graph, architecture, self.criterion).to(self.device)
+        if self._finetune:
+            self._short_finetune(pruned)
+        recalibrate_batch_norm(pruned, self._calibration)
+        return pruned.eval()
+
+    def _short_finetune(self, model: nn.Module) -> None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
+        model.train()
+        for x, y in self._finetune:
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+        model.eval()
+
+    def evaluate(self, architecture: Architecture) -> Metrics:
+        """Metrics of ``architecture`` on the validation split; repeated calls hit the cache."""
+        key = architecture.key()
+        if key in self._cache:
+            return self._cache[key]
+        start = time.perf_counter()
+        pruned = self.build(architecture)
+        acc, loss = accuracy_and_loss(pruned, self.val_images, self.val_labels, self.eval_batch_size)
+        costs = self.space.costs(architecture)
+        full = self.space.cost_model.full
+        metrics = Metrics(
+            accuracy=acc,
+            loss=loss,
+            flops=costs.flops,
+            params=costs.params,
+            flops_ratio=costs.flops / full.flops,
+            params_ratio=costs.params / full.params,
+            seconds=time.perf_counter() - start,
+        )
+        self._cache[key] = metrics
+        self.evaluations += 1
+        return metrics
+
+    def base_accuracy(self) -> float:
+        """Validation accuracy of the unpruned model with its own statistics."""
+        return accuracy_and_loss(self.model, self.val_images, self.val_labels, self.eval_batch_size)[0]

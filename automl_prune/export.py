@@ -1,0 +1,171 @@
+"""Export a compressed model as plain data (``arch.json`` + a state dict) and rebuild it from them.
+
+Nothing pickled: the architecture is replayed on the base model definition (`compress` with the exported
+widths), then the weights are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune.compress import compress_widths
+from automl_prune.errors import CheckpointError, InvalidArchitectureError
+from automl_prune.graph import analyze
+from search_spaces import Architecture, SearchSpace
+
+__all__ = ["ARCH_SCHEMA_VERSION", "export", "load", "read_arch_json"]
+
+ARCH_SCHEMA_VERSION = 1
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export(
+    out_dir: str | Path,
+    *,
+    model: nn.Module,
+    space: SearchSpace,
+    architecture: Architecture,
+    model_name: str,
+    in_channels: int,
+    num_classes: int,
+    dataset: str | None = None,
+    base_checkpoint_sha256: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    onnx: bool = False,
+) -> Path:
+    """Write ``arch.json`` and ``weights.pt`` (and ``model.onnx`` if asked) into ``out_dir``.
+
+    Args:
+        out_dir: Created if missing.
+        model: The compressed model whose weights are exported (already pruned to ``architecture``).
+        space: The search space of the base model, for costs and validation.
+        architecture: The widths ``model`` was pruned to.
+        model_name: Name the base definition is rebuilt from (`automl_prune.models.build_model`).
+        in_channels, num_classes: How the base definition was adapted to the dataset.
+        dataset: Recorded for the reader.
+        base_checkpoint_sha256: Identifies the base weights the architecture was found on.
+        metrics: Anything measured (accuracies, timings).
+        onnx: Also export ONNX (needs the ``onnx`` extra).
+
+    Returns:
+        The path of ``arch.json``.
+    """
+    out = Path(out_dir)
+    architecture = space.complete(space.validate(architecture))
+    costs = space.costs(architecture)
+    full = space.cost_model.full
+    record = {
+        "schema_version": ARCH_SCHEMA_VERSION,
+        "model": model_name,
+        "dataset": dataset,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "input_shape": [1, *space.graph.input_shape[1:]],
+        "base_checkpoint_sha256": base_checkpoint_sha256,
+        "widths": architecture.widths,
+        "full_widths": {d.name: d.size for d in space.decisions},
+        "flops": costs.flops,
+        "params": costs.params,
+        "base_flops": full.flops,
+        "base_params": full.params,
+        "flops_ratio": costs.flops / full.flops,
+        "metrics": metrics or {},
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write_bytes(out / "weights.pt", lambda fh: torch.save(state, fh))
+    _atomic_write_bytes(out / "arch.json", lambda fh: fh.write(json.dumps(record, indent=2).encode()))
+    if onnx:
+        _export_onnx(model, record["input_shape"], out / "model.onnx")
+    return out / "arch.json"
+
+
+def _export_onnx(model: nn.Module, input_shape: list[int], path: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise CheckpointError("ONNX export needs the onnx extra: pip install 'automl-prune[onnx]'") from exc
+    param = next(model.parameters())
+    example = torch.zeros(input_shape, device=param.device, dtype=param.dtype)
+    model.eval()
+    torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["input"], output_names=["logits"])
+
+
+def read_arch_json(path: str | Path) -> dict[str, Any]:
+    """Read and check an exported ``arch.json``; errors name the file and what is wrong."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise InvalidArchitectureError(f"architecture file not found: {path}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArchitectureError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise InvalidArchitectureError(f"{path} must hold a JSON object, got {type(record).__name__}")
+    missing = [k for k in ("schema_version", "model", "in_channels", "num_classes", "input_shape", "widths")
+               if k not in record]
+    if missing:
+        raise InvalidArchitectureError(f"{path} is not an exported arch.json: missing keys {missing}")
+    if record["schema_version"] != ARCH_SCHEMA_VERSION:
+        raise InvalidArchitectureError(
+            f"{path} has schema_version {record['schema_version']}; this version reads {ARCH_SCHEMA_VERSION}"
+        )
+    return record
+
+
+def load(arch_json: str | Path, weights: str | Path | None = None, *, map_location: str = "cpu") -> nn.Module:
+    """Rebuild an exported model: base definition -> replayed widths -> weights (``weights_only=True``).
+
+    Args:
+        arch_json: An ``arch.json`` written by `export`.
+        weights: Its ``weights.pt``; defaults to the file beside ``arch_json``.
+        map_location: Where tensors are loaded.
+    """
+    from automl_prune.models import build_model
+
+    arch_path = Path(arch_json)
+    record = read_arch_json(arch_path)
+    weights_path = Path(weights) if weights is not None else arch_path.with_name("weights.pt")
+    shape = tuple(record["input_shape"])
+    base = build_model(record["model"], in_channels=record["in_channels"], num_classes=record["num_classes"],
+                       input_size=shape[-1])
+    graph = analyze(base, torch.zeros(shape))
+    widths = {str(k): int(v) for k, v in record["widths"].items()}
+    for name, kept in widths.items():
+        if name not in graph.group_index:
+            raise InvalidArchitectureError(
+                f"{arch_path}: group {name!r} does not exist in model {record['model']!r}"
+            )
+        size = graph.group(name).size
+        if not 1 <= kept <= size:
+            raise InvalidArchitectureError(f"{arch_path}: width of {name!r} must be in [1, {size}], got {kept}")
+    model = compress_widths(base, graph, widths)
+    try:
+        state = torch.load(weights_path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"weights file not found: {weights_path}") from exc
+    except Exception as exc:  # torch raises several types for corrupt files
+        raise CheckpointError(f"cannot read weights {weights_path}: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{weights_path} does not match {arch_path}: {first}") from exc
+    return model.eval()
