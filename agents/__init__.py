@@ -1,3 +1,23 @@
-"""agents."""
+"""Searchers behind one interface: RL agents, Optuna, DMCP and baselines, created by name."""
 
 from __future__ import annotations
+
+from agents.base import HistoryEntry, Searcher, SearchHistory, SearchResult
+from agents.budget import fill_budget, project_to_budget, uniform_architecture
+from automl_prune.registry import Registry
+
+__all__ = [
+    "SEARCHERS",
+    "HistoryEntry",
+    "SearchHistory",
+    "SearchResult",
+    "Searcher",
+    "fill_budget",
+    "project_to_budget",
+    "uniform_architecture",
+]
+
+# Heavy dependencies (stable-baselines3, optuna) load only when their searcher is chosen.
+SEARCHERS: Registry[Searcher] = Registry("agent")
+SEARCHERS.register("uniform", "agents.baselines:UniformSearcher")
+SEARCHERS.register("random", "agents.baselines:RandomSearcher")

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from automl_prune.graph import NetworkGraph
 
@@ -94,6 +95,24 @@ class CostModel:
         ).sum()
         channelwise = (self._channelwise_params_per_channel * cout).sum()
         return Costs(flops=int(flops), params=int(weight_params + channelwise + self.graph.fixed_params))
+
+    def differentiable_flops(self, kept: torch.Tensor) -> torch.Tensor:
+        """FLOPs as a differentiable function of (possibly fractional) kept channels per group.
+
+        ``kept`` is ordered like `group_names`; the result equals `flops` at integer widths.
+        """
+        sizes = torch.as_tensor(self.group_sizes, dtype=kept.dtype, device=kept.device)
+        removed = sizes - kept
+        in_coef = torch.as_tensor(self._in_coef, dtype=kept.dtype, device=kept.device)
+        out_coef = torch.as_tensor(self._out_coef, dtype=kept.dtype, device=kept.device)
+        cin = torch.as_tensor(self._in_full, dtype=kept.dtype, device=kept.device) - in_coef @ removed
+        cout = torch.as_tensor(self._out_full, dtype=kept.dtype, device=kept.device) - out_coef @ removed
+        groups = torch.as_tensor(self._groups, dtype=kept.dtype, device=kept.device)
+        depthwise = torch.as_tensor(self._is_depthwise, device=kept.device)
+        per_out = torch.where(depthwise, torch.ones_like(cin), cin / groups)
+        macs = torch.as_tensor(self._macs_per_unit, dtype=kept.dtype, device=kept.device)
+        weighted = torch.as_tensor(self._is_weighted, device=kept.device)
+        return torch.where(weighted, 2 * macs * cout * per_out, torch.zeros_like(cout)).sum()
 
     def flops(self, widths: Mapping[str, int]) -> int:
         """FLOPs per sample."""

@@ -59,13 +59,15 @@ def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> Non
         for x in batches:
             model(x)
     finally:
-        for bn, momentum in zip(bns, saved_momentum):
+        for bn, momentum in zip(bns, saved_momentum, strict=True):
             bn.momentum = momentum
         model.train(was_training)
 
 
 @torch.no_grad()
-def accuracy_and_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def accuracy_and_loss(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
     """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on the given tensors."""
     model.eval()
     correct = 0
@@ -125,6 +127,9 @@ class Evaluator:
         self.finetune_steps = finetune_steps
         self.finetune_lr = finetune_lr
         self.model = model.to(self.device).eval()
+        # Kept for searchers that train (DMCP) and for the short fine-tune proxy.
+        self.train_images = train_images
+        self.train_labels = train_labels
         generator = torch.Generator().manual_seed(seed)
         n_calib = min(len(train_images), bn_batches * bn_batch_size)
         calib_idx = torch.randperm(len(train_images), generator=generator)[:n_calib]

@@ -188,7 +188,7 @@ class SearchSpace:
         """The FLOPs limit for a budget given as a fraction of the full network's FLOPs."""
         if not 0.0 < fraction <= 1.0:
             raise BudgetError(f"the FLOPs budget must be a fraction in (0, 1], but got {fraction}")
-        budget = int(math.floor(fraction * self.full_flops))
+        budget = math.floor(fraction * self.full_flops)
         if budget < self.min_flops:
             raise BudgetError(
                 f"a FLOPs budget of {fraction:g} ({budget:,} FLOPs) is below what this search space can reach: "

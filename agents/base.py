@@ -1,0 +1,210 @@
+"""The one interface every searcher implements, and the history they all keep."""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from search_spaces import Architecture, SearchSpace
+
+__all__ = ["EvaluatorLike", "HistoryEntry", "SearchHistory", "SearchResult", "Searcher"]
+
+
+class MetricsLike(Protocol):
+    accuracy: float
+    flops: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class EvaluatorLike(Protocol):
+    """What a searcher needs from an evaluator (see `automl_prune.evaluate.Evaluator`)."""
+
+    def evaluate(self, architecture: Architecture) -> MetricsLike: ...
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One evaluated architecture."""
+
+    index: int
+    architecture: Architecture
+    metrics: dict[str, Any]
+    searcher: str
+    time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (one JSON line of ``history.jsonl``)."""
+        return {
+            "index": self.index,
+            "searcher": self.searcher,
+            "time": self.time,
+            "metrics": self.metrics,
+            "architecture": self.architecture.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HistoryEntry:
+        """Inverse of `to_dict`."""
+        return cls(
+            index=int(data["index"]),
+            architecture=Architecture.from_dict(data["architecture"]),
+            metrics=dict(data["metrics"]),
+            searcher=str(data["searcher"]),
+            time=float(data["time"]),
+        )
+
+
+class SearchHistory:
+    """Every evaluation, in order; appended to a JSON-lines file as it happens when given a path."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.entries: list[HistoryEntry] = []
+        if self.path is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        self.entries.append(HistoryEntry.from_dict(json.loads(line)))
+                    except (json.JSONDecodeError, KeyError):
+                        break  # a line cut by a crash: everything before it is intact
+
+    def append(self, entry: HistoryEntry) -> None:
+        """Record one evaluation (flushed and fsynced, so a crash loses nothing finished)."""
+        self.entries.append(entry)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(entry.to_dict()) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def best(self, budget_flops: int | None = None) -> HistoryEntry | None:
+        """The most accurate entry within ``budget_flops`` (ties: fewer FLOPs)."""
+        fitting = [
+            e for e in self.entries if budget_flops is None or e.metrics["flops"] <= budget_flops
+        ]
+        if not fitting:
+            return None
+        return max(fitting, key=lambda e: (e.metrics["accuracy"], -e.metrics["flops"]))
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: the best architecture within budget and everything it evaluated."""
+
+    best: Architecture
+    best_metrics: dict[str, Any]
+    history: list[HistoryEntry]
+    budget_flops: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BudgetViolation(RuntimeError):
+    """A searcher proposed an architecture over budget: a bug in that searcher, never user input."""
+
+
+class Searcher(abc.ABC):
+    """Proposes architectures of ``space`` under ``budget_flops`` and scores them with ``evaluator``.
+
+    Subclasses implement `_run` (propose and call `self._evaluate` until ``self.n_evaluations`` entries
+    exist) and, when they carry learned state, `save`/`restore`. `_evaluate` refuses any architecture over
+    budget, so the guarantee is enforced in one place for every searcher.
+    """
+
+    name: ClassVar[str] = "searcher"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        evaluator: EvaluatorLike,
+        budget_flops: int,
+        *,
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        history: SearchHistory | None = None,
+    ) -> None:
+        if budget_flops < space.min_flops:
+            raise ValueError(
+                f"`budget_flops >= min_flops` must hold, but got {budget_flops=} < {space.min_flops}"
+            )
+        self.space = space
+        self.evaluator = evaluator
+        self.budget_flops = int(budget_flops)
+        self.seed = seed
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        if history is None:
+            history = SearchHistory(self.run_dir / "history.jsonl" if self.run_dir is not None else None)
+        self.history = history
+        self.n_evaluations = 0
+        self._callback: Callable[[HistoryEntry], None] | None = None
+        self._elapsed = 0.0
+
+    def search(self, n_evaluations: int, callback: Callable[[HistoryEntry], None] | None = None) -> SearchResult:
+        """Run until the history holds ``n_evaluations`` entries (continuing a restored search)."""
+        if n_evaluations < 1:
+            raise ValueError(f"`n_evaluations >= 1` must hold, but got {n_evaluations=}")
+        self.n_evaluations = n_evaluations
+        self._callback = callback
+        start = time.perf_counter()
+        if len(self.history) < n_evaluations:
+            self._run()
+        self._elapsed += time.perf_counter() - start
+        return self.result()
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """Propose and evaluate until ``len(self.history) >= self.n_evaluations``."""
+
+    @property
+    def remaining(self) -> int:
+        """Evaluations still to do in this search."""
+        return max(0, self.n_evaluations - len(self.history))
+
+    def _evaluate(self, architecture: Architecture) -> dict[str, Any]:
+        flops = self.space.flops(architecture)
+        if flops > self.budget_flops:
+            raise BudgetViolation(
+                f"{self.name} proposed {flops} FLOPs over the budget of {self.budget_flops}: {architecture.widths}"
+            )
+        metrics = self.evaluator.evaluate(architecture).to_dict()
+        entry = HistoryEntry(
+            index=len(self.history),
+            architecture=architecture,
+            metrics=metrics,
+            searcher=self.name,
+            time=time.time(),
+        )
+        self.history.append(entry)
+        if self._callback is not None:
+            self._callback(entry)
+        return metrics
+
+    def result(self) -> SearchResult:
+        """The best architecture found so far within budget, and the whole history."""
+        best = self.history.best(self.budget_flops)
+        if best is None:
+            raise RuntimeError(f"{self.name} has not evaluated any architecture yet")
+        return SearchResult(
+            best=best.architecture,
+            best_metrics=best.metrics,
+            history=list(self.history.entries),
+            budget_flops=self.budget_flops,
+            seconds=self._elapsed,
+        )
+
+    def save(self, path: str | Path) -> None:  # noqa: B027 - stateless searchers need nothing
+        """Write learned state (models, replay buffers, samplers) under ``path``; history is already on disk."""
+
+    def restore(self, path: str | Path) -> None:  # noqa: B027
+        """Load what `save` wrote."""
