@@ -26,7 +26,8 @@ class UnknownNameError(AutoMLPruneError, KeyError):
 
     def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
         valid = sorted(valid)
-        message = f"unknown {kind} {name!r}; must be one of {valid}"
+        shown = valid if len(valid) <= 12 else [*valid[:12], f"... {len(valid) - 12} more"]
+        message = f"unknown {kind} {name!r}; must be one of {shown}"
         hint = did_you_mean(name, valid)
         if hint:
             message += f" (did you mean {hint!r}?)"

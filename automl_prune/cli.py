@@ -1,0 +1,197 @@
+"""The ``automl-prune`` command line: one small function per subcommand, in one table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from automl_prune.config import DEFAULTS, SearchConfig, load_config_file
+from automl_prune.errors import AutoMLPruneError
+
+__all__ = ["main"]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help=f"zoo name or torchvision:NAME (default {DEFAULTS.model})")
+    parser.add_argument("--dataset", help=f"fashion-mnist, cifar10, imagefolder, synthetic ({DEFAULTS.dataset})")
+    parser.add_argument("--data-root", help="folder with the dataset's files")
+    parser.add_argument("--cache-dir", help=f"where base models are cached (default {DEFAULTS.cache_dir})")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--pretrain-epochs", type=float, help=f"default {DEFAULTS.pretrain_epochs:g}")
+    parser.add_argument("--threads", type=int, help="torch threads (default 1: fastest on small CPUs)")
+    parser.add_argument("--config", help="YAML file of settings (flags override it)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def _config_from(args: argparse.Namespace) -> SearchConfig:
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
+    for key in SearchConfig.__dataclass_fields__:
+        flag = getattr(args, key, None)
+        if flag is not None:
+            values[key] = flag
+    return SearchConfig(**values)
+
+
+def _setup(config: SearchConfig) -> None:
+    from automl_prune.runtime import configure_torch
+
+    configure_torch(config.threads)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Train (or load from the cache) the base model and print its accuracy and FLOPs."""
+    config = _config_from(args)
+    _setup(config)
+    from automl_prune.pipeline import load_base
+    from automl_prune.report import format_table
+
+    base = load_base(config)
+    meta, full = base.meta, base.space.cost_model.full
+    rows = [
+        ["model", config.model],
+        ["dataset", config.dataset],
+        ["epochs", f"{meta['epochs']:g}"],
+        ["val accuracy", f"{100 * meta['val_acc']:.2f}%"],
+        ["test accuracy", f"{100 * meta['test_acc']:.2f}%"],
+        ["FLOPs", f"{full.flops:,}"],
+        ["params", f"{full.params:,}"],
+        ["channel groups", str(len(base.space))],
+        ["train time", f"{meta['train_seconds']:.1f} s" + (" (cached)" if meta.get("cached") else "")],
+        ["checkpoint", meta["path"]],
+    ]
+    print(format_table(["base model", ""], rows))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Search per-group widths under a FLOPs budget, fine-tune the best, export it."""
+    config = _config_from(args)
+    _setup(config)
+    from automl_prune.pipeline import run_search
+
+    run_search(config)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Prune the base model to an architecture JSON and export it (arch.json, weights.pt, optional ONNX)."""
+    config = _config_from(args)
+    _setup(config)
+    from automl_prune.compress import compress
+    from automl_prune.errors import InvalidArchitectureError
+    from automl_prune.evaluate import accuracy_and_loss, recalibrate_batch_norm
+    from automl_prune.export import export
+    from automl_prune.pipeline import load_base
+    from search_spaces import Architecture
+
+    path = Path(args.arch)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise InvalidArchitectureError(f"architecture file not found: {path}") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidArchitectureError(f"{path} is not valid JSON: {exc}") from exc
+    if isinstance(data, dict) and data.get("model") not in (None, config.model):
+        raise InvalidArchitectureError(
+            f"{path} is an architecture of model {data['model']!r}, not of {config.model!r}; "
+            f"pass --model {data['model']}"
+        )
+    arch = Architecture.from_dict(data)
+    base = load_base(config)
+    space = base.space
+    arch = space.complete(space.validate(arch))
+    pruned = compress(base.model, space.graph, arch, config.criterion)
+    recalibrate_batch_norm(pruned, [base.splits.train.images[i : i + 128] for i in range(0, 1280, 128)])
+    val_acc, _ = accuracy_and_loss(pruned, base.splits.val.images, base.splits.val.labels, 1000)
+    out = export(args.out, model=pruned, space=space, architecture=arch, model_name=config.model,
+                 in_channels=base.meta["in_channels"], num_classes=base.meta["num_classes"], dataset=config.dataset,
+                 base_checkpoint_sha256=base.meta.get("sha256"), metrics={"val_acc_adaptive_bn": val_acc},
+                 onnx=args.onnx)
+    costs = space.costs(arch)
+    print(f"exported {out} ({costs.flops:,} FLOPs, {costs.flops / space.full_flops:.3f}x; "
+          f"val accuracy {100 * val_acc:.2f}% before fine-tuning)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a model's channel groups, their sizes and FLOPs, without training."""
+    config = _config_from(args)
+    _setup(config)
+    import torch
+
+    from automl_prune.data import load_dataset
+    from automl_prune.models import build_model
+    from automl_prune.report import format_table
+    from search_spaces import SearchSpace
+
+    spec = load_dataset(config.dataset, config.data_root, val_size=config.val_size).spec
+    model = build_model(config.model, spec.in_channels, spec.num_classes, spec.input_size)
+    space = SearchSpace.from_model(model, torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size),
+                                   min_keep_ratio=config.min_keep_ratio, round_to=config.round_to)
+    rows = [[d.name, d.size, d.min_keep, len(space.graph.group(d.name).member_layers())] for d in space.decisions]
+    print(format_table(["group", "channels", "min keep", "layers coupled"], rows))
+    print(f"\n{space.full_flops:,} FLOPs, {space.cost_model.full.params:,} params, {len(space)} decisions")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "pretrain": (cmd_pretrain, "train or load the base model; print its accuracy and FLOPs"),
+    "search": (cmd_search, "search channel widths under a FLOPs budget, fine-tune, export"),
+    "export": (cmd_export, "prune the base model to an architecture JSON and export it"),
+    "info": (cmd_info, "show a model's channel groups and FLOPs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="automl-prune", description="AutoML channel pruning under a FLOPs budget.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        if name == "search":
+            p.add_argument("--flops", type=float, help=f"FLOPs budget, fraction of base ({DEFAULTS.flops})")
+            p.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, uniform, random (default ddpg)")
+            p.add_argument("--episodes", type=int, help="architectures to evaluate")
+            p.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
+            p.add_argument("--finetune-epochs", type=float)
+            p.add_argument("--criterion", help="channel importance: l1, l2, bn_scale, fpgm")
+            p.add_argument("--proxy", help="adaptive-bn or finetune (short fine-tune before scoring)")
+            p.add_argument("--reward", help="RL reward: accuracy or acc_flops_log")
+            p.add_argument("--min-keep-ratio", type=float)
+            p.add_argument("--round-to", type=int)
+            p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the run directory)")
+            p.add_argument("--onnx", action="store_true", default=None, help="also export ONNX")
+        if name == "export":
+            p.add_argument("--arch", required=True, help="architecture JSON ({'widths': {...}} or an arch.json)")
+            p.add_argument("--out", required=True, help="output folder")
+            p.add_argument("--criterion")
+            p.add_argument("--onnx", action="store_true", help="also export ONNX")
+        if name == "info":
+            p.add_argument("--min-keep-ratio", type=float)
+            p.add_argument("--round-to", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: usage errors and bad input give one line on stderr and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = COMMANDS[args.command][0]
+    try:
+        return handler(args)
+    except AutoMLPruneError as exc:
+        print(f"automl-prune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

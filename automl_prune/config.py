@@ -1,0 +1,123 @@
+"""`SearchConfig`: every setting of a search, built once (CLI flags over a YAML file over defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from automl_prune.errors import ConfigError, did_you_mean
+
+__all__ = ["DEFAULTS", "SearchConfig", "load_config_file"]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """One search run. Field names are also the YAML keys and (with ``-``) the CLI flags."""
+
+    model: str = "vgg-small"
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    flops: float = 0.5
+    agent: str = "ddpg"
+    episodes: int = 100
+    out: str = "runs/search"
+    cache_dir: str = "runs/cache"
+    seed: int = 0
+    pretrain_epochs: float = 3.0
+    finetune_epochs: float = 1.0
+    finetune_lr: float = 0.01
+    criterion: str = "l1"
+    min_keep_ratio: float = 0.1
+    round_to: int = 1
+    proxy: str = "adaptive-bn"
+    proxy_finetune_steps: int = 20
+    bn_batches: int = 10
+    val_size: int | None = None
+    reward: str = "accuracy"
+    threads: int | None = None
+    onnx: bool = False
+    storage: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.flops <= 1.0:
+            raise ConfigError(f"`flops` must be a fraction of the base FLOPs in (0, 1], but got {self.flops}")
+        if self.episodes < 1:
+            raise ConfigError(f"`episodes` must be >= 1, but got {self.episodes}")
+        for name in ("pretrain_epochs", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"`{name}` must be >= 0, but got {getattr(self, name)}")
+        if self.proxy not in ("adaptive-bn", "finetune"):
+            raise ConfigError(f"`proxy` must be one of ['adaptive-bn', 'finetune'], but got {self.proxy!r}")
+        if self.reward not in ("accuracy", "acc_flops_log"):
+            raise ConfigError(f"`reward` must be one of ['acc_flops_log', 'accuracy'], but got {self.reward!r}")
+        if not 0.0 < self.min_keep_ratio <= 1.0:
+            raise ConfigError(f"`min_keep_ratio` must be in (0, 1], but got {self.min_keep_ratio}")
+        if self.round_to < 1:
+            raise ConfigError(f"`round_to` must be >= 1, but got {self.round_to}")
+
+    def replace(self, **changes: Any) -> SearchConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (written to the run directory as ``config.json``)."""
+        return dataclasses.asdict(self)
+
+
+DEFAULTS = SearchConfig()
+_TYPES = {f.name: f.type for f in fields(SearchConfig)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    default = getattr(DEFAULTS, key)
+    kind = _TYPES[key]
+    if value is None:
+        if "None" in str(kind):
+            return None
+        raise ConfigError(f"{source}: `{key}` must not be empty")
+    expected: type = type(default) if default is not None else str
+    if "int | None" in str(kind):
+        expected = int
+    try:
+        if expected is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if expected is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if expected is str and isinstance(value, str):
+            return value
+    except TypeError:
+        pass
+    raise ConfigError(f"{source}: `{key}` must be a {expected.__name__}, but got {value!r}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config; unknown keys and wrong types are errors that name the key."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
+    values: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in _TYPES:
+            hint = did_you_mean(key, _TYPES)
+            suggestion = f" (did you mean {hint!r}?)" if hint else ""
+            raise ConfigError(f"{path}: unknown key {raw_key!r}{suggestion}; valid keys are {sorted(_TYPES)}")
+        values[key] = _coerce(key, value, str(path))
+    return values

@@ -1,0 +1,68 @@
+"""Results people look at: the summary table and a picture of the per-layer widths."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_table", "plot_widths", "summary_rows"]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with aligned columns (also valid Markdown)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
+    """Rows of the base-vs-compressed table printed at the end of a search."""
+    base, comp = summary["base"], summary["compressed"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    return [
+        ["FLOPs", f"{base['flops']:,}", f"{comp['flops']:,} ({comp['flops'] / base['flops']:.3f}x)"],
+        ["params", f"{base['params']:,}", f"{comp['params']:,} ({comp['params'] / base['params']:.3f}x)"],
+        ["val accuracy (before fine-tune)", pct(base["val_acc"]), pct(comp["val_acc_before_finetune"])],
+        ["val accuracy (after fine-tune)", pct(base["val_acc"]), pct(comp.get("val_acc_after_finetune"))],
+        ["test accuracy (after fine-tune)", pct(base["test_acc"]), pct(comp["test_acc"])],
+        ["search time", "-", f"{summary['search_seconds']:.1f} s ({summary['evaluations']} evaluations)"],
+        ["fine-tune time", "-", f"{summary['finetune_seconds']:.1f} s"],
+    ]
+
+
+def plot_widths(full: dict[str, int], kept: dict[str, int], path: str | Path, title: str) -> Path:
+    """Bar chart of channels per group: full width behind, kept width in front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(full)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4))
+    xs = range(len(names))
+    ax.bar(xs, [full[n] for n in names], color="#d0d0d0", label="base")
+    ax.bar(xs, [kept.get(n, full[n]) for n in names], color="#3b75af", label="kept")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,25 @@
+"""Small trained fixtures shared by tests (cached per session)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from automl_prune.data import Splits, load_dataset
+from automl_prune.models import build_model
+from automl_prune.training import train
+from search_spaces import SearchSpace
+
+
+@functools.cache
+def trained(model_name: str = "tiny-resnet", epochs: float = 3) -> tuple[torch.nn.Module, Splits, SearchSpace]:
+    """A model briefly trained on the synthetic dataset, its data and its search space."""
+    splits = load_dataset("synthetic", seed=0)
+    torch.manual_seed(0)
+    spec = splits.spec
+    model = build_model(model_name, spec.in_channels, spec.num_classes, spec.input_size)
+    train(model, splits, epochs=epochs, lr=0.05, batch_size=64, seed=0, progress=False)
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    space = SearchSpace.from_model(model, splits.val.images[:1], model_name=model_name)
+    return model, splits, space

@@ -1,0 +1,114 @@
+"""The CLI end to end on tiny settings, and bad input: one clear line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from automl_prune.checkpoints import cache_path
+from automl_prune.cli import main
+
+TINY = ["--dataset", "synthetic", "--pretrain-epochs", "1", "--no-progress"]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_model_suggests_the_close_name(capsys, tmp_path) -> None:
+    code, _, err = _run(capsys, "pretrain", "--model", "resnet2O", *TINY, "--cache-dir", str(tmp_path))
+    assert code == 2
+    assert "did you mean 'resnet20'" in _one_error_line(err)
+
+
+def test_missing_dataset_says_how_to_install(capsys, tmp_path) -> None:
+    code, _, err = _run(capsys, "pretrain", "--model", "tiny-cnn", "--dataset", "fashion-mnist",
+                        "--data-root", str(tmp_path / "nowhere"), "--cache-dir", str(tmp_path))
+    assert code == 2
+    assert "apt-get install dataset-fashion-mnist" in _one_error_line(err)
+
+
+def test_corrupt_and_mismatched_checkpoints(capsys, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    code, out, _ = _run(capsys, "pretrain", "--model", "tiny-cnn", *TINY, "--cache-dir", str(cache))
+    assert code == 0 and "val accuracy" in out
+    good = cache_path(cache, "tiny-cnn", "synthetic", seed=0, epochs=1)
+    assert good.exists()
+    other = cache_path(cache, "tiny-resnet", "synthetic", seed=0, epochs=1)
+    shutil.copy(good, other)  # a tiny-cnn checkpoint where tiny-resnet's should be
+    code, _, err = _run(capsys, "pretrain", "--model", "tiny-resnet", *TINY, "--cache-dir", str(cache))
+    assert code == 2 and "tiny-cnn" in _one_error_line(err)
+    good.write_bytes(good.read_bytes()[:100])  # truncated
+    code, _, err = _run(capsys, "pretrain", "--model", "tiny-cnn", *TINY, "--cache-dir", str(cache))
+    assert code == 2 and str(good) in _one_error_line(err)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    code = main(["search", "--model", "tiny-resnet", *TINY, "--cache-dir", str(root / "cache"), "--agent", "random",
+                 "--episodes", "3", "--flops", "0.5", "--finetune-epochs", "0.2", "--out", str(root / "run")])
+    assert code == 0
+    return root
+
+
+def test_search_writes_everything_into_the_run_dir(searched: Path) -> None:
+    run = searched / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    arch = json.loads((run / "best" / "arch.json").read_text())
+    assert arch["flops"] <= 0.5 * arch["base_flops"]
+    assert summary["evaluations"] == 3
+    assert len((run / "history.jsonl").read_text().splitlines()) == 3
+    for name in ("weights.pt", "widths.png"):
+        assert (run / "best" / name).stat().st_size > 0
+
+
+def test_search_resumes_and_refuses_other_settings(searched: Path, capsys) -> None:
+    run = searched / "run"
+    common = ["search", "--model", "tiny-resnet", *TINY, "--cache-dir", str(searched / "cache"), "--agent", "random",
+              "--finetune-epochs", "0", "--out", str(run)]
+    code, _, err = _run(capsys, *common, "--episodes", "5", "--flops", "0.5")
+    assert code == 0 and "3 of 5 evaluations already done" in err
+    assert len((run / "history.jsonl").read_text().splitlines()) == 5
+    code, _, err = _run(capsys, *common, "--episodes", "5", "--flops", "0.25")
+    assert code == 2 and "flops: 0.5 -> 0.25" in _one_error_line(err)
+
+
+def test_export_rejects_foreign_and_out_of_range_architectures(searched: Path, capsys, tmp_path) -> None:
+    common = ["export", "--model", "tiny-resnet", *TINY, "--cache-dir", str(searched / "cache")]
+    arch = json.loads((searched / "run" / "best" / "arch.json").read_text())
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"model": "vgg-small", "widths": {"features.0": 8}}))
+    code, _, err = _run(capsys, *common, "--arch", str(foreign), "--out", str(tmp_path / "x"))
+    assert code == 2 and "'vgg-small'" in _one_error_line(err)
+    unnamed = tmp_path / "unnamed.json"
+    unnamed.write_text(json.dumps({"widths": {"features.0": 8}}))
+    code, _, err = _run(capsys, *common, "--arch", str(unnamed), "--out", str(tmp_path / "x"))
+    assert code == 2 and "another model" in _one_error_line(err)
+    name = next(iter(arch["widths"]))
+    too_wide = tmp_path / "wide.json"
+    too_wide.write_text(json.dumps({"widths": {name: arch["full_widths"][name] + 5}}))
+    code, _, err = _run(capsys, *common, "--arch", str(too_wide), "--out", str(tmp_path / "x"))
+    assert code == 2 and f"width of group {name!r} must be between" in _one_error_line(err)
+    code, _out, _ = _run(capsys, *common, "--arch", str(searched / "run" / "best" / "arch.json"),
+                        "--out", str(tmp_path / "ok"))
+    assert code == 0 and (tmp_path / "ok" / "arch.json").exists()
+
+
+def test_bad_config_key_is_named(capsys, tmp_path) -> None:
+    config = tmp_path / "search.yaml"
+    config.write_text("episdes: 3\n")
+    code, _, err = _run(capsys, "search", "--config", str(config), "--out", str(tmp_path / "r"))
+    assert code == 2 and "did you mean 'episodes'" in _one_error_line(err)
