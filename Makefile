@@ -25,8 +25,13 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# The main job end to end: pretrain (cached), search under a FLOPs budget, fine-tune, test, export.
+DEMO_AGENT ?= ddpg
+DEMO_FLOPS ?= 0.5
+DEMO_EPISODES ?= 60
 demo: setup
-	$(BIN)/automl-prune pretrain --model vgg-small --dataset fashion-mnist --cache-dir $(RUNS)/cache
+	$(BIN)/automl-prune search --model vgg-small --dataset fashion-mnist --flops $(DEMO_FLOPS) \
+		--agent $(DEMO_AGENT) --episodes $(DEMO_EPISODES) --out $(RUNS)/demo --cache-dir $(RUNS)/cache
 
 clean:
 	rm -rf $(RUNS) .pytest_cache
