@@ -1,0 +1,214 @@
+"""Training and evaluation on in-memory splits: SGD + Nesterov, linear warm-up then cosine decay.
+
+On CPU the model and batches use the ``channels_last`` memory format by default (measured faster for the
+zoo here: see ``benchmarks/train_speed.py``). Torch's thread count is left at its default.
+
+With only 2 cores, set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported: when another process holds
+a core, OpenMP's spinning barriers made every elementwise op ~40x slower here (a 3-epoch tiny-cnn test:
+64 s with the default policy, 3 s with PASSIVE).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune.data import Split, Splits, iterate_batches
+from automl_prune.errors import ConfigError
+
+__all__ = ["default_device", "evaluate_accuracy", "train"]
+
+WARMUP_FRACTION = 0.05
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(
+    model: nn.Module,
+    data: Splits | Split,
+    *,
+    epochs: float,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    weight_decay: float = 5e-4,
+    progress: bool = True,
+    max_steps: int | None = None,
+    label_smoothing: float = 0.0,
+    augment: bool = False,
+    channels_last: bool | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place with SGD (momentum 0.9, Nesterov) and a warm-up + cosine schedule.
+
+    Args:
+        model: The model; moved to ``device`` and left in training mode.
+        data: `Splits` (its ``train`` split is used) or a single `Split`.
+        epochs: Passes over the training split; fractions allowed (``0.5`` = half an epoch of steps).
+        lr: Peak learning rate, reached after a linear warm-up of 5% of the steps.
+        batch_size: Images per step; a last batch smaller than this is dropped.
+        seed: Seeds the initial torch RNG state and the batch order: same seed, same result on one machine.
+        device: Where to train; ``None`` is `default_device`.
+        weight_decay: L2 penalty of SGD.
+        progress: Show a tqdm bar per epoch (with ETA) on stderr.
+        max_steps: Stop after this many optimizer steps (the schedule is planned for them).
+        label_smoothing: Cross-entropy label smoothing.
+        augment: Random crop + flip (needs ``data`` to be `Splits`, for its spec).
+        channels_last: Use the channels-last memory format; ``None``: on CPU yes, elsewhere no.
+
+    Returns:
+        ``{"steps", "epochs", "images", "seconds", "images_per_second", "train_loss", "train_acc"}``, the last
+        two averaged over the final epoch.
+
+    Raises:
+        ConfigError: Non-positive ``epochs``/``lr``/``batch_size``, or a split smaller than one batch.
+    """
+    split, spec = (data.train, data.spec) if isinstance(data, Splits) else (data, None)
+    _check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
+    if augment and spec is None:
+        raise ConfigError("`train(augment=True)` needs `Splits` (for the dataset spec), not a single `Split`")
+    steps_per_epoch = len(split) // batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}")
+    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+
+    device = torch.device(device) if device is not None else default_device()
+    channels_last = device.type == "cpu" if channels_last is None else channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(seed)
+    model.to(device=device, memory_format=memory_format).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    step, epoch, images, start = 0, 0, 0, time.perf_counter()
+    loss_sum, correct, seen = 0.0, 0, 0
+    while step < total_steps:
+        epoch_steps = min(steps_per_epoch, total_steps - step)
+        bar = _progress_bar(epoch_steps, f"epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}", progress)
+        loss_sum, correct, seen = 0.0, 0, 0
+        batches = iterate_batches(
+            split,
+            batch_size,
+            shuffle=True,
+            seed=seed * 100_003 + epoch,
+            augment=augment,
+            spec=spec,
+            drop_last=True,
+        )
+        for x, y in batches:
+            if step >= total_steps:
+                break
+            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            y = y.to(device, non_blocking=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            images += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        epoch += 1
+    seconds = time.perf_counter() - start
+    return {
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "images": images,
+        "seconds": seconds,
+        "images_per_second": images / seconds if seconds > 0 else float("inf"),
+        "train_loss": loss_sum / max(seen, 1),
+        "train_acc": correct / max(seen, 1),
+    }
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    split: Split,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> tuple[float, float]:
+    """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on ``split``, in eval mode.
+
+    The model's training/eval mode is restored afterwards.
+
+    Raises:
+        ConfigError: An empty split or a non-positive ``batch_size``.
+    """
+    if len(split) == 0:
+        raise ConfigError("cannot evaluate on an empty split (was `val_size=0`?)")
+    _check_positive(batch_size=batch_size)
+    device = torch.device(device) if device is not None else _model_device(model)
+    model.to(device)
+    memory_format = torch.channels_last if _uses_channels_last(model) else torch.contiguous_format
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    try:
+        for x, y in iterate_batches(split, batch_size, shuffle=False, seed=0):
+            x = x.to(device).contiguous(memory_format=memory_format)
+            y = y.to(device)
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(split), loss_sum / len(split)
+
+
+def _warmup_cosine(total_steps: int) -> Any:
+    warmup = max(1, int(WARMUP_FRACTION * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _progress_bar(total: int, description: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, file=sys.stderr, unit="step", leave=False, dynamic_ncols=True)
+
+
+def _check_positive(**values: float) -> None:
+    for label, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"`{label}` must be positive, but got {value!r}")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _uses_channels_last(model: nn.Module) -> bool:
+    for parameter in model.parameters():
+        if parameter.dim() == 4:
+            return parameter.is_contiguous(memory_format=torch.channels_last) and not parameter.is_contiguous()
+    return False
