@@ -1,0 +1,412 @@
+"""Optuna searchers: TPE for the best accuracy under the budget, and a multi-objective accuracy/FLOPs front.
+
+Each trial suggests one keep ratio per channel group (``trial.suggest_float(group, min_keep / size, 1.0)``;
+or integer widths with ``integer_widths=True``). A suggestion over the FLOPs budget is projected onto it
+(`agents.budget.project_to_budget` with ``fill=True``), and the widths actually evaluated are stored as the
+trial's ``widths`` user attribute, so nothing this module returns is ever over budget. TPE then models the
+raw suggestions against the accuracy of their projections ("constrained sampling").
+
+Storage and resume
+------------------
+With a ``run_dir`` the study lives in ``RUN_DIR/optuna.db`` (SQLite through ``sqlite:///...``), under a study
+name fixed per run, opened with ``load_if_exists=True``. SQLite was chosen over a `JournalStorage` file
+because every write is an ACID transaction: after a ``kill -9`` the database is exactly the last committed
+state (SQLite's rollback journal undoes a half-written transaction on the next open), whereas a journal file
+can end in a torn line that the reader must skip. SQLite is also what ``optuna-dashboard`` opens directly,
+and the same code path takes a server URL (``storage="postgresql://..."``) when many machines share a study.
+Without a ``run_dir`` or ``storage`` the study is in memory (`save` then copies it to a SQLite file).
+
+To watch a run live::
+
+    pip install optuna-dashboard
+    optuna-dashboard sqlite:///RUN_DIR/optuna.db      # then open http://127.0.0.1:8080
+
+Running the same search again (same ``run_dir``) continues it:
+
+- Finished trials are kept; the sampler is re-created from ``seed`` and the number of trials already stored
+  (re-using the bare seed would replay the first random start-up suggestions as duplicates).
+- A trial left RUNNING by a kill is retried, not lost: it is marked FAIL and its parameters are enqueued
+  (``study.enqueue_trial``, with a ``retry_of`` user attribute so a second crash never enqueues it twice).
+- ``history.jsonl`` and the study agree: each evaluation is appended (fsynced) to the history before
+  ``study.tell``, and the trial records ``history_index``. If a crash fell between the append and the tell,
+  the RUNNING trial whose ``widths`` match that unclaimed history entry is completed with the recorded
+  metrics instead of being evaluated (and appended) a second time. So after any crash the number of COMPLETE
+  trials equals the number of this searcher's history entries.
+
+Only RUNNING trials this run owns are touched: with the default storage that is every one of them; with a
+shared ``storage`` URL, those whose ``worker`` attribute (host and run directory) is this run's, so trials of
+live workers on other machines are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from agents.base import EvaluatorLike, HistoryEntry, Searcher, SearchHistory, SearchResult
+from agents.budget import project_to_budget
+from agents.pareto import pareto_front, plot_pareto, write_pareto_json
+from search_spaces import Architecture, SearchSpace
+
+__all__ = ["OptunaMOSearcher", "OptunaSearcher"]
+
+_STATE_FILE = "optuna_searcher.json"
+
+
+class OptunaSearcher(Searcher):
+    """TPE over per-group keep ratios; the objective is validation accuracy under the FLOPs budget.
+
+    Args:
+        space: The search space.
+        evaluator: Scores architectures.
+        budget_flops: The FLOPs limit every evaluated architecture meets.
+        seed: Seeds the sampler (together with the number of trials already stored, for resume).
+        run_dir: Where ``history.jsonl`` and ``optuna.db`` live; ``None`` keeps both in memory.
+        history: An existing history to append to (default: ``run_dir/history.jsonl``).
+        storage: An Optuna storage URL (``sqlite:///...``, ``postgresql://...``) or storage object used
+            instead of ``run_dir/optuna.db``, e.g. one database shared by many machines.
+        study_name: Study name; default ``"<searcher name>-<budget_flops>"`` (fixed for a run).
+        n_startup_trials: Random trials before TPE starts modelling.
+        multivariate: Multivariate TPE (group widths interact through the FLOPs they share).
+        integer_widths: Suggest integer widths (``suggest_int(group, min_keep, size)``) instead of ratios.
+    """
+
+    name: ClassVar[str] = "optuna"
+    directions: ClassVar[tuple[str, ...]] = ("maximize",)
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        evaluator: EvaluatorLike,
+        budget_flops: int,
+        *,
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        history: SearchHistory | None = None,
+        storage: str | optuna.storages.BaseStorage | None = None,
+        study_name: str | None = None,
+        n_startup_trials: int = 10,
+        multivariate: bool = True,
+        integer_widths: bool = False,
+    ) -> None:
+        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
+        if n_startup_trials < 0:
+            raise ValueError(f"`n_startup_trials >= 0` must hold, but got {n_startup_trials=}")
+        if storage is not None and not isinstance(storage, (str, optuna.storages.BaseStorage)):
+            raise TypeError(
+                f"`storage` must be a database URL string or an optuna storage, but got {type(storage).__name__}"
+            )
+        self.n_startup_trials = n_startup_trials
+        self.multivariate = multivariate
+        self.integer_widths = integer_widths
+        self.study_name = study_name or f"{self.name}-{self.budget_flops}"
+        self._storage_arg = storage
+        # The default storage belongs to this run alone, so every RUNNING trial in it is a dead one of ours.
+        self._owns_storage = storage is None
+        self._worker = f"{socket.gethostname()}:{self.run_dir.resolve()}" if self.run_dir is not None else None
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._study: optuna.Study | None = None
+        self.recovered: dict[str, int] = {"adopted": 0, "retried": 0}
+
+    # storage and study -------------------------------------------------------------------------------------
+    @property
+    def storage_url(self) -> str | None:
+        """The storage's URL (``None`` when in memory or given as an object)."""
+        if isinstance(self._storage_arg, str):
+            return self._storage_arg
+        if self._storage_arg is None and self.run_dir is not None:
+            return f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
+        return None
+
+    def _make_storage(self) -> optuna.storages.BaseStorage:
+        if isinstance(self._storage_arg, optuna.storages.BaseStorage):
+            return self._storage_arg
+        url = self.storage_url
+        if url is None:
+            return optuna.storages.InMemoryStorage()
+        if url.startswith("sqlite:///") and self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A generous SQLite lock timeout: a dashboard reading the file must not fail our writes.
+        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+    def _make_sampler(self, n_existing: int) -> optuna.samplers.BaseSampler:
+        seed = _derived_seed(self.seed, n_existing)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=self.n_startup_trials, multivariate=self.multivariate
+            )
+
+    @property
+    def study(self) -> optuna.Study:
+        """The study (created, or loaded when it exists, on first use)."""
+        if self._study is None:
+            if self._storage is None:
+                self._storage = self._make_storage()
+            study = optuna.create_study(
+                storage=self._storage,
+                study_name=self.study_name,
+                directions=list(self.directions),
+                load_if_exists=True,
+            )
+            self._check_study(study)
+            study.sampler = self._make_sampler(len(study.get_trials(deepcopy=False)))
+            self._study = study
+        return self._study
+
+    def _check_study(self, study: optuna.Study) -> None:
+        """Refuse to continue a study made for another space, budget or searcher."""
+        expected = {"searcher": self.name, "budget_flops": self.budget_flops, "decisions": self.space.names}
+        attrs = study.user_attrs
+        if not attrs:
+            for key, value in expected.items():
+                study.set_user_attr(key, value)
+            return
+        for key, value in expected.items():
+            if key in attrs and attrs[key] != value:
+                raise ValueError(
+                    f"study {self.study_name!r} in {self.storage_url or 'the given storage'} was made with "
+                    f"{key}={attrs[key]!r}, but this search has {key}={value!r}; resume with the same settings, "
+                    f"or use another run_dir or study_name"
+                )
+
+    # the search ------------------------------------------------------------------------------------------
+    def _values(self, metrics: Mapping[str, Any]) -> list[float]:
+        return [float(metrics["accuracy"])]
+
+    def _suggest(self, trial: optuna.Trial) -> Architecture:
+        widths = {}
+        for d in self.space.decisions:
+            if self.integer_widths:
+                widths[d.name] = d.round(trial.suggest_int(d.name, d.min_keep, d.size))
+            else:
+                widths[d.name] = d.from_ratio(trial.suggest_float(d.name, d.min_keep / d.size, 1.0))
+        return Architecture(widths)
+
+    def _run(self) -> None:
+        study = self.study
+        self._recover(study)
+        while self.remaining:
+            self._run_trial(study, study.ask())
+        self._after_run()
+
+    def _after_run(self) -> None:
+        """Hook for subclasses (the multi-objective searcher writes its front)."""
+
+    def _run_trial(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        proposed = self._suggest(trial)
+        arch = proposed
+        if self.space.flops(proposed) > self.budget_flops:
+            arch = project_to_budget(self.space, proposed, self.budget_flops, fill=True)
+        # Stored before evaluating: after a crash this is how a RUNNING trial is matched to its history entry.
+        if self._worker is not None:
+            trial.set_user_attr("worker", self._worker)
+        trial.set_user_attr("widths", dict(arch.widths))
+        trial.set_user_attr("projected", arch != proposed)
+        try:
+            metrics = self._evaluate(arch)
+        except Exception:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        trial.set_user_attr("history_index", len(self.history) - 1)
+        self._tell(study, trial, self._values(metrics))
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial | int, values: Sequence[float]) -> None:
+        """``study.tell`` (one place, so tests can simulate a crash right before it)."""
+        study.tell(trial, list(values))
+
+    def _owned(self, trial: FrozenTrial) -> bool:
+        if self._owns_storage:
+            return True
+        return self._worker is not None and trial.user_attrs.get("worker") == self._worker
+
+    def _recover(self, study: optuna.Study) -> None:
+        """Settle trials a killed process left RUNNING: complete them from history, or fail and retry them."""
+        trials = study.get_trials(deepcopy=False)
+        running = [t for t in trials if t.state == TrialState.RUNNING and self._owned(t)]
+        if not running:
+            return
+        claimed = {
+            t.user_attrs["history_index"]
+            for t in trials
+            if t.state == TrialState.COMPLETE and "history_index" in t.user_attrs
+        }
+        orphans: dict[str, HistoryEntry] = {}
+        for entry in self.history.entries:
+            if entry.index not in claimed and entry.searcher == self.name:
+                orphans.setdefault(entry.architecture.key(), entry)
+        queued = {t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.WAITING}
+        storage = study._storage  # the storage API is public; the study keeps the object we may have been given
+        for t in running:
+            entry = None
+            index = t.user_attrs.get("history_index")
+            if isinstance(index, int) and 0 <= index < len(self.history) and index not in claimed:
+                entry = self.history.entries[index]
+            elif "widths" in t.user_attrs:
+                entry = orphans.get(Architecture({k: int(v) for k, v in t.user_attrs["widths"].items()}).key())
+            if entry is not None and entry.index not in claimed:
+                # Evaluated and recorded, but killed before `tell`: finish it with what was measured.
+                storage.set_trial_user_attr(t._trial_id, "history_index", entry.index)
+                self._tell(study, t.number, self._values(entry.metrics))
+                claimed.add(entry.index)
+                orphans.pop(entry.architecture.key(), None)
+                self.recovered["adopted"] += 1
+                continue
+            if t.params and t.number not in queued:
+                study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+                self.recovered["retried"] += 1
+            study.tell(t.number, state=TrialState.FAIL)
+
+    # result, save, restore -----------------------------------------------------------------------------------
+    def result(self) -> SearchResult:
+        """The best architecture within budget, with the study's name and storage in ``extra``."""
+        result = super().result()
+        result.extra.update({"study_name": self.study_name, "storage": self.storage_url,
+                             "recovered": dict(self.recovered)})
+        return result
+
+    def save(self, path: str | Path) -> None:
+        """Record the study's name and storage; an in-memory study (and history) is copied under ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {"study_name": self.study_name, "storage": self.storage_url, "seed": self.seed,
+                 "searcher": self.name}
+        if self.storage_url is None and not isinstance(self._storage_arg, optuna.storages.BaseStorage):
+            target = path / "optuna.db"
+            target.unlink(missing_ok=True)
+            optuna.copy_study(from_study_name=self.study_name, from_storage=self.study._storage,
+                              to_storage=f"sqlite:///{target.resolve()}")
+            state["copy"] = target.name
+        if self.history.path is None:
+            _write_history(path / "history.jsonl", self.history.entries)
+        _atomic_write_text(path / _STATE_FILE, json.dumps(state, indent=1))
+
+    def restore(self, path: str | Path) -> None:
+        """Load what `save` wrote: the study copy (if in memory) and the history (if not already on disk)."""
+        path = Path(path)
+        file = path / _STATE_FILE
+        if not file.exists():
+            raise FileNotFoundError(f"no saved {self.name} searcher under {path} (expected {file.name})")
+        state = json.loads(file.read_text())
+        if state.get("searcher", self.name) != self.name:
+            raise ValueError(f"{path} holds a {state['searcher']!r} searcher, not {self.name!r}")
+        self.seed = int(state["seed"])
+        self.study_name = str(state["study_name"])
+        if "copy" in state and self.storage_url is None and self._storage_arg is None:
+            self._storage = optuna.storages.InMemoryStorage()
+            saved = f"sqlite:///{(path / state['copy']).resolve()}"
+            optuna.copy_study(from_study_name=self.study_name, from_storage=saved, to_storage=self._storage,
+                              to_study_name=self.study_name)
+        self._study = None
+        if self.history.path is None and len(self.history) == 0 and (path / "history.jsonl").exists():
+            for entry in SearchHistory(path / "history.jsonl").entries:
+                self.history.entries.append(entry)
+
+
+class OptunaMOSearcher(OptunaSearcher):
+    """Multi-objective search: maximize accuracy, minimize FLOPs, with the budget as the front's upper limit.
+
+    Returns (in ``SearchResult.extra["pareto_front"]``) the non-dominated evaluated architectures, and writes
+    them to ``run_dir/pareto.json`` and ``run_dir/pareto.png``. ``best`` is the most accurate architecture.
+
+    Args:
+        sampler: ``"nsga2"`` (NSGA-II) or ``"tpe"`` (multi-objective TPE).
+        population_size: NSGA-II's generation size (the first generation is random).
+        **kwargs: As `OptunaSearcher`.
+    """
+
+    name: ClassVar[str] = "optuna-mo"
+    directions: ClassVar[tuple[str, ...]] = ("maximize", "minimize")
+    SAMPLERS: ClassVar[tuple[str, ...]] = ("nsga2", "tpe")
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        evaluator: EvaluatorLike,
+        budget_flops: int,
+        *,
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        history: SearchHistory | None = None,
+        sampler: str = "nsga2",
+        population_size: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        if sampler not in self.SAMPLERS:
+            raise ValueError(f"`sampler` must be one of {list(self.SAMPLERS)}, but got {sampler!r}")
+        if population_size < 2:
+            raise ValueError(f"`population_size >= 2` must hold, but got {population_size=}")
+        self.sampler_name = sampler
+        self.population_size = population_size
+        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history, **kwargs)
+
+    def _make_sampler(self, n_existing: int) -> optuna.samplers.BaseSampler:
+        if self.sampler_name == "tpe":
+            return super()._make_sampler(n_existing)
+        return optuna.samplers.NSGAIISampler(seed=_derived_seed(self.seed, n_existing),
+                                             population_size=self.population_size)
+
+    def _values(self, metrics: Mapping[str, Any]) -> list[float]:
+        return [float(metrics["accuracy"]), float(metrics["flops"])]
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every evaluated architecture within budget as a point (index, architecture, flops, accuracy)."""
+        return [
+            {"index": e.index, "architecture": e.architecture.to_dict(), "flops": int(e.metrics["flops"]),
+             "accuracy": float(e.metrics["accuracy"]), "params": e.metrics.get("params")}
+            for e in self.history.entries
+            if e.metrics["flops"] <= self.budget_flops
+        ]
+
+    def front(self) -> list[dict[str, Any]]:
+        """The non-dominated points (ascending FLOPs)."""
+        return pareto_front(self.points())
+
+    def write_front(self, directory: str | Path | None = None) -> tuple[Path, Path] | None:
+        """Write ``pareto.json`` and ``pareto.png`` into ``directory`` (default ``run_dir``); paths or None."""
+        directory = Path(directory) if directory is not None else self.run_dir
+        if directory is None:
+            return None
+        points = self.points()
+        front = pareto_front(points)
+        full = self.space.full_flops
+        json_path = write_pareto_json(directory / "pareto.json", front, budget_flops=self.budget_flops,
+                                      full_flops=full)
+        png_path = plot_pareto(directory / "pareto.png", points, front, budget_flops=self.budget_flops,
+                               full_flops=full, title=f"{self.name}: accuracy vs FLOPs")
+        return json_path, png_path
+
+    def _after_run(self) -> None:
+        self.write_front()
+
+    def result(self) -> SearchResult:
+        """As `OptunaSearcher.result`, plus ``extra["pareto_front"]``."""
+        result = super().result()
+        result.extra["pareto_front"] = self.front()
+        return result
+
+
+def _derived_seed(seed: int, n_existing: int) -> int:
+    """A sampler seed for a study that already holds ``n_existing`` trials (fresh stream after resume)."""
+    if n_existing == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(n_existing)]).generate_state(1)[0])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _write_history(path: Path, entries: Sequence[HistoryEntry]) -> None:
+    _atomic_write_text(path, "".join(json.dumps(e.to_dict()) + "\n" for e in entries))
