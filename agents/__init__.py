@@ -21,3 +21,8 @@ __all__ = [
 SEARCHERS: Registry[Searcher] = Registry("agent")
 SEARCHERS.register("uniform", "agents.baselines:UniformSearcher")
 SEARCHERS.register("random", "agents.baselines:RandomSearcher")
+SEARCHERS.register("ddpg", "agents.rl:DDPGSearcher")
+SEARCHERS.register("ppo", "agents.rl:PPOSearcher")
+SEARCHERS.register("optuna", "agents.optuna_search:OptunaSearcher")
+SEARCHERS.register("optuna-mo", "agents.optuna_search:OptunaMOSearcher")
+SEARCHERS.register("dmcp", "agents.dmcp:DMCPSearcher")
