@@ -153,11 +153,13 @@ class Evaluator:
     def build(self, architecture: Architecture) -> nn.Module:
         """The compressed, recalibrated (and optionally briefly fine-tuned) model for ``architecture``."""
         self.space.validate(architecture)
-        torch.manual_seed(self.seed)
-        pruned = compress(self.model, self.space.graph, architecture, self.criterion).to(self.device)
-        if self._finetune:
-            self._short_finetune(pruned)
-        recalibrate_batch_norm(pruned, self._calibration)
+        # Seeded for determinism, inside a forked RNG so that evaluating never disturbs a searcher's own stream.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            pruned = compress(self.model, self.space.graph, architecture, self.criterion).to(self.device)
+            if self._finetune:
+                self._short_finetune(pruned)
+            recalibrate_batch_norm(pruned, self._calibration)
         return pruned.eval()
 
     def _short_finetune(self, model: nn.Module) -> None:
