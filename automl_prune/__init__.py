@@ -1,18 +1,27 @@
 """automl-prune: AutoML channel pruning of CNNs under an exact FLOPs budget.
 
-The public surface: `load` rebuilds an exported model; the CLI is ``automl-prune``.
+The public surface: `load` rebuilds an exported model (`automl_prune.export.export` writes one); the CLI is
+``automl-prune``.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 # Must precede the first torch import to take effect: with OpenMP's default spinning, elementwise ops ran
 # 10-40x slower here whenever another process shared a core (measured; see automl_prune.runtime).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from automl_prune.export import export, load
-
-__all__ = ["__version__", "export", "load"]
+__all__ = ["__version__", "load"]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `load` depends on `search_spaces`, which itself builds on this package's core modules.
+    if name == "load":
+        import importlib
+
+        return getattr(importlib.import_module("automl_prune.export"), name)
+    raise AttributeError(f"module 'automl_prune' has no attribute {name!r}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from automl_prune.config import DEFAULTS, SearchConfig, load_config_file
-from automl_prune.errors import AutoMLPruneError
+from automl_prune.errors import AutoMLPruneError, ConfigError
 
 __all__ = ["main"]
 
@@ -33,9 +33,21 @@ def _config_from(args: argparse.Namespace) -> SearchConfig:
         values.update(load_config_file(args.config))
     for key in SearchConfig.__dataclass_fields__:
         flag = getattr(args, key, None)
-        if flag is not None:
+        if flag is not None and key != "agent_options":
             values[key] = flag
+    for item in getattr(args, "agent_option", None) or []:
+        values.setdefault("agent_options", {})
+        values["agent_options"] = {**values["agent_options"], **_parse_option(item)}
     return SearchConfig(**values)
+
+
+def _parse_option(item: str) -> dict[str, Any]:
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--agent-option must look like KEY=VALUE (e.g. steps=300), but got {item!r}")
+    return {key.strip().replace("-", "_"): yaml.safe_load(raw)}
 
 
 def _setup(config: SearchConfig) -> None:
@@ -168,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--round-to", type=int)
             p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the run directory)")
             p.add_argument("--onnx", action="store_true", default=None, help="also export ONNX")
+            p.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
+                           help="searcher option, repeatable (e.g. steps=300 for dmcp, warmup_episodes=10 for ddpg)")
         if name == "export":
             p.add_argument("--arch", required=True, help="architecture JSON ({'widths': {...}} or an arch.json)")
             p.add_argument("--out", required=True, help="output folder")

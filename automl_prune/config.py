@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class SearchConfig:
     onnx: bool = False
     storage: str | None = None
     progress: bool = True
+    agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.flops <= 1.0:
@@ -78,6 +79,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if "None" in str(kind):
             return None
         raise ConfigError(f"{source}: `{key}` must not be empty")
+    if key == "agent_options":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: `agent_options` must be a mapping of option -> value, but got {value!r}")
+        return {str(k): v for k, v in value.items()}
     expected: type = type(default) if default is not None else str
     if "int | None" in str(kind):
         expected = int

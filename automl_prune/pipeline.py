@@ -126,12 +126,16 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
     space = base.space
     budget = space.flops_budget(config.flops)
     evaluator = make_evaluator(config, base)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(config.agent_options)
     if config.agent in ("ddpg", "ppo"):
         options["reward"] = config.reward
     if config.agent.startswith("optuna") and config.storage:
         options["storage"] = config.storage
-    searcher = SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=run_dir, **options)
+    try:
+        searcher = SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=run_dir,
+                                    **options)
+    except TypeError as exc:  # an agent option the searcher does not take
+        raise ConfigError(f"agent {config.agent!r} rejected its options {sorted(options)}: {exc}") from exc
     state_dir = run_dir / "agent_state"
     if resuming and state_dir.exists():
         searcher.restore(state_dir)

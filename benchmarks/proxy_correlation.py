@@ -1,6 +1,7 @@
 """Is the search's reward telling the truth? Rank correlation of each proxy with the fine-tuned accuracy.
 
-For N architectures at one FLOPs budget (random keep ratios projected onto the budget, plus the uniform one),
+For N architectures at one FLOPs budget (random keep ratios scaled onto the budget and widened until they use
+it, plus the uniform one),
 measure:
   - proxy "adaptive-bn": validation accuracy after compress + batch-norm recalibration (no training);
   - proxy "finetune":    the same after K steps of SGD on training batches first;
@@ -19,13 +20,14 @@ import time
 import numpy as np
 from scipy.stats import spearmanr
 
-from agents import project_to_budget, uniform_architecture
+from agents import fill_budget, project_to_budget, uniform_architecture
 from automl_prune.config import SearchConfig
 from automl_prune.evaluate import accuracy_and_loss
 from automl_prune.pipeline import load_base, make_evaluator
 from automl_prune.report import format_table
 from automl_prune.runtime import configure_torch
 from automl_prune.training import train
+from search_spaces import Architecture
 
 
 def main() -> None:
@@ -50,7 +52,10 @@ def main() -> None:
     archs = [uniform_architecture(space, budget)]
     while len(archs) < args.archs:
         ratios = {d.name: float(rng.uniform(d.min_keep / d.size, 1.0)) for d in space.decisions}
-        archs.append(project_to_budget(space, space.from_ratios(ratios), budget, fill=True))
+        target = {name: ratio * space[name].size for name, ratio in ratios.items()}
+        projected = project_to_budget(space, space.from_ratios(ratios), budget)
+        # Spend the whole budget so every architecture is compared at the same FLOPs.
+        archs.append(Architecture(fill_budget(space, projected.widths, budget, target)))
 
     bn_eval = make_evaluator(config, base)
     ft_eval = make_evaluator(config.replace(proxy="finetune", proxy_finetune_steps=args.proxy_steps), base)
