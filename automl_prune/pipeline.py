@@ -148,7 +148,8 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
     )
 
     bar = tqdm(total=config.episodes, initial=min(done, config.episodes), desc=f"search ({config.agent})",
-               unit="eval", disable=not config.progress, file=sys.stderr, dynamic_ncols=True)
+               unit="eval", disable=not config.progress, file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
     best_acc = [max((e.metrics["accuracy"] for e in searcher.history.entries), default=0.0)]
 
     def on_evaluation(entry: Any) -> None:

@@ -193,7 +193,10 @@ def _progress_bar(total: int, description: str, enabled: bool) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, file=sys.stderr, unit="step", leave=False, dynamic_ncols=True)
+    # Redrawn often on a terminal; rarely when stderr is a log file, which would otherwise fill with frames.
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, desc=description, file=sys.stderr, unit="step", leave=False, dynamic_ncols=True,
+                mininterval=interval)
 
 
 def _check_positive(**values: float) -> None:
