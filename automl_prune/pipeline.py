@@ -120,6 +120,8 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
     run_dir = Path(config.out)
     resuming = _check_run_dir(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # matplotlib would otherwise put its font cache in the home directory: keep every file in the run dir.
+    os.environ.setdefault("MPLCONFIGDIR", str((run_dir / ".cache" / "matplotlib").resolve()))
     _write_json(run_dir / "config.json", config.to_dict())
 
     base = load_base(config)
