@@ -39,7 +39,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,6 +50,7 @@ from torch.nn import functional as F
 
 from agents.base import EvaluatorLike, Searcher, SearchHistory, SearchResult
 from agents.budget import fill_budget, project_to_budget
+from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.criteria import get_criterion
 from automl_prune.graph import build_dependency_graph
 from search_spaces import Architecture, SearchSpace
@@ -532,13 +532,11 @@ class DMCPSearcher(Searcher):
         """Write `state_dict` to ``path/dmcp.pt`` atomically (and the history, when it is only in memory)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / f".{_STATE_FILE}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path / _STATE_FILE)
+        state = self.state_dict()
+        atomic_write(path / _STATE_FILE, lambda handle: torch.save(state, handle))
         if self.history.path is None:
-            tmp = path / ".history.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in self.history.entries))
-            os.replace(tmp, path / "history.jsonl")
+            atomic_write_text(path / "history.jsonl",
+                              "".join(json.dumps(e.to_dict()) + "\n" for e in self.history.entries))
 
     def restore(self, path: str | Path) -> None:
         """Load ``path/dmcp.pt`` (with ``weights_only=True``), and a saved in-memory history into an empty one."""

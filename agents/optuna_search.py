@@ -54,6 +54,7 @@ from optuna.trial import FrozenTrial, TrialState
 from agents.base import EvaluatorLike, HistoryEntry, Searcher, SearchHistory, SearchResult
 from agents.budget import project_to_budget
 from agents.pareto import pareto_front, plot_pareto, write_pareto_json
+from automl_prune.atomic import atomic_write_text
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["OptunaMOSearcher", "OptunaSearcher"]
@@ -288,7 +289,7 @@ class OptunaSearcher(Searcher):
             state["copy"] = target.name
         if self.history.path is None:
             _write_history(path / "history.jsonl", self.history.entries)
-        _atomic_write_text(path / _STATE_FILE, json.dumps(state, indent=1))
+        atomic_write_text(path / _STATE_FILE, json.dumps(state, indent=1))
 
     def restore(self, path: str | Path) -> None:
         """Load what `save` wrote: the study copy (if in memory) and the history (if not already on disk)."""
@@ -402,11 +403,5 @@ def _derived_seed(seed: int, n_existing: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(n_existing)]).generate_state(1)[0])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _write_history(path: Path, entries: Sequence[HistoryEntry]) -> None:
-    _atomic_write_text(path, "".join(json.dumps(e.to_dict()) + "\n" for e in entries))
+    atomic_write_text(path, "".join(json.dumps(e.to_dict()) + "\n" for e in entries))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from automl_prune.atomic import atomic_write, atomic_write_text
 
 __all__ = ["dominates", "pareto_front", "plot_pareto", "write_pareto_json"]
 
@@ -52,20 +53,6 @@ def pareto_front(points: Sequence[Mapping[str, Any]], *, maximize: str = "accura
     return front
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # the usual file mode (mkstemp would give 0600)
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_pareto_json(path: str | Path, front: Sequence[Mapping[str, Any]], *,
                       budget_flops: int | None = None, full_flops: int | None = None) -> Path:
     """Write the front as JSON atomically (temp file, then `os.replace`); returns the path.
@@ -74,7 +61,7 @@ def write_pareto_json(path: str | Path, front: Sequence[Mapping[str, Any]], *,
     """
     path = Path(path)
     data = {"budget_flops": budget_flops, "full_flops": full_flops, "front": [dict(p) for p in front]}
-    _atomic_write_bytes(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
 
 
@@ -119,5 +106,5 @@ def plot_pareto(path: str | Path, points: Sequence[Mapping[str, Any]], front: Se
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     path = Path(path)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return path

@@ -41,6 +41,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 
 from agents.base import EvaluatorLike, Searcher, SearchHistory
+from automl_prune.atomic import atomic_write_text
 from envs import ChannelPruningEnv, MovingAverageBaseline
 from search_spaces import Architecture, SearchSpace
 
@@ -56,9 +57,7 @@ def _default_device() -> str:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 class DecayingTruncatedNormalNoise(ActionNoise):

@@ -7,14 +7,13 @@ widths), then the weights are loaded with ``weights_only=True``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.compress import compress_widths
 from automl_prune.errors import CheckpointError, InvalidArchitectureError
 from automl_prune.graph import analyze
@@ -23,18 +22,6 @@ from search_spaces import Architecture, SearchSpace
 __all__ = ["ARCH_SCHEMA_VERSION", "export", "load", "read_arch_json"]
 
 ARCH_SCHEMA_VERSION = 1
-
-
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export(
@@ -90,8 +77,8 @@ def export(
         "metrics": metrics or {},
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(out / "weights.pt", lambda fh: torch.save(state, fh))
-    _atomic_write_bytes(out / "arch.json", lambda fh: fh.write(json.dumps(record, indent=2).encode()))
+    atomic_write(out / "weights.pt", lambda fh: torch.save(state, fh))
+    atomic_write_text(out / "arch.json", json.dumps(record, indent=2))
     if onnx:
         _export_onnx(model, record["input_shape"], out / "model.onnx")
     return out / "arch.json"

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
 from automl_prune.errors import ConfigError
 
@@ -101,9 +102,7 @@ def _check_run_dir(config: SearchConfig, run_dir: Path) -> bool:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def run_search(config: SearchConfig) -> dict[str, Any]:
@@ -212,7 +211,7 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
                 f"{config.model}: channels kept at {costs.flops / full.flops:.2f}x FLOPs ({config.agent})")
     _write_json(run_dir / "summary.json", summary)
     table = format_table(["", "base", "compressed"], summary_rows(summary))
-    (run_dir / "summary.md").write_text(table + "\n")
+    atomic_write_text(run_dir / "summary.md", table + "\n")
     print(table)
     print(f"\nexported to {run_dir / 'best'} (arch.json, weights.pt, widths.png)")
     return summary
