@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--round-to", type=int)
             p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the run directory)")
             p.add_argument("--onnx", action="store_true", default=None, help="also export ONNX")
+            p.add_argument("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
+                           help="keep the searcher's best as is instead of widening it to spend leftover FLOPs")
             p.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
                            help="searcher option, repeatable (e.g. steps=300 for dmcp, warmup_episodes=10 for ddpg)")
         if name == "export":

@@ -40,6 +40,7 @@ class SearchConfig:
     onnx: bool = False
     storage: str | None = None
     progress: bool = True
+    fill_budget: bool = True
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -105,6 +105,15 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
+def _spend_leftover_budget(best: Any, space: Any, budget: int) -> Any:
+    """Widen ``best`` group by group (round robin) while FLOPs stay within budget: a superset of it."""
+    from agents import fill_budget
+    from search_spaces import Architecture
+
+    target = {name: float(width) for name, width in best.widths.items()}
+    return Architecture(fill_budget(space, best.widths, budget, target))
+
+
 def run_search(config: SearchConfig) -> dict[str, Any]:
     """Run a whole search as configured; returns the summary (also written to ``RUN_DIR/summary.json``)."""
     from tqdm import tqdm
@@ -176,6 +185,14 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
     if flops > budget:  # the searchers guarantee this; checked again because it is the product's promise
         raise RuntimeError(f"best architecture has {flops} FLOPs, over the budget {budget}")
     val_before = result.best_metrics["accuracy"]
+    filled_from = None
+    if config.fill_budget:
+        widened = _spend_leftover_budget(best, space, budget)
+        if widened != best:
+            filled_from = {"architecture": best.widths, "flops": flops, "val_acc": val_before}
+            best, val_before = widened, evaluator.evaluate(widened).accuracy
+            _log(f"widened the best architecture to spend the leftover budget: {flops / budget:.3f} -> "
+                 f"{space.flops(best) / budget:.3f} of it")
 
     _log(f"fine-tuning the best architecture for {config.finetune_epochs:g} epoch(s)")
     pruned = evaluator.build(best)
@@ -202,6 +219,7 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
         "search_seconds": search_seconds,
         "finetune_seconds": finetune_seconds,
         "architecture": best.widths,
+        **({"widened_from": filled_from} if filled_from else {}),
         **({"pareto_front": result.extra["pareto_front"]} if "pareto_front" in result.extra else {}),
     }
     export(run_dir / "best", model=pruned, space=space, architecture=best, model_name=config.model,

@@ -73,6 +73,34 @@ def test_search_writes_everything_into_the_run_dir(searched: Path) -> None:
     assert len((run / "history.jsonl").read_text().splitlines()) == 3
     for name in ("weights.pt", "widths.png"):
         assert (run / "best" / name).stat().st_size > 0
+    widened = summary.get("widened_from")
+    if widened is not None:  # leftover budget spent by widening: a superset of the searcher's pick
+        assert widened["flops"] < summary["compressed"]["flops"] <= int(0.5 * arch["base_flops"])
+        assert all(arch["widths"][k] >= v for k, v in widened["architecture"].items())
+
+
+def test_widening_spends_the_leftover_budget_and_never_exceeds_it() -> None:
+    import numpy as np
+
+    from automl_prune.pipeline import _spend_leftover_budget
+    from tests.helpers import trained
+
+    _, _, space = trained()
+    budget = space.flops_budget(0.5)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        arch = space.sample(rng)
+        while space.flops(arch) > budget:
+            arch = space.sample(rng)
+        wide = _spend_leftover_budget(arch, space, budget)
+        assert space.flops(arch) <= space.flops(wide) <= budget
+        assert all(wide.widths[k] >= v for k, v in arch.widths.items())
+        # nothing more fits: every group one step wider would break the budget
+        for d in space.decisions:
+            choices = d.choices()
+            i = choices.index(wide.widths[d.name])
+            if i + 1 < len(choices):
+                assert space.flops({**wide.widths, d.name: choices[i + 1]}) > budget
 
 
 def test_search_resumes_and_refuses_other_settings(searched: Path, capsys) -> None:
