@@ -31,7 +31,8 @@ DEMO_FLOPS ?= 0.5
 DEMO_EPISODES ?= 60
 demo: setup
 	$(BIN)/automl-prune search --model vgg-small --dataset fashion-mnist --flops $(DEMO_FLOPS) \
-		--agent $(DEMO_AGENT) --episodes $(DEMO_EPISODES) --out $(RUNS)/demo --cache-dir $(RUNS)/cache
+		--agent $(DEMO_AGENT) --episodes $(DEMO_EPISODES) --out $(RUNS)/demo --cache-dir $(RUNS)/cache \
+		--data-root $(FMNIST_DIR)
 
 clean:
 	rm -rf $(RUNS) .pytest_cache
