@@ -2,7 +2,10 @@
 
 One episode walks the search space's channel groups in execution order, one step each. The agent sees a
 normalized embedding of the current group (AMC, He et al. 2018, section 3.2) and answers with one number in
-``[-1, 1]``, mapped to a keep ratio in ``[min_keep / size, 1]``. AMC's action wall then clips the width so
+``[-1, 1]``, mapped to a keep ratio in ``[min_keep / size, 1]`` around the budget's uniform keep ratio: action
+``0`` is the width one uniform ratio for every group would give (AMC's preserve-ratio prior), so an untrained
+agent, or the middle of its exploration noise, already sits on the strongest simple solution and a short
+search explores around it rather than across the whole box. AMC's action wall then clips the width so
 that, even if every later group took its minimum, the final FLOPs could not exceed the budget: every episode
 ends within budget by construction. When the last group is decided, ``evaluate`` scores the architecture and
 the reward is computed from its metrics; every earlier reward is 0. Nothing is trained inside `step`.
@@ -21,7 +24,11 @@ from gymnasium import spaces
 from automl_prune.errors import BudgetError, ConfigError
 from search_spaces import Architecture, SearchSpace, WidthDecision
 
-__all__ = ["FEATURES", "REWARDS", "ChannelPruningEnv"]
+__all__ = ["ACTION_MAPPINGS", "FEATURES", "REWARDS", "ChannelPruningEnv"]
+
+#: How an action in ``[-1, 1]`` becomes a width: ``"uniform"`` (default) puts ``0`` at the budget's uniform
+#: width; ``"absolute"`` maps ``[-1, 1]`` linearly onto ``[min_keep, size]`` (``0`` is the midpoint).
+ACTION_MAPPINGS: tuple[str, ...] = ("uniform", "absolute")
 
 #: Observation features, in order. The first eight are static (normalized by their maximum over groups);
 #: the last three change during an episode and are fractions already.
@@ -72,14 +79,19 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             group took its full width, the FLOPs would reach ``min_flops_fraction * budget_flops``. With it
             episodes end between that fraction and the budget wherever the widths' rounding allows (a best
             effort; the budget itself is never exceeded). ``0`` (default) is AMC's one-sided wall.
+        action_mapping: One of `ACTION_MAPPINGS`: ``"uniform"`` (default) centres actions on the uniform
+            width of the budget, ``"absolute"`` on the middle of each group's range.
 
     Observation:
         ``Box(0, 1, (11,), float32)``: the features named in `FEATURES` of the group about to be decided.
         After the last step it is the last group's embedding with the final FLOPs features.
 
     Action:
-        ``Box(-1, 1, (1,), float32)``: ``-1`` keeps ``min_keep`` channels, ``+1`` keeps all of them, linear in
-        between (then floored to a valid width and clipped by the walls).
+        ``Box(-1, 1, (1,), float32)``: ``-1`` keeps ``min_keep`` channels, ``0`` the group's uniform width
+        (`uniform_widths`: the largest single keep ratio whose architecture fits the budget), ``+1`` all of
+        them, linear on each side (then floored to a valid width and clipped by the walls). With every action
+        ``0`` the episode ends on exactly the uniform architecture. ``action_mapping="absolute"`` is the plain
+        linear map of ``[-1, 1]`` onto ``[min_keep, size]``.
 
     Info:
         Every step: ``group`` and the ``width`` it got. At the end also ``flops``, ``params``, ``accuracy``,
@@ -96,6 +108,7 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         reward: str = "accuracy",
         *,
         min_flops_fraction: float = 0.0,
+        action_mapping: str = "uniform",
     ) -> None:
         super().__init__()
         if len(space) == 0:
@@ -109,6 +122,8 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         if not 0.0 <= min_flops_fraction <= 1.0:
             raise ConfigError(f"`0 <= min_flops_fraction <= 1` must hold, but got {min_flops_fraction=}")
+        if action_mapping not in ACTION_MAPPINGS:
+            raise ConfigError(f"unknown action_mapping {action_mapping!r}; must be one of {list(ACTION_MAPPINGS)}")
         self.space = space
         self.evaluate = evaluate
         self.budget_flops = int(budget_flops)
@@ -120,6 +135,12 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         self._choices = [d.choices() for d in self.decisions]
         self._full_flops = float(space.full_flops)
         self._static, self._rest_masks = self._embed_static()
+        self.action_mapping = action_mapping
+        self.uniform_widths = _uniform_widths(space, self.budget_flops)
+        if action_mapping == "uniform":
+            self._centre = [float(self.uniform_widths[d.name]) for d in self.decisions]
+        else:
+            self._centre = [(d.min_keep + d.size) / 2.0 for d in self.decisions]
 
         self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -213,9 +234,13 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     def width_for(self, index: int, action: float) -> int:
         """The width group ``index`` gets for ``action`` in ``[-1, 1]`` given the widths chosen before it."""
         decision = self.decisions[index]
-        low = decision.min_keep / decision.size
-        ratio = low + (float(action) + 1.0) / 2.0 * (1.0 - low)
-        width = decision.floor(ratio * decision.size)
+        centre = self._centre[index]
+        action = float(action)
+        if action <= 0.0:
+            channels = centre + action * (centre - decision.min_keep)
+        else:
+            channels = centre + action * (decision.size - centre)
+        width = decision.floor(channels)
         width = max(width, self._smallest_reaching_floor(index))
         return min(width, self._largest_fitting(index))
 
@@ -265,3 +290,24 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     def widths(self) -> dict[str, int]:
         """The widths chosen so far in this episode."""
         return dict(self._widths)
+
+
+def _uniform_widths(space: SearchSpace, budget_flops: int) -> dict[str, int]:
+    """The largest single keep ratio whose widths (floored) fit ``budget_flops``, as widths.
+
+    The same rule as `agents.budget.uniform_architecture` (a test checks they agree); repeated here because
+    environments sit below agents in the dependency order.
+    """
+    def widths(scale: float) -> dict[str, int]:
+        return {d.name: d.floor(scale * d.size) for d in space.decisions}
+
+    if space.flops(widths(1.0)) <= budget_flops:
+        return widths(1.0)
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if space.flops(widths(mid)) <= budget_flops:
+            lo = mid
+        else:
+            hi = mid
+    return widths(lo)

@@ -15,6 +15,7 @@ from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from gymnasium.utils.env_checker import data_equivalence
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from agents.budget import uniform_architecture
 from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.models import build_model
 from envs import CHANNEL_PRUNING_ID, FEATURES, ChannelPruningEnv, MovingAverageBaseline
@@ -149,8 +150,8 @@ def test_lower_wall_keeps_random_episodes_near_the_budget(vgg: SearchSpace) -> N
     assert min(without) < 0.95 * budget  # the wall is what made the difference
 
 
-def test_actions_map_linearly_onto_the_keep_ratio(vgg: SearchSpace) -> None:
-    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), vgg.full_flops)  # a budget that never clips
+def test_absolute_mapping_is_linear_on_the_keep_ratio(vgg: SearchSpace) -> None:
+    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), vgg.full_flops, action_mapping="absolute")
     lowest = run_episode(env, lambda i: -np.ones(1, np.float32))[-1][-1]
     assert Architecture.from_dict(lowest["architecture"]) == vgg.smallest()
     highest = run_episode(env, lambda i: np.ones(1, np.float32))[-1][-1]
@@ -158,6 +159,58 @@ def test_actions_map_linearly_onto_the_keep_ratio(vgg: SearchSpace) -> None:
     env.reset()
     d = vgg.decisions[0]
     assert env.width_for(0, 0.0) == d.floor((d.min_keep / d.size + 1) / 2 * d.size)
+
+
+@pytest.mark.parametrize("model_name", ["vgg-small", "tiny-resnet"])
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 0.8])
+def test_action_zero_is_the_uniform_architecture(spaces: dict[str, SearchSpace], model_name: str,
+                                                 fraction: float) -> None:
+    space = spaces[model_name]
+    budget = max(space.min_flops, space.flops_budget(fraction))
+    env = ChannelPruningEnv(space, cheap_evaluate(space), budget)
+    info = run_episode(env, lambda i: np.zeros(1, np.float32))[-1][-1]
+    assert Architecture.from_dict(info["architecture"]) == uniform_architecture(space, budget)
+    assert env.uniform_widths == uniform_architecture(space, budget).widths
+
+
+def test_uniform_mapping_spans_the_range_on_both_sides_of_uniform(vgg: SearchSpace) -> None:
+    budget = vgg.flops_budget(0.5)
+    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget)
+    env.reset()
+    d = vgg.decisions[0]
+    centre = env.uniform_widths[d.name]
+    assert d.min_keep < centre < d.size
+    assert env.width_for(0, -1.0) == d.min_keep
+    assert env.width_for(0, -0.5) == d.floor((d.min_keep + centre) / 2)
+    assert env.width_for(0, 0.0) == centre
+    # above the centre the wall may clip: the first group's width is only bounded by what later minima allow
+    assert env.width_for(0, 0.5) == min(d.floor((centre + d.size) / 2), env._largest_fitting(0))
+    assert env.width_for(0, 1.0) == env._largest_fitting(0)
+    widths = [env.width_for(0, a) for a in np.linspace(-1, 1, 41)]
+    assert widths == sorted(widths)  # monotone in the action
+    # with a budget that never clips, +1 is every channel and -1 the minimum, as before
+    free = ChannelPruningEnv(vgg, cheap_evaluate(vgg), vgg.full_flops)
+    assert Architecture.from_dict(run_episode(free, lambda i: np.ones(1, np.float32))[-1][-1]["architecture"]) \
+        == vgg.full()
+    assert Architecture.from_dict(run_episode(free, lambda i: -np.ones(1, np.float32))[-1][-1]["architecture"]) \
+        == vgg.smallest()
+
+
+def test_random_actions_centre_on_the_uniform_ratio(vgg: SearchSpace) -> None:
+    """The prior a short search relies on: random actions land around uniform, not around the box's middle."""
+    budget = vgg.flops_budget(0.25)
+    rng = np.random.default_rng(0)
+    centred = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget)
+    absolute = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget, action_mapping="absolute")
+    uniform = np.array([centred.uniform_widths[d.name] / d.size for d in vgg.decisions])
+    errors = {"uniform": [], "absolute": []}
+    for _ in range(20):
+        actions = rng.uniform(-1, 1, size=(len(vgg), 1)).astype(np.float32)
+        for name, env in (("uniform", centred), ("absolute", absolute)):
+            widths = Architecture.from_dict(run_episode(env, lambda i, a=actions: a[i])[-1][-1]["architecture"])
+            ratios = np.array([widths.widths[d.name] / d.size for d in vgg.decisions])
+            errors[name].append(float(np.abs(ratios - uniform).mean()))
+    assert np.mean(errors["uniform"]) < np.mean(errors["absolute"])
 
 
 def test_observation_features(vgg: SearchSpace) -> None:
@@ -200,6 +253,8 @@ def test_bad_arguments_name_the_value_and_the_range(vgg: SearchSpace) -> None:
         ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5), reward="top5")
     with pytest.raises(BudgetError, match=rf"budget_flops=10 < {vgg.min_flops}"):
         ChannelPruningEnv(vgg, evaluate, 10)
+    with pytest.raises(ConfigError, match=r"'linear'.*\['uniform', 'absolute'\]"):
+        ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5), action_mapping="linear")
     with pytest.raises(ConfigError, match=r"min_flops_fraction=1\.5"):
         ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5), min_flops_fraction=1.5)
     env = ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5))
