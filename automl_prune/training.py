@@ -21,7 +21,7 @@ from torch import nn
 from automl_prune.data import Split, Splits, iterate_batches
 from automl_prune.errors import ConfigError
 
-__all__ = ["default_device", "evaluate_accuracy", "train"]
+__all__ = ["Trainer", "default_device", "evaluate_accuracy", "train"]
 
 WARMUP_FRACTION = 0.05
 
@@ -71,54 +71,120 @@ def train(
     Raises:
         ConfigError: Non-positive ``epochs``/``lr``/``batch_size``, or a split smaller than one batch.
     """
-    split, spec = (data.train, data.spec) if isinstance(data, Splits) else (data, None)
-    _check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
-    if augment and spec is None:
-        raise ConfigError("`train(augment=True)` needs `Splits` (for the dataset spec), not a single `Split`")
-    steps_per_epoch = len(split) // batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}")
-    total_steps = max(1, math.ceil(epochs * steps_per_epoch))
-    if max_steps is not None:
-        total_steps = min(total_steps, max_steps)
+    trainer = Trainer(
+        model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+        weight_decay=weight_decay, max_steps=max_steps, label_smoothing=label_smoothing, augment=augment,
+        channels_last=channels_last,
+    )
+    return trainer.run(progress=progress)
 
-    device = torch.device(device) if device is not None else default_device()
-    channels_last = device.type == "cpu" if channels_last is None else channels_last
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    torch.manual_seed(seed)
-    model.to(device=device, memory_format=memory_format).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
-    step, epoch, images, start = 0, 0, 0, time.perf_counter()
-    loss_sum, correct, seen = 0.0, 0, 0
-    while step < total_steps:
-        epoch_steps = min(steps_per_epoch, total_steps - step)
-        bar = _progress_bar(epoch_steps, f"epoch {epoch + 1}/{math.ceil(total_steps / steps_per_epoch)}", progress)
-        loss_sum, correct, seen = 0.0, 0, 0
+class Trainer:
+    """One training run planned for ``total_steps``, that can stop at any step and continue exactly.
+
+    The learning-rate schedule (warm-up + cosine) is planned over the whole run, so running it in segments
+    (``run(until=...)`` several times, or ``state_dict`` -> a new `Trainer` -> ``load_state_dict``) gives the
+    same weights as one call. The re-ranking ladder relies on this: a candidate's rungs are prefixes of the
+    final fine-tune, so the top rung *is* the final fine-tune. Arguments are those of `train`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Splits | Split,
+        *,
+        epochs: float,
+        lr: float = 0.1,
+        batch_size: int = 128,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        weight_decay: float = 5e-4,
+        max_steps: int | None = None,
+        label_smoothing: float = 0.0,
+        augment: bool = False,
+        channels_last: bool | None = None,
+    ) -> None:
+        split, spec = (data.train, data.spec) if isinstance(data, Splits) else (data, None)
+        _check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
+        if augment and spec is None:
+            raise ConfigError("`train(augment=True)` needs `Splits` (for the dataset spec), not a single `Split`")
+        self.steps_per_epoch = len(split) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}")
+        total = max(1, math.ceil(epochs * self.steps_per_epoch))
+        self.total_steps = min(total, max_steps) if max_steps is not None else total
+        self.split, self.spec = split, spec
+        self.batch_size, self.seed, self.augment = batch_size, seed, augment
+        self.device = torch.device(device) if device is not None else default_device()
+        channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model
+        # The initial RNG state is seeded inside a fork, so a caller's global stream is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._rng_state = torch.get_rng_state()
+        model.to(device=self.device, memory_format=self.memory_format).train()
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                         weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(self.total_steps))
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.step = 0
+        self.images = 0
+        self.seconds = 0.0
+        self._last_epoch_stats = (0.0, 0, 0)
+
+    def run(self, until: int | None = None, *, progress: bool = True) -> dict[str, Any]:
+        """Train up to step ``until`` (default: the end of the plan); returns the stats of `train`."""
+        until = self.total_steps if until is None else min(int(until), self.total_steps)
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            while self.step < until:
+                self._run_epoch_part(until, progress)
+            self._rng_state = torch.get_rng_state()
+        self.seconds += time.perf_counter() - start
+        loss_sum, correct, seen = self._last_epoch_stats
+        return {
+            "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch,
+            "images": self.images,
+            "seconds": self.seconds,
+            "images_per_second": self.images / self.seconds if self.seconds > 0 else float("inf"),
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+        }
+
+    def _run_epoch_part(self, until: int, progress: bool) -> None:
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        epoch_end = min(until, (epoch + 1) * self.steps_per_epoch)
+        n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        bar = _progress_bar(epoch_end - self.step, f"epoch {epoch + 1}/{n_epochs}", progress)
+        loss_sum, correct, seen = self._last_epoch_stats if offset else (0.0, 0, 0)
         batches = iterate_batches(
-            split,
-            batch_size,
+            self.split,
+            self.batch_size,
             shuffle=True,
-            seed=seed * 100_003 + epoch,
-            augment=augment,
-            spec=spec,
+            seed=self.seed * 100_003 + epoch,
+            augment=self.augment,
+            spec=self.spec,
             drop_last=True,
         )
-        for x, y in batches:
-            if step >= total_steps:
+        self.model.train()
+        for position, (x, y) in enumerate(batches):
+            if position < offset:
+                continue  # continuing mid-epoch: the same order, from where the last segment stopped
+            if self.step >= epoch_end:
                 break
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            images += len(y)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.images += len(y)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -127,17 +193,37 @@ def train(
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         if bar is not None:
             bar.close()
-        epoch += 1
-    seconds = time.perf_counter() - start
-    return {
-        "steps": step,
-        "epochs": step / steps_per_epoch,
-        "images": images,
-        "seconds": seconds,
-        "images_per_second": images / seconds if seconds > 0 else float("inf"),
-        "train_loss": loss_sum / max(seen, 1),
-        "train_acc": correct / max(seen, 1),
-    }
+        self._last_epoch_stats = (loss_sum, correct, seen)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, schedule, step, RNG."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "images": self.images,
+            "seconds": self.seconds,
+            "rng": self._rng_state,
+            "last_epoch_stats": self._last_epoch_stats,
+            "total_steps": self.total_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict` of a `Trainer` built with the same arguments."""
+        if int(state["total_steps"]) != self.total_steps:
+            raise ValueError(
+                f"the saved run was planned for {state['total_steps']} steps, this one for {self.total_steps}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.model.to(device=self.device, memory_format=self.memory_format)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.images = int(state["images"])
+        self.seconds = float(state["seconds"])
+        self._rng_state = state["rng"]
+        self._last_epoch_stats = tuple(state["last_epoch_stats"])  # type: ignore[assignment]
 
 
 @torch.no_grad()

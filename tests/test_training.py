@@ -113,3 +113,33 @@ def test_pretrain_or_load_reuses_the_cache(
 def test_cache_path_sanitizes_torchvision_names(tmp_path: Path) -> None:
     path = cache_path(tmp_path, "torchvision:resnet18", "fashion-mnist", seed=1, epochs=2)
     assert path.name == "torchvision-resnet18__fashion-mnist__s1__e2.pt"
+
+
+def test_trainer_in_segments_equals_one_run(splits) -> None:  # type: ignore[no-untyped-def]
+    """The ladder's contract: stopping at rungs, saving and continuing gives the weights of one run."""
+    torch.manual_seed(0)
+    reference = build_model("tiny-resnet", 1, 10, 16)
+    segmented = build_model("tiny-resnet", 1, 10, 16)
+    segmented.load_state_dict(reference.state_dict())
+    options = {"epochs": 2.0, "lr": 0.05, "batch_size": 64, "seed": 3}
+    train(reference, splits, progress=False, **options)
+
+    first = training.Trainer(segmented, splits, **options)
+    first.run(until=10, progress=False)  # mid-epoch
+    state = first.state_dict()
+    second = training.Trainer(segmented, splits, **options)
+    second.load_state_dict(state)
+    second.run(until=40, progress=False)  # across the epoch boundary (28 steps per epoch)
+    stats = second.run(progress=False)
+    assert stats["steps"] == 2 * (1800 // 64)
+    for a, b in zip(reference.state_dict().values(), segmented.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_training_leaves_the_global_rng_alone(splits) -> None:  # type: ignore[no-untyped-def]
+    model = build_model("tiny-cnn", 1, 10, 16)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(model, splits, epochs=1, lr=0.05, batch_size=64, seed=7, progress=False, max_steps=2)
+    assert torch.equal(torch.rand(3), expected)
