@@ -6,6 +6,7 @@ import abc
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,19 +62,69 @@ class HistoryEntry:
         )
 
 
+def _parse_line(raw: bytes) -> HistoryEntry | None:
+    """The entry one line of ``history.jsonl`` holds, or ``None`` for a blank or unreadable line."""
+    if not raw.strip():
+        return None
+    try:
+        return HistoryEntry.from_dict(json.loads(raw))
+    except (ValueError, KeyError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+
+
 class SearchHistory:
     """Every evaluation, in order; appended to a JSON-lines file as it happens when given a path."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.entries: list[HistoryEntry] = []
+        self.skipped_lines: list[int] = []  # 1-based numbers of unreadable complete lines (reported, not read)
         if self.path is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if line.strip():
-                    try:
-                        self.entries.append(HistoryEntry.from_dict(json.loads(line)))
-                    except (json.JSONDecodeError, KeyError):
-                        break  # a line cut by a crash: everything before it is intact
+            self._load(self.path)
+
+    def _load(self, path: Path) -> None:
+        """Read every complete line; cut a torn last line off the file so that appends start on a fresh line.
+
+        A crash mid-append leaves a last line without its newline (or one that does not parse). Appending after
+        it would glue the next entry onto the fragment and make that entry unreadable, so the file is
+        truncated to its last complete line. An unreadable line in the middle (written by an older version
+        that appended after a fragment) is skipped and reported; the entries after it are kept.
+        """
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # the bytes after the last newline: empty unless the last write was cut
+        keep = len(data) - len(tail)
+        for number, raw in enumerate(lines, start=1):
+            entry = _parse_line(raw)
+            if entry is not None:
+                self.entries.append(entry)
+            elif raw.strip():
+                self.skipped_lines.append(number)
+        last = _parse_line(tail)
+        if last is not None:  # a complete entry that only lost its newline
+            self.entries.append(last)
+            with path.open("ab") as handle:
+                handle.write(b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        elif tail:
+            with path.open("r+b") as handle:
+                handle.truncate(keep)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if tail.strip():
+                warnings.warn(
+                    f"{path}: removed a torn last line ({len(tail)} bytes, cut by a crash mid-write); "
+                    f"{len(self.entries)} complete entries kept",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        if self.skipped_lines:
+            warnings.warn(
+                f"{path}: skipped unreadable line(s) {self.skipped_lines}; {len(self.entries)} entries read",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def append(self, entry: HistoryEntry) -> None:
         """Record one evaluation (flushed and fsynced, so a crash loses nothing finished)."""
