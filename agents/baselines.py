@@ -7,8 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.base import Searcher
-from agents.budget import project_to_budget, uniform_architecture
+from agents.base import EvaluatorLike, Searcher, SearchHistory
+from agents.budget import (
+    around_uniform,
+    check_prior,
+    project_to_budget,
+    sample_multipliers,
+    uniform_architecture,
+    uniform_ratios,
+)
+from search_spaces import Architecture, SearchSpace
 
 __all__ = ["RandomSearcher", "UniformSearcher"]
 
@@ -24,18 +32,42 @@ class UniformSearcher(Searcher):
 
 
 class RandomSearcher(Searcher):
-    """Uniformly random keep ratios per group, projected onto the budget when over it."""
+    """Random keep ratios per group around the uniform architecture, projected onto the budget when over it.
+
+    Args:
+        space, evaluator, budget_flops, seed, run_dir, history: As `Searcher`.
+        prior: ``"uniform"`` (default): each group's keep ratio is its uniform ratio for the budget times a
+            log-uniform factor in ``[1 / spread, spread]``, so draws concentrate around the strongest simple
+            solution; ``"box"``: uniformly over ``[min_keep / size, 1]`` (the whole space).
+        spread: The largest factor away from the uniform ratio (``prior="uniform"`` only).
+
+    A draw over budget is scaled down onto it, then the leftover budget is spent
+    (`agents.budget.project_to_budget` with ``fill=True``).
+    """
 
     name = "random"
+
+    def __init__(self, space: SearchSpace, evaluator: EvaluatorLike, budget_flops: int, *, seed: int = 0,
+                 run_dir: str | Path | None = None, history: SearchHistory | None = None,
+                 prior: str = "uniform", spread: float = 2.0) -> None:
+        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
+        check_prior(prior, spread)
+        self.prior = prior
+        self.spread = float(spread)
+        self._centre = uniform_ratios(space, self.budget_flops)
+
+    def sample(self, rng: np.random.Generator) -> Architecture:
+        """One draw from the prior (before the budget projection)."""
+        if self.prior == "uniform":
+            return around_uniform(self.space, self._centre, sample_multipliers(rng, self.space.names, self.spread))
+        return self.space.from_ratios({d.name: float(rng.uniform(d.min_keep / d.size, 1.0))
+                                       for d in self.space.decisions})
 
     def _run(self) -> None:
         # The generator is re-derived from the seed and the count done so far, so resume continues the stream.
         while self.remaining:
             rng = np.random.default_rng([self.seed, len(self.history)])
-            lows = {d.name: d.min_keep / d.size for d in self.space.decisions}
-            ratios = {name: float(rng.uniform(low, 1.0)) for name, low in lows.items()}
-            arch = self.space.from_ratios(ratios)
-            self._evaluate(project_to_budget(self.space, arch, self.budget_flops))
+            self._evaluate(project_to_budget(self.space, self.sample(rng), self.budget_flops, fill=True))
 
     def save(self, path: str | Path) -> None:
         """Nothing to learn; records the seed for a faithful continuation."""

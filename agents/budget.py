@@ -1,12 +1,31 @@
-"""Budget guarantees shared by every searcher: uniform scaling and projection onto a FLOPs limit."""
+"""Budget guarantees shared by every searcher: uniform scaling, projection onto a FLOPs limit, and the prior
+around the uniform architecture that the sampling searchers draw from."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
+import numpy as np
+
+from automl_prune.errors import ConfigError
 from search_spaces import Architecture, SearchSpace
 
-__all__ = ["fill_budget", "project_to_budget", "uniform_architecture"]
+__all__ = [
+    "PRIORS",
+    "around_uniform",
+    "check_prior",
+    "fill_budget",
+    "project_to_budget",
+    "sample_multipliers",
+    "uniform_architecture",
+    "uniform_ratios",
+]
+
+#: Where sampling searchers draw keep ratios: ``"uniform"`` (default) multiplies each group's uniform keep
+#: ratio by a factor in ``[1 / spread, spread]`` (log-uniform, so half above and half below uniform);
+#: ``"box"`` draws each ratio uniformly from the whole ``[min_keep / size, 1]``.
+PRIORS: tuple[str, ...] = ("uniform", "box")
 
 _BISECTION_STEPS = 40
 
@@ -78,3 +97,33 @@ def project_to_budget(space: SearchSpace, architecture: Architecture | Mapping[s
     if fill:
         projected = fill_budget(space, projected, budget_flops, target)
     return Architecture(projected)
+
+
+def uniform_ratios(space: SearchSpace, budget_flops: int) -> dict[str, float]:
+    """Each group's keep ratio (width / size) in the uniform architecture of ``budget_flops``."""
+    widths = uniform_architecture(space, budget_flops).widths
+    return {d.name: widths[d.name] / d.size for d in space.decisions}
+
+
+def check_prior(prior: str, spread: float) -> None:
+    """Raise `ConfigError` unless ``prior`` is one of `PRIORS` and ``spread > 1``."""
+    if prior not in PRIORS:
+        raise ConfigError(f"unknown prior {prior!r}; must be one of {list(PRIORS)}")
+    if not (math.isfinite(spread) and spread > 1.0):
+        raise ConfigError(f"`spread > 1` must hold (a factor around the uniform ratio), but got {spread=}")
+
+
+def sample_multipliers(rng: np.random.Generator, names: list[str], spread: float) -> dict[str, float]:
+    """One log-uniform factor in ``[1 / spread, spread]`` per name (median 1: the uniform ratio)."""
+    logs = rng.uniform(-math.log(spread), math.log(spread), size=len(names))
+    return {name: float(math.exp(v)) for name, v in zip(names, logs, strict=True)}
+
+
+def around_uniform(space: SearchSpace, centre: Mapping[str, float], multipliers: Mapping[str, float]) -> Architecture:
+    """Widths at ``centre`` ratio x multiplier per group (nearest valid width, clipped into the group's range).
+
+    A multiplier of 1 everywhere gives back the widths of ``centre`` exactly when ``centre`` came from
+    `uniform_ratios`.
+    """
+    return Architecture({d.name: d.from_ratio(min(1.0, centre[d.name] * multipliers[d.name]))
+                         for d in space.decisions})

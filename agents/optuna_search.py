@@ -1,7 +1,13 @@
 """Optuna searchers: TPE for the best accuracy under the budget, and a multi-objective accuracy/FLOPs front.
 
-Each trial suggests one keep ratio per channel group (``trial.suggest_float(group, min_keep / size, 1.0)``;
-or integer widths with ``integer_widths=True``). A suggestion over the FLOPs budget is projected onto it
+The search starts from the uniform architecture of the budget (one keep ratio for every group): it is
+enqueued as the first trial of a new study, so the sampler always knows the strongest simple solution, and
+with the default ``prior="uniform"`` each trial suggests one factor per channel group on that group's uniform
+keep ratio (``trial.suggest_float(group, 1 / spread, spread, log=True)``; the ratio is the uniform one times
+the factor, clipped to ``[min_keep / size, 1]``), so the random start-up and TPE's model both live around
+uniform rather than across the whole box. ``prior="box"`` suggests the keep ratio itself
+(``suggest_float(group, min_keep / size, 1.0)``); ``integer_widths=True`` suggests widths (with the uniform
+prior, within ``[uniform / spread, uniform x spread]``). A suggestion over the FLOPs budget is projected onto it
 (`agents.budget.project_to_budget` with ``fill=True``), and the widths actually evaluated are stored as the
 trial's ``widths`` user attribute, so nothing this module returns is ever over budget. TPE then models the
 raw suggestions against the accuracy of their projections ("constrained sampling").
@@ -41,6 +47,7 @@ live workers on other machines are left alone.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import warnings
 from collections.abc import Mapping, Sequence
@@ -52,10 +59,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from agents.base import EvaluatorLike, HistoryEntry, Searcher, SearchHistory, SearchResult
-from agents.budget import project_to_budget
+from agents.budget import around_uniform, check_prior, project_to_budget, uniform_architecture
 from agents.pareto import pareto_front, plot_pareto, write_pareto_json
 from automl_prune.atomic import atomic_write_text
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, SearchSpace, WidthDecision
 
 __all__ = ["OptunaMOSearcher", "OptunaSearcher"]
 
@@ -77,7 +84,9 @@ class OptunaSearcher(Searcher):
         study_name: Study name; default ``"<searcher name>-<budget_flops>"`` (fixed for a run).
         n_startup_trials: Random trials before TPE starts modelling.
         multivariate: Multivariate TPE (group widths interact through the FLOPs they share).
-        integer_widths: Suggest integer widths (``suggest_int(group, min_keep, size)``) instead of ratios.
+        integer_widths: Suggest integer widths (``suggest_int(group, low, high)``) instead of ratios.
+        prior: ``"uniform"`` (default): suggest factors on the uniform keep ratio; ``"box"``: the whole range.
+        spread: The largest factor away from the uniform ratio (``prior="uniform"`` only).
     """
 
     name: ClassVar[str] = "optuna"
@@ -97,8 +106,15 @@ class OptunaSearcher(Searcher):
         n_startup_trials: int = 10,
         multivariate: bool = True,
         integer_widths: bool = False,
+        prior: str = "uniform",
+        spread: float = 2.0,
     ) -> None:
         super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
+        check_prior(prior, spread)
+        self.prior = prior
+        self.spread = float(spread)
+        self.uniform = uniform_architecture(space, self.budget_flops)
+        self._centre = {d.name: self.uniform.widths[d.name] / d.size for d in space.decisions}
         if n_startup_trials < 0:
             raise ValueError(f"`n_startup_trials >= 0` must hold, but got {n_startup_trials=}")
         if storage is not None and not isinstance(storage, (str, optuna.storages.BaseStorage)):
@@ -166,7 +182,8 @@ class OptunaSearcher(Searcher):
 
     def _check_study(self, study: optuna.Study) -> None:
         """Refuse to continue a study made for another space, budget or searcher."""
-        expected = {"searcher": self.name, "budget_flops": self.budget_flops, "decisions": self.space.names}
+        expected = {"searcher": self.name, "budget_flops": self.budget_flops, "decisions": self.space.names,
+                    "prior": self.prior, "spread": self.spread, "integer_widths": self.integer_widths}
         attrs = study.user_attrs
         if not attrs:
             for key, value in expected.items():
@@ -184,18 +201,49 @@ class OptunaSearcher(Searcher):
     def _values(self, metrics: Mapping[str, Any]) -> list[float]:
         return [float(metrics["accuracy"])]
 
+    def _bounds(self, d: WidthDecision) -> tuple[float, float]:
+        """The range of group ``d``'s parameter (integer widths or ratios, or factors on the uniform ratio)."""
+        if self.integer_widths:
+            if self.prior == "box":
+                return d.min_keep, d.size
+            centre = self.uniform.widths[d.name]
+            return max(d.min_keep, math.floor(centre / self.spread)), min(d.size, math.ceil(centre * self.spread))
+        if self.prior == "box":
+            return d.min_keep / d.size, 1.0
+        return 1.0 / self.spread, self.spread
+
+    def architecture_from_params(self, params: Mapping[str, float]) -> Architecture:
+        """The architecture a trial's parameters stand for (before any budget projection)."""
+        if self.integer_widths:
+            return Architecture({d.name: d.round(params[d.name]) for d in self.space.decisions})
+        if self.prior == "box":
+            return Architecture({d.name: d.from_ratio(params[d.name]) for d in self.space.decisions})
+        return around_uniform(self.space, self._centre, params)
+
+    def uniform_params(self) -> dict[str, float]:
+        """The parameters of the uniform architecture (the first trial of every new study)."""
+        if self.integer_widths:
+            return {name: int(width) for name, width in self.uniform.widths.items()}
+        if self.prior == "box":
+            return dict(self._centre)
+        return {name: 1.0 for name in self.space.names}
+
     def _suggest(self, trial: optuna.Trial) -> Architecture:
-        widths = {}
+        log = self.prior == "uniform"
         for d in self.space.decisions:
+            low, high = self._bounds(d)
             if self.integer_widths:
-                widths[d.name] = d.round(trial.suggest_int(d.name, d.min_keep, d.size))
+                trial.suggest_int(d.name, int(low), int(high), log=log)
             else:
-                widths[d.name] = d.from_ratio(trial.suggest_float(d.name, d.min_keep / d.size, 1.0))
-        return Architecture(widths)
+                trial.suggest_float(d.name, low, high, log=log)
+        return self.architecture_from_params(trial.params)
 
     def _run(self) -> None:
         study = self.study
         self._recover(study)
+        if not study.get_trials(deepcopy=False):
+            # A new study starts from uniform: every later trial is then compared with it.
+            study.enqueue_trial(self.uniform_params(), user_attrs={"uniform": True})
         while self.remaining:
             self._run_trial(study, study.ask())
         self._after_run()
