@@ -218,6 +218,12 @@ class Searcher(abc.ABC):
         """Propose and evaluate until ``len(self.history) >= self.n_evaluations``."""
 
     @property
+    def state_dir(self) -> Path | None:
+        """``run_dir/agent_state``: where the run keeps this searcher's `save` (RL agents also save there as
+        they go, so that a killed search resumes from its last episode); ``None`` without a ``run_dir``."""
+        return self.run_dir / "agent_state" if self.run_dir is not None else None
+
+    @property
     def remaining(self) -> int:
         """Evaluations still to do in this search."""
         return max(0, self.n_evaluations - len(self.history))

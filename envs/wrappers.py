@@ -12,10 +12,13 @@ __all__ = ["MovingAverageBaseline"]
 class MovingAverageBaseline(gym.Wrapper):
     """Subtract an exponential moving average of past episode rewards from each episode's final reward.
 
-    AMC's variance reduction for DDPG: the reward an agent stores is ``reward - baseline`` where the
-    baseline averages earlier rewards, so the critic learns differences from "usual" rather than absolute
-    accuracies that all sit close together. Only the reward of an episode's last step changes (earlier
-    rewards are 0); the baseline is updated after it is used, and the first episode gets 0.
+    Variance reduction for an on-policy learner, which uses each reward once, right away: the reward is
+    ``reward - baseline`` where the baseline averages earlier rewards. Only the reward of an episode's last
+    step changes (earlier rewards are 0); the baseline is updated after it is used, and the first episode
+    gets 0. Not for replayed experience: a stored shifted reward keeps the baseline of its own time, so later
+    comparisons mix baselines (a raw 0.60 stored as +0.30 and a better 0.70 later as -0.04). DDPG therefore
+    stores raw rewards and subtracts the current baseline when it samples a batch
+    (`agents.rl.EpisodeRewardReplayBuffer`), as AMC does.
 
     Args:
         env: The environment (rewards at episode ends only).

@@ -53,15 +53,32 @@ def test_ddpg_warms_up_then_learns(setup, tmp_path: Path) -> None:
     assert model.learning_starts == 2 * n_groups and model.gamma == 1.0
     assert model.replay_buffer.size() == 6 * n_groups
     assert model._n_updates > 0  # gradient steps happened after the warm-up episodes
-    # AMC's credit assignment: every step of an episode carries the episode's final (baseline-shifted) reward
+    # AMC's credit assignment: every step of an episode carries the episode's final raw reward
     rewards = model.replay_buffer.rewards[: 6 * n_groups, 0].reshape(6, n_groups)
     assert np.all(rewards == rewards[:, -1:])
     assert np.any(rewards != 0)
     assert model._episode_num == 6
     assert searcher.noise.episode == 5  # the last episode explored with sigma decayed 3 times after warm-up
     assert searcher.noise.sigma == pytest.approx(0.5 * 0.99**3)
-    assert searcher.baseline_env.baseline is not None
+    assert searcher.baseline is not None
     assert (tmp_path / "tensorboard").is_dir() and any((tmp_path / "tensorboard").rglob("events.out.*"))
+
+
+def test_ddpg_stores_raw_rewards_and_subtracts_the_current_baseline_when_sampling(setup) -> None:
+    """AMC: a transition is compared with the baseline of the training step, not of the time it was stored."""
+    searcher = _make("ddpg", setup, None, baseline_alpha=0.5)
+    result = searcher.search(5)
+    n_groups = len(setup[0])
+    buffer = searcher.model.replay_buffer
+    raw = [e.metrics["accuracy"] for e in result.history]  # the "accuracy" reward is the accuracy
+    stored = buffer.rewards[: 5 * n_groups, 0].reshape(5, n_groups)
+    assert stored[:, 0] == pytest.approx(raw)  # raw, every episode, whatever the baseline was then
+    baseline = raw[0]
+    for value in raw[1:]:
+        baseline += 0.5 * (value - baseline)
+    assert searcher.baseline == pytest.approx(baseline)
+    batch = buffer._get_samples(np.arange(5 * n_groups))
+    assert batch.rewards.numpy()[:, 0] == pytest.approx(stored.reshape(-1) - baseline)
 
 
 @pytest.mark.parametrize("name", ["ddpg", "ppo"])
@@ -72,18 +89,20 @@ def test_save_restore_continues(name: str, setup, tmp_path: Path) -> None:
     first.search(4)
     first.save(tmp_path / "state")
     saved = json.loads((tmp_path / "state" / "rl_state.json").read_text())
-    assert (tmp_path / "state" / "model.zip").is_file()
+    generation = tmp_path / "state" / saved["generation"]
+    assert (generation / "model.zip").is_file()
+    assert [p.name for p in (tmp_path / "state").glob("gen-*")] == [generation.name]  # older ones removed
 
     second = _make(name, setup, tmp_path)
     assert len(second.history) == 4  # reloaded from run_dir/history.jsonl
     second.restore(tmp_path / "state")
     assert second.model.num_timesteps == 4 * n_groups
     if name == "ddpg":
-        assert (tmp_path / "state" / "replay_buffer.pkl").is_file()
+        assert (generation / "replay_buffer.pkl").is_file()
         assert second.model.replay_buffer.size() == 4 * n_groups
         assert second.noise.episode == saved["noise"]["episode"] == 3
         assert second.model._episode_num == 4
-        assert second.baseline_env.baseline == saved["baseline"]["baseline"] == first.baseline_env.baseline
+        assert second.baseline == saved["baseline"] == first.baseline
         assert second.model.action_noise is second.noise
     result = second.search(8)
     assert len(result.history) == 8 and [e.index for e in result.history] == list(range(8))

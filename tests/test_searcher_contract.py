@@ -21,6 +21,13 @@ from search_spaces import SearchSpace
 N = 3  # evaluations before the save; the resumed search goes on to 2 * N
 FILLS_THE_BUDGET = {"ddpg", "ppo", "uniform"}
 SINGLE_SHOT = {"uniform"}  # searchers whose whole search is one evaluation
+# Searchers whose resumed search cannot repeat an uninterrupted one, each with the reason. Everything not
+# listed here must continue exactly: same architectures, same order.
+NOT_EXACT_ON_RESUME: dict[str, str] = {
+    "optuna": "the sampler is re-created on restore from (seed, trials stored), not from its saved state, "
+              "so the continuation draws another stream (agents/optuna_search.py `_derived_seed`)",
+    "optuna-mo": "as optuna: NSGA-II's sampler is re-created from (seed, trials stored) on restore",
+}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +115,26 @@ class TestSearcherContract:
         assert [e.to_dict() for e in result.history[: len(before)]] == before
         assert [e.index for e in result.history] == list(range(len(result.history)))
         assert all(e.metrics["flops"] <= budget for e in result.history)
+
+
+def test_save_restore_continue_equals_one_uninterrupted_search(
+    searcher_name: str, setup, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """N evaluations, save, restore in a new searcher, N more: the 2N of one search, in the same order."""
+    if searcher_name in NOT_EXACT_ON_RESUME:  # strict: once it passes, the entry must go
+        request.applymarker(pytest.mark.xfail(reason=NOT_EXACT_ON_RESUME[searcher_name], strict=True))
+    uninterrupted = _make(searcher_name, setup, tmp_path / "one-go").search(2 * N).history
+
+    first = _make(searcher_name, setup, tmp_path / "resumed")
+    first.search(N)
+    first.save(tmp_path / "resumed" / "state")
+    del first
+    resumed = _make(searcher_name, setup, tmp_path / "resumed")
+    resumed.restore(tmp_path / "resumed" / "state")
+    continued = resumed.search(2 * N).history
+
+    assert [e.architecture for e in continued] == [e.architecture for e in uninterrupted]
+    assert [e.metrics["accuracy"] for e in continued] == [e.metrics["accuracy"] for e in uninterrupted]
 
 
 def test_every_registered_searcher_is_covered() -> None:
