@@ -6,12 +6,10 @@ The public surface: `load` rebuilds an exported model (`automl_prune.export.expo
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-# Must precede the first torch import to take effect: with OpenMP's default spinning, elementwise ops ran
-# 10-40x slower here whenever another process shared a core (measured; see automl_prune.runtime).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Importing the package changes nothing in the caller's process (environment, random generators, matplotlib):
+# process-wide settings belong to the CLI (`automl_prune.cli`).
 
 __all__ = ["__version__", "load"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,6 +92,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Finish the search in RUN_DIR with the settings it was started with."""
+    run_dir = Path(args.run_dir)
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir} holds no search to resume (no config.json); start one with `automl-prune search`")
+    values = json.loads(saved.read_text())
+    values["out"] = str(run_dir)
+    if args.workers is not None:
+        values["workers"] = args.workers
+    if args.progress is not None:
+        values["progress"] = args.progress
+    known = set(SearchConfig.__dataclass_fields__)
+    config = SearchConfig(**{k: v for k, v in values.items() if k in known})
+    _setup(config)
+    from automl_prune.pipeline import run_search
+
+    run_search(config)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Prune the base model to an architecture JSON and export it (arch.json, weights.pt, optional ONNX)."""
     config = _config_from(args)
@@ -157,6 +179,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "search": (cmd_search, "search channel widths under a FLOPs budget, fine-tune, export"),
     "export": (cmd_export, "prune the base model to an architecture JSON and export it"),
     "info": (cmd_info, "show a model's channel groups and FLOPs"),
+    "resume": (cmd_resume, "finish an interrupted search (search, re-rank, fine-tune, export) from its run directory"),
 }
 
 
@@ -184,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
                            help="keep the searcher's best as is instead of widening it to spend leftover FLOPs")
             p.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
                            help="searcher option, repeatable (e.g. steps=300 for dmcp, warmup_episodes=10 for ddpg)")
+            p.add_argument("--workers", type=int,
+                           help="parallel single-thread Ray workers (default: one per CPU; 0: no Ray, in process)")
+            p.add_argument("--address", help="join an existing Ray cluster (auto, HOST:PORT or ray://...)")
+            p.add_argument("--rerank-top-k", type=int,
+                           help=f"search candidates re-ranked by fine-tuning, plus uniform ({DEFAULTS.rerank_top_k})")
+            p.add_argument("--rerank-rungs", type=int, help=f"fine-tune rungs of the ladder ({DEFAULTS.rerank_rungs})")
+            p.add_argument("--rerank-eta", type=int, help=f"keep 1/eta per rung ({DEFAULTS.rerank_eta})")
+            p.add_argument("--pretrain-seed", type=int, help="seed of the base model's training (default 0)")
+        if name == "resume":
+            p.add_argument("run_dir", help="the run directory of a search that was interrupted")
+            p.add_argument("--workers", type=int, help="parallel workers for what is left (default: as before)")
         if name == "export":
             p.add_argument("--arch", required=True, help="architecture JSON ({'widths': {...}} or an arch.json)")
             p.add_argument("--out", required=True, help="output folder")
@@ -195,8 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_process() -> None:
+    """Process-wide settings that belong to the command, never to a library import.
+
+    OpenMP reads ``OMP_WAIT_POLICY`` when torch loads: with its default spinning, elementwise ops ran 10-40x
+    slower here whenever another process shared a core (measured; see `automl_prune.runtime`). Set only when
+    torch is not loaded yet (a command run in a fresh process); in someone's Python it would change nothing
+    but their environment.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: usage errors and bad input give one line on stderr and exit code 2."""
+    _configure_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = COMMANDS[args.command][0]

@@ -45,14 +45,19 @@ def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
 
 
 def plot_widths(full: dict[str, int], kept: dict[str, int], path: str | Path, title: str) -> Path:
-    """Bar chart of channels per group: full width behind, kept width in front."""
-    import matplotlib
+    """Bar chart of channels per group: full width behind, kept width in front.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on its own Agg canvas (no pyplot, no `matplotlib.use`), so a caller's backend and figures are left
+    alone. matplotlib keeps a font cache under ``MPLCONFIGDIR`` (default: the home directory); a command that
+    wants it elsewhere sets that for its own process.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = list(full)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(names) + 2), 4))
+    fig = Figure(figsize=(max(6.0, 0.35 * len(names) + 2), 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     xs = range(len(names))
     ax.bar(xs, [full[n] for n in names], color="#d0d0d0", label="base")
     ax.bar(xs, [kept.get(n, full[n]) for n in names], color="#3b75af", label="kept")
@@ -64,5 +69,4 @@ def plot_widths(full: dict[str, int], kept: dict[str, int], path: str | Path, ti
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
