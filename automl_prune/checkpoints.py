@@ -22,6 +22,7 @@ __all__ = [
     "FORMAT_VERSION",
     "cache_path",
     "checkpoint_hash",
+    "data_fingerprint",
     "load_checkpoint",
     "load_into",
     "pretrain_or_load",
@@ -132,6 +133,24 @@ def checkpoint_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def data_fingerprint(splits: Splits) -> str:
+    """A short hash of everything in ``splits`` that training or validation sees (16 hex digits).
+
+    Covers the training and validation images and labels (so the data root's content, the validation size and
+    the seed of the split) and the dataset spec (normalization, input size). Two folders with identical
+    content share a fingerprint, which is right: they give the same weights.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    spec = splits.spec
+    digest.update(repr((spec.name, spec.in_channels, spec.num_classes, spec.input_size, spec.mean, spec.std,
+                        spec.crop_padding, spec.hflip)).encode())
+    for split in (splits.train, splits.val):
+        for tensor in (split.images, split.labels):
+            digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def cache_path(
     cache_dir: str | Path,
     model_name: str,
@@ -141,10 +160,12 @@ def cache_path(
     epochs: float,
     lr: float = DEFAULT_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    data: str | None = None,
 ) -> Path:
-    """Where `pretrain_or_load` keeps a pretrained model: ``<model>__<dataset>__s<seed>__e<epochs>.pt``.
+    """Where `pretrain_or_load` keeps a pretrained model: ``<model>__<dataset>__s<seed>__e<epochs>__d<data>.pt``.
 
-    Non-default ``lr``/``batch_size`` are appended (``__lr0.05__b256``) since they change the weights;
+    Non-default ``lr``/``batch_size`` are appended (``__lr0.05__b256``) since they change the weights, and so is
+    the ``data`` fingerprint (`data_fingerprint`), since the images and the train/validation split do;
     characters outside ``[A-Za-z0-9._-]`` (such as the ``:`` of ``torchvision:resnet18``) become ``-``.
     """
     name = f"{model_name}__{dataset_name}__s{seed}__e{epochs:g}"
@@ -152,6 +173,8 @@ def cache_path(
         name += f"__lr{lr:g}"
     if batch_size != DEFAULT_BATCH_SIZE:
         name += f"__b{batch_size}"
+    if data is not None:
+        name += f"__d{data}"
     return Path(cache_dir) / (re.sub(r"[^A-Za-z0-9._-]", "-", name) + ".pt")
 
 
@@ -168,10 +191,13 @@ def pretrain_or_load(
     device: torch.device | str | None = None,
     progress: bool = True,
     splits: Splits | None = None,
+    val_size: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return a pretrained model, from the cache when this exact run was done before, else by training it.
 
-    The cache key is model, dataset, seed, epochs, lr and batch size (see `cache_path`). On a miss the model
+    The cache key is model, dataset, seed, epochs, lr, batch size and a fingerprint of the training and
+    validation data (`data_fingerprint`: a base trained with one validation split is never scored on another
+    split whose images it trained on, and each data folder gets its own file; see `cache_path`). On a miss the model
     is trained with `automl_prune.training.train`, its validation and test accuracy measured, and the
     checkpoint saved atomically.
 
@@ -187,6 +213,7 @@ def pretrain_or_load(
         device: Training device; ``None`` is `automl_prune.training.default_device`.
         progress: Show training progress bars.
         splits: Already loaded `automl_prune.data.Splits` of ``dataset_name`` (skips loading them).
+        val_size: Validation images held out when ``splits`` is not given (see `load_dataset`).
 
     Returns:
         ``(model in eval mode on CPU, meta)``; meta holds ``model``, ``dataset``, ``in_channels``,
@@ -200,15 +227,17 @@ def pretrain_or_load(
     from automl_prune.models import build_model
     from automl_prune.training import evaluate_accuracy, train
 
-    path = cache_path(cache_dir, model_name, dataset_name, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size)
+    if splits is None:
+        splits = load_dataset(dataset_name, data_root, seed=seed, val_size=val_size)
+    fingerprint = data_fingerprint(splits)
+    path = cache_path(cache_dir, model_name, dataset_name, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                      data=fingerprint)
     if path.is_file():
         state, meta = load_checkpoint(path)
         model = build_model(model_name, meta["in_channels"], meta["num_classes"], meta["input_size"])
         load_into(model, state, meta, model_name)
         return model.eval(), {**meta, "path": str(path), "sha256": checkpoint_hash(path), "cached": True}
 
-    if splits is None:
-        splits = load_dataset(dataset_name, data_root, seed=seed)
     spec = splits.spec
     torch.manual_seed(seed)
     model = build_model(model_name, spec.in_channels, spec.num_classes, spec.input_size)
@@ -239,6 +268,9 @@ def pretrain_or_load(
         "seed": seed,
         "lr": lr,
         "batch_size": batch_size,
+        "data_fingerprint": fingerprint,
+        "data_root": None if data_root is None else str(Path(data_root).resolve()),
+        "val_size": len(splits.val),
         "val_acc": val_acc,
         "test_acc": test_acc,
         "train_seconds": train_seconds,
