@@ -51,8 +51,7 @@ from torch.nn import functional as F
 from agents.base import EvaluatorLike, Searcher, SearchHistory, SearchResult
 from agents.budget import fill_budget, project_to_budget
 from automl_prune.atomic import atomic_write, atomic_write_text
-from automl_prune.criteria import get_criterion
-from automl_prune.graph import build_dependency_graph
+from automl_prune.compress import channel_order
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["DMCPConfig", "DMCPSearcher", "flops_loss"]
@@ -269,21 +268,15 @@ class DMCPSearcher(Searcher):
         self._built = True
 
     def _channel_ranks(self, base: nn.Module) -> dict[str, Tensor]:
-        """Importance rank of every channel of every group, by the evaluator's criterion (as compression)."""
-        crit = get_criterion(getattr(self.evaluator, "criterion", "l1"))
+        """Importance rank of every channel of every group, by the evaluator's criterion: `channel_order`, the
+        ranking `compress` uses (every group scored on the unpruned base), so both keep the same channels."""
         model = copy.deepcopy(base).cpu().eval()
-        example = torch.zeros((1, *self.space.graph.input_shape[1:]))
-        dg = build_dependency_graph(model, example)
+        orders = channel_order(model, self.space.graph, getattr(self.evaluator, "criterion", "l1"),
+                               [d.name for d in self.space.decisions])
         ranks = {}
         for d in self.space.decisions:
-            root = model.get_submodule(d.name)
-            prune_fn = dg.get_pruner_of_module(root).prune_out_channels
-            scores = crit(dg.get_pruning_group(root, prune_fn, list(range(d.size))))
-            if scores is None or scores.numel() != d.size:
-                raise RuntimeError(f"criterion {type(crit).__name__} gave no score per channel of {d.name}")
-            order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True)
             rank = torch.empty(d.size, dtype=torch.long)
-            rank[order] = torch.arange(d.size)
+            rank[torch.tensor(orders[d.name])] = torch.arange(d.size)
             ranks[d.name] = rank
         return ranks
 

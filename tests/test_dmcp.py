@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents import SEARCHERS
+from agents import SEARCHERS, uniform_architecture
 from agents.dmcp import DMCPConfig, DMCPSearcher, flops_loss
+from automl_prune.compress import compress
 from automl_prune.data import Splits, load_dataset
 from automl_prune.evaluate import Evaluator
 from automl_prune.models import build_model
@@ -180,3 +181,30 @@ def test_options_are_checked(cnn: tuple[SearchSpace, Evaluator]) -> None:
         DMCPConfig(band=1.5)
     with pytest.raises(ValueError, match="target_flops"):
         DMCPSearcher(space, evaluator, space.full_flops, target_flops=1)
+
+
+def test_dmcp_and_compress_keep_the_same_channels(splits: Splits) -> None:
+    """DMCP's chains rank channels on the base model; compression must keep exactly those (all groups)."""
+    torch.manual_seed(0)
+    model = build_model("vgg-small", 1, 10, 16).eval()
+    with torch.no_grad():  # distinct per-channel statistics identify every surviving channel
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn_like(module.running_mean))
+    space = SearchSpace.from_model(model, torch.zeros(1, 1, 16, 16), min_keep_ratio=0.25)
+    evaluator = Evaluator(model, space, splits.train.images, splits.val.images, splits.val.labels, bn_batches=2)
+    searcher = DMCPSearcher(space, evaluator, space.flops_budget(0.5), steps=1, warmup_steps=0)
+    searcher._build()
+    architecture = uniform_architecture(space, space.flops_budget(0.5))
+    widths = architecture.widths
+    pruned = compress(model, space.graph, architecture, evaluator.criterion)  # no BN recalibration
+    differ = {}
+    for chain in searcher.chains:
+        bn = next(m.layer for m in space.graph.group(chain.name).members
+                  if m.dim == "out" and isinstance(model.get_submodule(m.layer), torch.nn.BatchNorm2d))
+        base_mean = model.get_submodule(bn).running_mean.tolist()
+        kept = sorted(base_mean.index(v) for v in pruned.get_submodule(bn).running_mean.tolist())
+        expected = torch.nonzero(chain.hard_mask(widths[chain.name])).flatten().tolist()
+        if kept != expected:
+            differ[chain.name] = len(set(kept) ^ set(expected)) // 2
+    assert not differ, f"channels kept differently per group: {differ}"
