@@ -41,6 +41,12 @@ class SearchConfig:
     storage: str | None = None
     progress: bool = True
     fill_budget: bool = True
+    pretrain_seed: int = 0
+    rerank_top_k: int = 4
+    rerank_rungs: int = 3
+    rerank_eta: int = 3
+    workers: int | None = None
+    address: str | None = None
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +65,25 @@ class SearchConfig:
             raise ConfigError(f"`min_keep_ratio` must be in (0, 1], but got {self.min_keep_ratio}")
         if self.round_to < 1:
             raise ConfigError(f"`round_to` must be >= 1, but got {self.round_to}")
+        if self.rerank_top_k < 0:
+            raise ConfigError(f"`rerank_top_k` must be >= 0 (0: only uniform and the widened best), "
+                              f"but got {self.rerank_top_k}")
+        if self.rerank_rungs < 1:
+            raise ConfigError(f"`rerank_rungs` must be >= 1, but got {self.rerank_rungs}")
+        if self.rerank_eta < 2:
+            raise ConfigError(f"`rerank_eta` must be >= 2, but got {self.rerank_eta}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"`workers` must be >= 0 (0: no Ray, everything in this process), "
+                              f"but got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"`threads` must be >= 1, but got {self.threads}")
+
+    @property
+    def resolved_workers(self) -> int:
+        """Parallel workers: ``workers``, or one per CPU of this machine."""
+        import os
+
+        return self.workers if self.workers is not None else (os.cpu_count() or 1)
 
     def replace(self, **changes: Any) -> SearchConfig:
         """A copy with ``changes`` applied (validated again)."""

@@ -24,7 +24,9 @@ __all__ = ["BaseModel", "load_base", "run_search"]
 
 # Settings that define what a run directory holds; the others may change on resume.
 _IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
-                  "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "pretrain_epochs", "reward")
+                  "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "pretrain_epochs", "reward",
+                  "pretrain_seed", "agent_options", "finetune_epochs", "finetune_lr", "rerank_top_k",
+                  "rerank_rungs", "rerank_eta", "fill_budget")
 
 
 @dataclass
@@ -53,7 +55,7 @@ def load_base(config: SearchConfig) -> BaseModel:
         config.dataset,
         data_root=config.data_root,
         epochs=config.pretrain_epochs,
-        seed=config.seed,
+        seed=config.pretrain_seed,
         cache_dir=config.cache_dir,
         progress=config.progress,
         splits=splits,
@@ -91,7 +93,7 @@ def _check_run_dir(config: SearchConfig, run_dir: Path) -> bool:
         return False
     old = json.loads(previous.read_text())
     new = config.to_dict()
-    changed = [k for k in _IDENTITY_KEYS if old.get(k) != new.get(k)]
+    changed = [k for k in _IDENTITY_KEYS if old.get(k, new.get(k)) != new.get(k)]
     if changed:
         diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
         raise ConfigError(
@@ -115,22 +117,33 @@ def _spend_leftover_budget(best: Any, space: Any, budget: int) -> Any:
 
 
 def run_search(config: SearchConfig) -> dict[str, Any]:
-    """Run a whole search as configured; returns the summary (also written to ``RUN_DIR/summary.json``)."""
+    """Run a whole search as configured; see `_run_search`. Leaves the caller's environment as it was."""
+    from automl_prune.app.ray_session import scoped_environ
+
+    # FLOP counting imports torch._dynamo, which creates a compile cache in the system temp folder: keep it in
+    # the cache directory the user chose (set only for this call; an explicit setting of the user's wins).
+    caches = {} if "TORCHINDUCTOR_CACHE_DIR" in os.environ else {
+        "TORCHINDUCTOR_CACHE_DIR": str((Path(config.cache_dir) / "torchinductor").resolve())}
+    with scoped_environ(caches):
+        return _run_search(config)
+
+
+def _run_search(config: SearchConfig) -> dict[str, Any]:
+    """Run a whole search as configured; returns the summary (also written to ``RUN_DIR/summary.json``).
+
+    Stages: base model -> search (proxy scores) -> re-ranking ladder (the top candidates, uniform and the
+    widened best, fine-tuned in rungs; the top rung is the final fine-tune) -> test -> export -> summary.
+    Every setting is checked and the data loaded before anything is written to the run directory.
+    """
     from tqdm import tqdm
 
     from agents import SEARCHERS
-    from automl_prune.evaluate import accuracy_and_loss
-    from automl_prune.export import export
-    from automl_prune.report import format_table, plot_widths, summary_rows
-    from automl_prune.training import train
 
     SEARCHERS.get(config.agent)  # fail on a bad name before any work
     run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is an existing file; give a directory (new or a run to resume)")
     resuming = _check_run_dir(config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # matplotlib would otherwise put its font cache in the home directory: keep every file in the run dir.
-    os.environ.setdefault("MPLCONFIGDIR", str((run_dir / ".cache" / "matplotlib").resolve()))
-    _write_json(run_dir / "config.json", config.to_dict())
 
     base = load_base(config)
     space = base.space
@@ -141,11 +154,14 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
         options["reward"] = config.reward
     if config.agent.startswith("optuna") and config.storage:
         options["storage"] = config.storage
+    # Searchers are built against a scratch directory first, so a rejected option writes nothing to the run.
     try:
-        searcher = SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=run_dir,
-                                    **options)
+        SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=None, **options)
     except TypeError as exc:  # an agent option the searcher does not take
         raise ConfigError(f"agent {config.agent!r} rejected its options {sorted(options)}: {exc}") from exc
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", config.to_dict())
+    searcher = SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=run_dir, **options)
     state_dir = run_dir / "agent_state"
     if resuming and state_dir.exists():
         searcher.restore(state_dir)
@@ -168,13 +184,14 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
                         flops=f"{entry.metrics['flops_ratio']:.3f}")
         bar.update(1)
 
+    resume_hint = f"resume with: automl-prune resume {run_dir}"
     start = time.perf_counter()
     try:
         result = searcher.search(config.episodes, callback=on_evaluation)
     except KeyboardInterrupt:
         searcher.save(state_dir)
         bar.close()
-        _log(f"interrupted; progress is saved. Resume with the same command (--out {run_dir}).")
+        _log(f"interrupted; progress is saved. {resume_hint}")
         raise
     bar.close()
     search_seconds = time.perf_counter() - start
@@ -184,28 +201,91 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
     flops = space.flops(best)
     if flops > budget:  # the searchers guarantee this; checked again because it is the product's promise
         raise RuntimeError(f"best architecture has {flops} FLOPs, over the budget {budget}")
-    val_before = result.best_metrics["accuracy"]
-    filled_from = None
+    widened = None
     if config.fill_budget:
-        widened = _spend_leftover_budget(best, space, budget)
-        if widened != best:
-            filled_from = {"architecture": best.widths, "flops": flops, "val_acc": val_before}
-            best, val_before = widened, evaluator.evaluate(widened).accuracy
+        filled = _spend_leftover_budget(best, space, budget)
+        if filled != best:
+            widened = (filled, evaluator.evaluate(filled).accuracy, space.flops(filled))
             _log(f"widened the best architecture to spend the leftover budget: {flops / budget:.3f} -> "
-                 f"{space.flops(best) / budget:.3f} of it")
+                 f"{space.flops(filled) / budget:.3f} of it")
 
-    _log(f"fine-tuning the best architecture for {config.finetune_epochs:g} epoch(s)")
-    pruned = evaluator.build(best)
-    ft_start = time.perf_counter()
-    if config.finetune_epochs > 0:
-        train(pruned, base.splits, epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed,
-              progress=config.progress)
-    finetune_seconds = time.perf_counter() - ft_start
-    pruned = pruned.to("cpu", memory_format=torch.contiguous_format).eval()
-    val_after, _ = accuracy_and_loss(pruned, base.splits.val.images, base.splits.val.labels, 1000)
-    test_acc, _ = accuracy_and_loss(pruned, base.splits.test.images, base.splits.test.labels, 1000)
+    rerank_start = time.perf_counter()
+    try:
+        chosen, model, ladder, val_after = _rerank(config, base, evaluator, result, budget, widened, run_dir)
+    except KeyboardInterrupt:
+        _log(f"interrupted during re-ranking; finished rungs are kept. {resume_hint}")
+        raise
+    rerank_seconds = time.perf_counter() - rerank_start
+    return _finish(config, base, run_dir, result, chosen, model, ladder, val_after, search_seconds,
+                   rerank_seconds)
 
+
+def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: int,
+            widened: tuple[Any, float, int] | None, run_dir: Path) -> tuple[Any, torch.nn.Module, Any, float]:
+    """The re-ranking ladder; returns the chosen candidate, its fine-tuned model, the ladder, its val acc."""
+    from agents import uniform_architecture
+    from automl_prune.ladder_job import FineTuneRecipe, LadderJob, local_executor
+    from automl_prune.rerank import Ladder, plan_rungs, select_candidates
+    from automl_prune.training import evaluate_accuracy
+
+    space = base.space
+    uniform = uniform_architecture(space, budget)
+    ranked = [(space.complete(e.architecture), e.metrics["accuracy"], e.metrics["flops"]) for e in result.history
+              if e.metrics["flops"] <= budget]
+    candidates = select_candidates(
+        ranked, top_k=config.rerank_top_k,
+        uniform=(uniform, evaluator.evaluate(uniform).accuracy, space.flops(uniform)), widened=widened,
+    )
+    recipe = FineTuneRecipe(epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed)
+    if config.finetune_epochs <= 0:
+        # No fine-tune: the proxy is all there is; still never worse than uniform by it.
+        chosen = max(candidates, key=lambda c: (c.proxy_accuracy or 0.0, -candidates.index(c)))
+        model = evaluator.build(chosen.architecture).to("cpu", memory_format=torch.contiguous_format).eval()
+        return chosen, model, None, evaluate_accuracy(model, base.splits.val, batch_size=250)[0]
+    rungs = plan_rungs(recipe.total_steps(base.splits), config.rerank_rungs, config.rerank_eta)
+    job = LadderJob(run_dir, base.model, space, base.splits, recipe, rungs, criterion=config.criterion,
+                    bn_batches=config.bn_batches)
+    ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
+    workers = config.resolved_workers
+    _log(f"re-ranking {len(candidates)} candidates ({', '.join(c.origin for c in candidates)}) over fine-tune "
+         f"rungs {list(rungs)} steps, keeping 1/{config.rerank_eta} per rung, "
+         + (f"{workers} Ray Tune workers" if workers > 0 else "in this process"))
+
+    def on_rung(rung: int, todo: list[Any]) -> None:
+        entrants = ladder.entrants(rung)
+        _log(f"rung {rung + 1}/{len(rungs)} ({rungs[rung]} steps): {len(entrants)} candidates"
+             + (f", {len(entrants) - len(todo)} already done" if len(todo) < len(entrants) else ""))
+
+    if workers == 0:
+        winner = ladder.run(local_executor(job), on_rung)
+    else:
+        from automl_prune.app.ray_session import ray_session
+        from automl_prune.app.tune_ladder import TuneLadderExecutor
+
+        with ray_session(run_dir, workers, config.address, log=config.progress):
+            executor = TuneLadderExecutor(job, workers, verbose=config.progress)
+            winner = executor.run(ladder)
+            ladder = executor.ladder
+    top = ladder.highest_rung_reached()
+    _log(f"re-ranking chose {winner.id} ({winner.origin}): val "
+         f"{100 * ladder.results[(winner.id, top)].val_acc:.2f}% after the whole fine-tune")
+    return winner, job.final_model(winner, top), ladder, ladder.results[(winner.id, top)].val_acc
+
+
+def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, chosen: Any, model: torch.nn.Module,
+            ladder: Any, val_after: float, search_seconds: float, rerank_seconds: float) -> dict[str, Any]:
+    """Test the chosen model once, export it, write the summary and the pictures."""
+    from automl_prune.evaluate import accuracy_and_loss
+    from automl_prune.export import export
+    from automl_prune.report import format_table, summary_rows
+
+    space = base.space
+    best = chosen.architecture
+    test_acc, _ = accuracy_and_loss(model, base.splits.test.images, base.splits.test.labels, 250)
     costs, full = space.costs(best), space.cost_model.full
+    finetune_seconds = 0.0
+    if ladder is not None:
+        finetune_seconds = sum(r.seconds for (cid, _), r in ladder.results.items() if cid == chosen.id)
     summary = {
         "model": config.model,
         "dataset": config.dataset,
@@ -213,23 +293,46 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
         "flops_budget": config.flops,
         "base": {"flops": full.flops, "params": full.params, "val_acc": base.meta["val_acc"],
                  "test_acc": base.meta["test_acc"]},
-        "compressed": {"flops": costs.flops, "params": costs.params, "val_acc_before_finetune": val_before,
-                       "val_acc_after_finetune": val_after, "test_acc": test_acc},
+        "compressed": {"flops": costs.flops, "params": costs.params,
+                       "val_acc_before_finetune": chosen.proxy_accuracy, "val_acc_after_finetune": val_after,
+                       "test_acc": test_acc},
+        "chosen": {"id": chosen.id, "origin": chosen.origin},
+        "search_best": {"architecture": space.complete(result.best).widths,
+                        "proxy_accuracy": result.best_metrics["accuracy"]},
         "evaluations": len(result.history),
         "search_seconds": search_seconds,
+        "rerank_seconds": rerank_seconds,
         "finetune_seconds": finetune_seconds,
         "architecture": best.widths,
-        **({"widened_from": filled_from} if filled_from else {}),
+        **({"rerank": ladder.to_dict()} if ladder is not None else {}),
         **({"pareto_front": result.extra["pareto_front"]} if "pareto_front" in result.extra else {}),
     }
-    export(run_dir / "best", model=pruned, space=space, architecture=best, model_name=config.model,
+    export(run_dir / "best", model=model, space=space, architecture=best, model_name=config.model,
            in_channels=base.meta["in_channels"], num_classes=base.meta["num_classes"], dataset=config.dataset,
            base_checkpoint_sha256=base.meta.get("sha256"), metrics=summary["compressed"], onnx=config.onnx)
-    plot_widths({d.name: d.size for d in space.decisions}, best.widths, run_dir / "best" / "widths.png",
-                f"{config.model}: channels kept at {costs.flops / full.flops:.2f}x FLOPs ({config.agent})")
+    _draw(config, space, best, costs.flops / full.flops, ladder, run_dir)
     _write_json(run_dir / "summary.json", summary)
-    table = format_table(["", "base", "compressed"], summary_rows(summary))
+    rows = summary_rows(summary)
+    rows.append(["chosen by re-ranking", "-", f"{chosen.id} ({chosen.origin})"])
+    rows.append(["re-rank time (incl. fine-tune)", "-", f"{rerank_seconds:.1f} s"])
+    table = format_table(["", "base", "compressed"], rows)
     atomic_write_text(run_dir / "summary.md", table + "\n")
     print(table)
-    print(f"\nexported to {run_dir / 'best'} (arch.json, weights.pt, widths.png)")
+    pictures = "widths.png" + (", ../ladder.png" if ladder is not None else "")
+    print(f"\nexported to {run_dir / 'best'} (arch.json, weights.pt, {pictures})")
     return summary
+
+
+def _draw(config: SearchConfig, space: Any, best: Any, ratio: float, ladder: Any, run_dir: Path) -> None:
+    from automl_prune.app.ray_session import scoped_environ
+    from automl_prune.report import plot_widths
+
+    # matplotlib would put its font cache in the home directory: keep it in the run directory.
+    with scoped_environ({"MPLCONFIGDIR": str((run_dir / ".cache" / "matplotlib").resolve())}):
+        plot_widths({d.name: d.size for d in space.decisions}, best.widths, run_dir / "best" / "widths.png",
+                    f"{config.model}: channels kept at {ratio:.2f}x FLOPs ({config.agent})")
+        if ladder is not None:
+            from automl_prune.app.ladder_plot import plot_ladder
+
+            plot_ladder(ladder.to_dict(), run_dir / "ladder.png",
+                        f"{config.model} at {config.flops:g} FLOPs ({config.agent}): re-ranking ladder")

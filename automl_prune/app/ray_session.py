@@ -1,0 +1,114 @@
+"""Start (or join) Ray for one run, with every file it writes inside the run directory, and stop it after.
+
+Traps of Ray 2.60 this module exists for (checked in its source and by trial on the project's machines):
+
+- Ray's temp/session folder holds a Unix socket whose path must stay under 107 bytes, so the folder must be
+  short (about 40 characters). It goes to ``RUN_DIR/.ray`` when that is short enough; otherwise to a short
+  folder under the system temp directory, named in the log and removed at the end (the only file a run ever
+  writes outside its run directory, and only for deep run directories).
+- Lock files follow ``RAY_TMPDIR``; a new local cluster writes ``~/.ray/auth_token`` unless
+  ``RAY_AUTH_MODE=disabled``; ``ray.init()`` without ``address="local"`` silently joins whatever cluster
+  ``RAY_ADDRESS`` names. These environment variables are set only while Ray starts (its processes inherit
+  them) and restored afterwards, so the caller's process is left as it was.
+- Tune writes its experiment state only every 10 s or more by default: after a SIGKILL of the driver,
+  finished trials would run again. ``TUNE_GLOBAL_CHECKPOINT_S=0`` makes it write on every trial event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from automl_prune.errors import ConfigError
+
+__all__ = ["ray_session", "ray_temp_dir"]
+
+# The plasma socket path: <temp>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store (~62 characters after
+# the temp dir) must stay under 107 bytes.
+_MAX_TEMP_DIR = 42
+
+#: Environment for Ray's processes and for Tune in the driver (set while Ray starts and Tune runs).
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    "TUNE_DISABLE_AUTO_INIT": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Workers run one torch thread each (see automl_prune.runtime); OpenMP must not spin against the other.
+    "OMP_NUM_THREADS": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "AUTOML_PRUNE_THREADS": "1",
+}
+
+
+@contextlib.contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore the previous values."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def ray_temp_dir(run_dir: str | Path) -> tuple[Path, bool]:
+    """Ray's temp folder for ``run_dir``, and whether it lies outside the run directory (too deep)."""
+    inside = Path(run_dir).resolve() / ".ray"
+    if len(str(inside)) <= _MAX_TEMP_DIR:
+        return inside, False
+    digest = hashlib.sha1(str(inside).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()).resolve() / f"ap-ray-{digest}", True
+
+
+@contextlib.contextmanager
+def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *, log: bool = True) -> Iterator[None]:
+    """Ray for one run: a private local cluster of ``workers`` CPUs, or the cluster at ``address``.
+
+    A Ray already initialised in this process (a user's own session) is used as it is and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address is not None:
+        with scoped_environ({k: v for k, v in RAY_ENV.items() if k.startswith(("TUNE_", "RAY_AIR", "RAY_DEDUP"))}):
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"cannot join the Ray cluster at --address {address!r}: {exc}") from exc
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    if workers < 1:
+        raise ValueError(f"a local Ray needs `workers >= 1`, but got {workers=}")
+    temp, outside = ray_temp_dir(run_dir)
+    if outside and log:
+        print(f"Ray's session files go to {temp} (the run directory's path is too long for Ray's sockets); "
+              "removed when the run ends", file=sys.stderr, flush=True)
+    temp.mkdir(parents=True, exist_ok=True)
+    # torch's compile caches default to the system temp folder: keep them in Ray's folder too.
+    caches = {"TORCHINDUCTOR_CACHE_DIR": str(temp / "torchinductor"), "TRITON_CACHE_DIR": str(temp / "triton")}
+    with scoped_environ({**RAY_ENV, **caches, "RAY_TMPDIR": str(temp)}):
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, _temp_dir=str(temp),
+                 log_to_driver=False, configure_logging=True, logging_level="warning")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if outside:
+            shutil.rmtree(temp, ignore_errors=True)
