@@ -18,6 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from automl_prune.errors import ConfigError
+
 __all__ = [
     "ChannelGroup",
     "GroupMember",
@@ -181,6 +183,18 @@ def _trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[s
         for handle in handles:
             handle.remove()
 
+    uncounted = [
+        f"{type(module).__name__} {name!r}"
+        for name, module in model.named_modules()
+        if not isinstance(module, (nn.Conv2d, nn.Linear, *_NORM_TYPES))
+        and any(True for _ in module.parameters(recurse=False))
+    ]
+    if uncounted:
+        listed = ", ".join(uncounted[:3]) + (f" and {len(uncounted) - 3} more" if len(uncounted) > 3 else "")
+        raise ConfigError(
+            f"the model has layers whose cost is not modelled ({listed}), so FLOPs budgets would not be exact; "
+            "supported layers: Conv2d, Linear, BatchNorm, GroupNorm, LayerNorm, PReLU"
+        )
     layers: dict[str, LayerInfo] = {}
     for name in sorted(order, key=order.__getitem__):
         module = model.get_submodule(name)
@@ -249,7 +263,13 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> NetworkGraph:
     """
     example_input = example_input[:1]
     layers, classifier = _trace_layers(model, example_input)
-    dg = build_dependency_graph(model, example_input)
+    try:
+        dg = build_dependency_graph(model, example_input)
+    except ZeroDivisionError as error:  # Torch-Pruning on channel shuffles (view + transpose of channels)
+        raise ConfigError(
+            f"Torch-Pruning cannot trace the channel dependencies of {type(model).__name__} "
+            f"(ZeroDivisionError: {error}; channel shuffles are not supported); choose another model"
+        ) from error
     module_names = {module: name for name, module in model.named_modules()}
     grouped_convs = [
         model.get_submodule(n) for n, layer in layers.items() if layer.kind == "conv" and layer.groups > 1
@@ -282,6 +302,10 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> NetworkGraph:
                 valid = False
             key = (name, dim)
             members[key] = max(members.get(key, 0), len(item.idxs))
+        # A member holding part of the group (a chunk/split of its channels) is not a plain per-channel
+        # removal: the cost model counts whole multiples of the group's width, so such groups stay at full width.
+        if any(count % size for count in members.values()):
+            valid = False
         if not valid:
             continue
         groups.append(

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from automl_prune.cost import CostModel, Costs
-from automl_prune.errors import BudgetError, InvalidArchitectureError
-from automl_prune.graph import NetworkGraph, analyze
+from automl_prune.errors import BudgetError, ConfigError, InvalidArchitectureError
+from automl_prune.graph import NetworkGraph, analyze, measure_flops
 from search_spaces.architecture import Architecture
 
 __all__ = ["SearchSpace", "WidthDecision"]
@@ -103,10 +103,24 @@ class SearchSpace:
         graph = analyze(model, example_input)
         decisions = []
         for group in graph.groups:
+            # A GroupNorm keeps its number of groups, so its channels must stay a multiple of it.
+            step = round_to
+            for member in group.members:
+                module = model.get_submodule(member.layer)
+                if isinstance(module, nn.GroupNorm):
+                    step = math.lcm(step, module.num_groups)
             min_keep = max(1, math.ceil(min_keep_ratio * group.size))
-            min_keep = min(group.size, math.ceil(min_keep / round_to) * round_to)
-            decisions.append(WidthDecision(group.name, group.size, min_keep, round_to))
-        return cls(graph, decisions, model_name=model_name)
+            min_keep = min(group.size, math.ceil(min_keep / step) * step)
+            decisions.append(WidthDecision(group.name, group.size, min_keep, step))
+        space = cls(graph, decisions, model_name=model_name)
+        measured = measure_flops(model, tuple(example_input.shape))
+        if measured != space.full_flops:
+            raise ConfigError(
+                f"the cost model counts {space.full_flops:,} FLOPs for this model but torch's FlopCounterMode "
+                f"measures {measured:,} (an operation outside Conv2d/Linear layers, such as a functional conv "
+                "or an attention matmul), so FLOPs budgets would not be exact; this model is not supported"
+            )
+        return space
 
     # access ----------------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from automl_prune.compress import compress
+from automl_prune.errors import ConfigError
 from automl_prune.graph import measure_flops
 from automl_prune.models import build_model
 from search_spaces import SearchSpace
@@ -97,3 +98,73 @@ def test_cost_model_is_fast() -> None:
         space.flops(arch)
     per_call = (time.perf_counter() - start) / 200
     assert per_call < 0.005  # generous: measured ~50 us; a forward pass takes ~100x longer
+
+
+class _ConvTranspose(torch.nn.Module):
+    """An upsampling decoder step: ConvTranspose2d, which the cost model does not model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.up = torch.nn.ConvTranspose2d(8, 8, 2, stride=2)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.up(torch.relu(self.conv(x))).mean((2, 3)))
+
+
+class _Grouped(torch.nn.Module):
+    """A grouped (not depthwise) conv between two plain ones, with GroupNorm after each conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.gn1 = torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.GroupNorm(4, 16)
+        self.conv2, self.gn2 = torch.nn.Conv2d(16, 16, 3, padding=1, groups=2), torch.nn.GroupNorm(4, 16)
+        self.conv3, self.gn3 = torch.nn.Conv2d(16, 24, 3, padding=1), torch.nn.GroupNorm(8, 24)
+        self.head = torch.nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.gn1(self.conv1(x)))
+        x = torch.relu(self.gn2(self.conv2(x)))
+        x = torch.relu(self.gn3(self.conv3(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class _Split(torch.nn.Module):
+    """Splits its channels in two branches (chunk) and concatenates them again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.left = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.right = torch.nn.Conv2d(8, 12, 1)
+        self.mix = torch.nn.Conv2d(20, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.stem(x)).chunk(2, dim=1)
+        x = torch.relu(self.mix(torch.cat([self.left(a), self.right(b)], dim=1)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_layer_the_cost_model_does_not_count_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"ConvTranspose2d 'up'") as info:
+        SearchSpace.from_model(_ConvTranspose(), torch.zeros(1, 1, 16, 16))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("factory", [_Grouped, _Split], ids=["grouped-groupnorm", "channel-split"])
+def test_grouped_groupnorm_and_split_models_have_exact_flops_and_run(factory: type[torch.nn.Module]) -> None:
+    torch.manual_seed(0)
+    model = factory().eval()
+    space = SearchSpace.from_model(model, torch.zeros(1, 1, 16, 16), min_keep_ratio=0.25)
+    assert space.full_flops == measure_flops(model, (1, 1, 16, 16))
+    assert space.cost_model.full.params == sum(p.numel() for p in model.parameters())
+    assert len(space) > 0
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        architecture = space.sample(rng)
+        pruned = compress(model, space.graph, architecture)
+        assert pruned(torch.zeros(2, 1, 16, 16)).shape == (2, 10)  # GroupNorm widths stay multiples of groups
+        assert space.flops(architecture) == measure_flops(pruned, (1, 1, 16, 16))
+        assert space.costs(architecture).params == sum(p.numel() for p in pruned.parameters())
