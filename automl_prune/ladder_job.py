@@ -155,6 +155,10 @@ class LadderJob:
         else:
             state = None
         trainer = self.trainer_for(candidate, state)
+        if progress_state is not None:
+            # Said in the run directory, so a user (and the fault tests) can see that nothing was redone.
+            with (self.folder(candidate.id) / "resumed.log").open("a") as log:
+                log.write(f"rung {rung} continued from step {trainer.step}\n")
         target = self.rungs[rung]
         fail_marker = _fail_once_marker()
         while trainer.step < target:

@@ -25,8 +25,7 @@ __all__ = ["BaseModel", "load_base", "run_search"]
 # Settings that define what a run directory holds; the others may change on resume.
 _IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
                   "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "pretrain_epochs", "reward",
-                  "pretrain_seed", "agent_options", "finetune_epochs", "finetune_lr", "rerank_top_k",
-                  "rerank_rungs", "rerank_eta", "fill_budget")
+                  "pretrain_seed", "agent_options")
 
 
 @dataclass
@@ -245,7 +244,17 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
     rungs = plan_rungs(recipe.total_steps(base.splits), config.rerank_rungs, config.rerank_eta)
     job = LadderJob(run_dir, base.model, space, base.splits, recipe, rungs, criterion=config.criterion,
                     bn_batches=config.bn_batches)
-    ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
+    try:
+        ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
+    except ConfigError:
+        # More evaluations or other fine-tune/re-rank settings than the recorded ladder: its results do not apply.
+        _log("the re-ranking settings or candidates changed since the last run: re-ranking afresh")
+        import shutil
+
+        for stale in ("ladder.json", "rerank", "tune/rerank"):
+            path = run_dir / stale
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
     workers = config.resolved_workers
     _log(f"re-ranking {len(candidates)} candidates ({', '.join(c.origin for c in candidates)}) over fine-tune "
          f"rungs {list(rungs)} steps, keeping 1/{config.rerank_eta} per rung, "

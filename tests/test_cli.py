@@ -12,6 +12,7 @@ from automl_prune.checkpoints import cache_path
 from automl_prune.cli import main
 
 TINY = ["--dataset", "synthetic", "--pretrain-epochs", "1", "--no-progress"]
+SEARCH_IN_PROCESS = ["--workers", "0"]  # Ray has its own tests (tests/test_ray.py); these check the CLI
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -58,7 +59,8 @@ def test_corrupt_and_mismatched_checkpoints(capsys, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    code = main(["search", "--model", "tiny-resnet", *TINY, "--cache-dir", str(root / "cache"), "--agent", "random",
+    code = main(["search", "--model", "tiny-resnet", *TINY, *SEARCH_IN_PROCESS, "--cache-dir", str(root / "cache"),
+                 "--agent", "random",
                  "--episodes", "3", "--flops", "0.5", "--finetune-epochs", "0.2", "--out", str(root / "run")])
     assert code == 0
     return root
@@ -105,7 +107,8 @@ def test_widening_spends_the_leftover_budget_and_never_exceeds_it() -> None:
 
 def test_search_resumes_and_refuses_other_settings(searched: Path, capsys) -> None:
     run = searched / "run"
-    common = ["search", "--model", "tiny-resnet", *TINY, "--cache-dir", str(searched / "cache"), "--agent", "random",
+    common = ["search", "--model", "tiny-resnet", *TINY, *SEARCH_IN_PROCESS, "--cache-dir", str(searched / "cache"),
+              "--agent", "random",
               "--finetune-epochs", "0", "--out", str(run)]
     code, _, err = _run(capsys, *common, "--episodes", "5", "--flops", "0.5")
     assert code == 0 and "3 of 5 evaluations already done" in err

@@ -16,7 +16,7 @@ import pytest
 from automl_prune.cli import main
 
 TINY = ["--model", "tiny-cnn", "--dataset", "synthetic", "--pretrain-epochs", "1", "--no-progress",
-        "--flops", "0.5", "--finetune-epochs", "0.1"]
+        "--flops", "0.5", "--finetune-epochs", "0.1", "--workers", "0"]
 AGENT_OPTIONS = {
     "dmcp": ["--agent-option", "steps=30", "--agent-option", "warmup_steps=10"],
     "ddpg": ["--agent-option", "warmup_episodes=2"],
