@@ -86,7 +86,7 @@ class SensitivitySearcher(Searcher):
         run_dir: str | Path | None = None,
         history: SearchHistory | None = None,
         steps: int | None = None,
-        profile_factor: float = 3.0,
+        profile_factor: float = 2.0,
     ) -> None:
         super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
         if steps is not None and not 2 <= steps <= 100:

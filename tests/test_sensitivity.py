@@ -153,9 +153,9 @@ def test_grid_adapts_to_the_evaluation_budget(space: SearchSpace) -> None:
     sizes = {steps: len(searcher.profile_plan(steps)) for steps in (5, 10, 20)}
     assert sizes[5] < sizes[10] < sizes[20]
     assert searcher.grid_steps(1) == 5  # too few evaluations for any grid: the coarsest
-    assert searcher.grid_steps(-(-sizes[10] // 3)) == 10
-    assert searcher.grid_steps(-(-sizes[20] // 3)) == 20
-    assert searcher.grid_steps(-(-sizes[20] // 3) - 1) == 10
+    assert searcher.grid_steps(-(-sizes[10] // 2)) == 10
+    assert searcher.grid_steps(-(-sizes[20] // 2)) == 20
+    assert searcher.grid_steps(-(-sizes[20] // 2) - 1) == 10
     # the grids nest: a finer profile only adds points
     coarse = {(p.group, p.width) for p in searcher.profile_plan(5)}
     assert coarse <= {(p.group, p.width) for p in searcher.profile_plan(10)}
