@@ -2,10 +2,10 @@
 
 Traps of Ray 2.60 this module exists for (checked in its source and by trial on the project's machines):
 
-- Ray's temp/session folder holds a Unix socket whose path must stay under 107 bytes, so the folder must be
-  short (about 40 characters). It goes to ``RUN_DIR/.ray`` when that is short enough; otherwise to a short
-  folder under the system temp directory, named in the log and removed at the end (the only file a run ever
-  writes outside its run directory, and only for deep run directories).
+- Ray's temp/session folder holds a Unix socket whose path must stay under 107 bytes, so the folder's path must
+  be short (about 40 characters). The folder is always ``RUN_DIR/.ray``; when that path is too long, Ray is
+  given a short symbolic link to it in the system temp folder (or ``/tmp``), named in the log and removed at
+  the end: the only thing a run puts outside its run directory, and only for deep run directories.
 - Lock files follow ``RAY_TMPDIR``; a new local cluster writes ``~/.ray/auth_token`` unless
   ``RAY_AUTH_MODE=disabled``; ``ray.init()`` without ``address="local"`` silently joins whatever cluster
   ``RAY_ADDRESS`` names. These environment variables are set only while Ray starts (its processes inherit
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -63,13 +62,17 @@ def scoped_environ(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def ray_temp_dir(run_dir: str | Path) -> tuple[Path, bool]:
-    """Ray's temp folder for ``run_dir``, and whether it lies outside the run directory (too deep)."""
+def ray_temp_dir(run_dir: str | Path) -> tuple[Path, Path | None]:
+    """Ray's temp folder for ``run_dir`` (inside it), and a short link to it when its own path is too long."""
     inside = Path(run_dir).resolve() / ".ray"
     if len(str(inside)) <= _MAX_TEMP_DIR:
-        return inside, False
+        return inside, None
     digest = hashlib.sha1(str(inside).encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()).resolve() / f"ap-ray-{digest}", True
+    for base in (Path(tempfile.gettempdir()), Path("/tmp")):
+        link = base.resolve() / f"ap-ray-{digest}"
+        if len(str(link)) <= _MAX_TEMP_DIR:
+            return inside, link
+    raise ConfigError(f"no folder with a path short enough for Ray's sockets; use a shorter --out than {run_dir}")
 
 
 @contextlib.contextmanager
@@ -96,11 +99,18 @@ def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *
         return
     if workers < 1:
         raise ValueError(f"a local Ray needs `workers >= 1`, but got {workers=}")
-    temp, outside = ray_temp_dir(run_dir)
-    if outside and log:
-        print(f"Ray's session files go to {temp} (the run directory's path is too long for Ray's sockets); "
-              "removed when the run ends", file=sys.stderr, flush=True)
-    temp.mkdir(parents=True, exist_ok=True)
+    inside, link = ray_temp_dir(run_dir)
+    inside.mkdir(parents=True, exist_ok=True)
+    temp = inside
+    if link is not None:
+        # Ray's files stay in the run directory; only this symbolic link (removed at the end) lies outside.
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(inside, target_is_directory=True)
+        temp = link
+        if log:
+            print(f"Ray's sockets are reached through the short link {temp} -> {inside} (the run directory's path "
+                  "is too long for them); removed when the run ends", file=sys.stderr, flush=True)
     # torch's compile caches default to the system temp folder: keep them in Ray's folder too.
     caches = {"TORCHINDUCTOR_CACHE_DIR": str(temp / "torchinductor"), "TRITON_CACHE_DIR": str(temp / "triton")}
     with scoped_environ({**RAY_ENV, **caches, "RAY_TMPDIR": str(temp)}):
@@ -110,5 +120,5 @@ def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *
         yield
     finally:
         ray.shutdown()
-        if outside:
-            shutil.rmtree(temp, ignore_errors=True)
+        if link is not None and link.is_symlink():
+            link.unlink()

@@ -71,7 +71,7 @@ class LadderSearcher(Searcher):  # type: ignore[misc]
     """
 
     def __init__(self, ladder: Ladder) -> None:
-        super().__init__(metric="val_acc", mode="max")
+        super().__init__()  # no metric: progress reports carry none; results are read by the ladder
         self.ladder = ladder
         self.live: dict[str, tuple[str, int]] = {}
         self.failed: list[tuple[str, int]] = []

@@ -1,0 +1,103 @@
+"""The re-ranking ladder on Ray Tune: a trial that raises is retried from its checkpoint, a killed driver is
+resumed without redoing finished trials, and nothing is written outside the run and cache directories.
+
+Each test runs the CLI in a subprocess with HOME and TMPDIR pointed at empty folders, as on a user's machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from automl_prune.ladder_job import FAIL_ONCE_ENV
+
+# 14 steps per epoch on the synthetic set: 10 epochs = 140 steps, rungs (16, 47, 140); the last rung saves
+# progress at step 97, so it can fail (or be killed) midway and continue.
+SEARCH = ["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "1", "--flops", "0.5",
+          "--agent", "random", "--episodes", "6", "--finetune-epochs", "10", "--workers", "2", "--no-progress"]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    return {**env, "HOME": str(home), "TMPDIR": str(tmp), "AUTOML_PRUNE_THREADS": "1", **extra}
+
+
+def _cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "automl_prune.cli", *argv]
+
+
+def _nothing_outside(tmp_path: Path) -> None:
+    leftovers = [p for d in ("home", "tmp") for p in (tmp_path / d).rglob("*")]
+    assert leftovers == [], f"files written outside the run and cache directories: {leftovers[:5]}"
+
+
+def _done_files(run: Path) -> dict[str, str]:
+    return {str(p.relative_to(run)): p.read_text() for p in sorted((run / "rerank").glob("*/rung*.json"))}
+
+
+def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path) -> None:
+    # Short paths: Ray's sockets live in RUN_DIR/.ray and must stay under ~107 bytes.
+    run, cache, marker = tmp_path / "r", tmp_path / "c", tmp_path / "failed-once"
+    env = _env(tmp_path, **{FAIL_ONCE_ENV: str(marker)})
+    done = subprocess.run(_cli(*SEARCH, "--out", str(run), "--cache-dir", str(cache)), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker.exists(), "the injected failure never fired"
+    resumed = list((run / "rerank").glob("*/resumed.log"))
+    assert resumed, "the failed trial started over instead of continuing from its checkpoint"
+    assert "continued from step 97" in resumed[0].read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rerank"]["winner"] == summary["chosen"]["id"]
+    assert (run / "best" / "arch.json").exists() and (run / "ladder.png").stat().st_size > 0
+    _nothing_outside(tmp_path)
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
+    run, cache = tmp_path / "r", tmp_path / "c"
+    env = _env(tmp_path)
+    assert subprocess.run(_cli("pretrain", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs",
+                               "1", "--cache-dir", str(cache), "--no-progress"), env=env, timeout=300).returncode == 0
+    proc = subprocess.Popen(_cli(*SEARCH, "--out", str(run), "--cache-dir", str(cache)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    # Kill once the second rung is recorded and the third has saved progress (a Tune checkpoint) midway.
+    while time.monotonic() < deadline:
+        ladder = run / "ladder.json"
+        rung1 = ladder.exists() and any(r["rung"] == 1 for r in json.loads(ladder.read_text())["results"])
+        if rung1 and list((run / "tune" / "rerank").glob("*/checkpoint_*")) and not (run / "summary.json").exists():
+            finished_trials = [p for p in (run / "tune" / "rerank").glob("*/checkpoint_*")]
+            if any(p.stat().st_mtime > ladder.stat().st_mtime for p in finished_trials):
+                break
+        if proc.poll() is not None:
+            pytest.fail("the search finished before it could be killed")
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the search never reached its last rung")
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: Ray's own processes notice and go
+    proc.wait()
+    before = _done_files(run)
+    assert before and not (run / "summary.json").exists()
+    mtimes = {name: (run / name).stat().st_mtime_ns for name in before}
+
+    done = subprocess.run(_cli("resume", str(run)), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = _done_files(run)
+    for name, text in before.items():  # finished trials were not run again
+        assert after[name] == text and (run / name).stat().st_mtime_ns == mtimes[name]
+    assert len(after) > len(before)
+    assert any("continued from step 97" in p.read_text() for p in (run / "rerank").glob("*/resumed.log"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rerank"]["winner"] == summary["chosen"]["id"]
+    assert (run / "best" / "arch.json").exists()
+    _nothing_outside(tmp_path)
