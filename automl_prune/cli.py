@@ -52,7 +52,12 @@ def _parse_option(item: str) -> dict[str, Any]:
 
 
 def _setup(config: SearchConfig) -> None:
+    import os
+
     from automl_prune.runtime import configure_torch
+
+    # FLOP counting imports torch._dynamo, which makes a compile cache in the system temp folder otherwise.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((Path(config.cache_dir) / "torchinductor").resolve()))
 
     configure_torch(config.threads)
 

@@ -77,6 +77,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
         if rung1 and list((run / "tune" / "rerank").glob("*/checkpoint_*")) and not (run / "summary.json").exists():
             finished_trials = [p for p in (run / "tune" / "rerank").glob("*/checkpoint_*")]
             if any(p.stat().st_mtime > ladder.stat().st_mtime for p in finished_trials):
+                time.sleep(1.0)  # let Tune's experiment state take in the checkpoint
                 break
         if proc.poll() is not None:
             pytest.fail("the search finished before it could be killed")
@@ -96,7 +97,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     for name, text in before.items():  # finished trials were not run again
         assert after[name] == text and (run / name).stat().st_mtime_ns == mtimes[name]
     assert len(after) > len(before)
-    assert any("continued from step 97" in p.read_text() for p in (run / "rerank").glob("*/resumed.log"))
+    resumed = [p.read_text() for p in (run / "rerank").glob("*/resumed.log")]
+    assert any("continued from step 97" in text for text in resumed), (resumed, done.stderr[-2000:])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     assert (run / "best" / "arch.json").exists()

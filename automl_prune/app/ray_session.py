@@ -113,12 +113,13 @@ def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *
                   "is too long for them); removed when the run ends", file=sys.stderr, flush=True)
     # torch's compile caches default to the system temp folder: keep them in Ray's folder too.
     caches = {"TORCHINDUCTOR_CACHE_DIR": str(temp / "torchinductor"), "TRITON_CACHE_DIR": str(temp / "triton")}
+    # Kept for the whole session, not only while Ray starts: Tune takes file locks under RAY_TMPDIR too.
     with scoped_environ({**RAY_ENV, **caches, "RAY_TMPDIR": str(temp)}):
         ray.init(address="local", num_cpus=workers, include_dashboard=False, _temp_dir=str(temp),
                  log_to_driver=False, configure_logging=True, logging_level="warning")
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if link is not None and link.is_symlink():
-            link.unlink()
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            if link is not None and link.is_symlink():
+                link.unlink()
