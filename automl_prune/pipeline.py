@@ -147,6 +147,9 @@ def _run_search(config: SearchConfig) -> dict[str, Any]:
     base = load_base(config)
     space = base.space
     budget = space.flops_budget(config.flops)
+    from automl_prune.compress import channel_order
+
+    channel_order(base.model, space.graph, config.criterion)  # a criterion that cannot score a group: refused now
     evaluator = make_evaluator(config, base)
     options: dict[str, Any] = dict(config.agent_options)
     if config.agent in ("ddpg", "ppo"):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from automl_prune.checkpoints import cache_path
+from automl_prune.checkpoints import cache_path, data_fingerprint
 from automl_prune.cli import main
+from automl_prune.data import load_dataset
 
 TINY = ["--dataset", "synthetic", "--pretrain-epochs", "1", "--no-progress"]
 SEARCH_IN_PROCESS = ["--workers", "0"]  # Ray has its own tests (tests/test_ray.py); these check the CLI
@@ -45,9 +46,10 @@ def test_corrupt_and_mismatched_checkpoints(capsys, tmp_path) -> None:
     cache = tmp_path / "cache"
     code, out, _ = _run(capsys, "pretrain", "--model", "tiny-cnn", *TINY, "--cache-dir", str(cache))
     assert code == 0 and "val accuracy" in out
-    good = cache_path(cache, "tiny-cnn", "synthetic", seed=0, epochs=1)
+    data = data_fingerprint(load_dataset("synthetic", seed=0))  # the split the CLI made
+    good = cache_path(cache, "tiny-cnn", "synthetic", seed=0, epochs=1, data=data)
     assert good.exists()
-    other = cache_path(cache, "tiny-resnet", "synthetic", seed=0, epochs=1)
+    other = cache_path(cache, "tiny-resnet", "synthetic", seed=0, epochs=1, data=data)
     shutil.copy(good, other)  # a tiny-cnn checkpoint where tiny-resnet's should be
     code, _, err = _run(capsys, "pretrain", "--model", "tiny-resnet", *TINY, "--cache-dir", str(cache))
     assert code == 2 and "tiny-cnn" in _one_error_line(err)

@@ -9,6 +9,7 @@ import automl_prune.training as training
 from automl_prune.checkpoints import (
     cache_path,
     checkpoint_hash,
+    data_fingerprint,
     load_checkpoint,
     load_into,
     pretrain_or_load,
@@ -98,7 +99,8 @@ def test_pretrain_or_load_reuses_the_cache(
     model, meta = pretrain_or_load("tiny-cnn", "synthetic", **kwargs)
     assert not meta["cached"] and 0 <= meta["val_acc"] <= 1 and 0 <= meta["test_acc"] <= 1
     assert meta["in_channels"] == 1 and meta["num_classes"] == 10 and meta["input_size"] == 16
-    assert Path(meta["path"]) == cache_path(tmp_path, "tiny-cnn", "synthetic", seed=0, epochs=1, lr=0.05)
+    assert Path(meta["path"]) == cache_path(tmp_path, "tiny-cnn", "synthetic", seed=0, epochs=1, lr=0.05,
+                                            data=data_fingerprint(splits))
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("train() called although the checkpoint is cached")
