@@ -228,24 +228,45 @@ class Searcher(abc.ABC):
         """Evaluations still to do in this search."""
         return max(0, self.n_evaluations - len(self.history))
 
-    def _evaluate(self, architecture: Architecture) -> dict[str, Any]:
+    @property
+    def batch_size(self) -> int:
+        """How many candidates to propose at once: the evaluator's parallel workers (1 without a pool)."""
+        return max(1, int(getattr(self.evaluator, "parallelism", 1)))
+
+    def _check_budget(self, architecture: Architecture) -> None:
         flops = self.space.flops(architecture)
         if flops > self.budget_flops:
             raise BudgetViolation(
                 f"{self.name} proposed {flops} FLOPs over the budget of {self.budget_flops}: {architecture.widths}"
             )
-        metrics = self.evaluator.evaluate(architecture).to_dict()
-        entry = HistoryEntry(
-            index=len(self.history),
-            architecture=architecture,
-            metrics=metrics,
-            searcher=self.name,
-            time=time.time(),
-        )
-        self.history.append(entry)
-        if self._callback is not None:
-            self._callback(entry)
-        return metrics
+
+    def _evaluate(self, architecture: Architecture) -> dict[str, Any]:
+        return self._evaluate_many([architecture])[0]
+
+    def _evaluate_many(self, architectures: list[Architecture]) -> list[dict[str, Any]]:
+        """Score candidates side by side (when the evaluator has workers) and record them in order.
+
+        Every candidate is checked against the budget before any is evaluated: the guarantee lives here.
+        """
+        for architecture in architectures:
+            self._check_budget(architecture)
+        many = getattr(self.evaluator, "evaluate_many", None)
+        if many is not None:
+            results = [m.to_dict() for m in many(list(architectures))]
+        else:
+            results = [self.evaluator.evaluate(a).to_dict() for a in architectures]
+        for architecture, metrics in zip(architectures, results, strict=True):
+            entry = HistoryEntry(
+                index=len(self.history),
+                architecture=architecture,
+                metrics=metrics,
+                searcher=self.name,
+                time=time.time(),
+            )
+            self.history.append(entry)
+            if self._callback is not None:
+                self._callback(entry)
+        return results
 
     def result(self) -> SearchResult:
         """The best architecture found so far within budget, and the whole history."""

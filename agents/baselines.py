@@ -64,10 +64,15 @@ class RandomSearcher(Searcher):
                                        for d in self.space.decisions})
 
     def _run(self) -> None:
-        # The generator is re-derived from the seed and the count done so far, so resume continues the stream.
+        # Each draw's generator is derived from the seed and its index, so resume continues the stream and the
+        # candidates do not depend on how many are evaluated at once.
         while self.remaining:
-            rng = np.random.default_rng([self.seed, len(self.history)])
-            self._evaluate(project_to_budget(self.space, self.sample(rng), self.budget_flops, fill=True))
+            start = len(self.history)
+            batch = []
+            for index in range(start, start + min(self.remaining, self.batch_size)):
+                rng = np.random.default_rng([self.seed, index])
+                batch.append(project_to_budget(self.space, self.sample(rng), self.budget_flops, fill=True))
+            self._evaluate_many(batch)
 
     def save(self, path: str | Path) -> None:
         """Nothing to learn; records the seed for a faithful continuation."""

@@ -194,6 +194,13 @@ class Evaluator:
         self.evaluations += 1
         return metrics
 
+    #: Candidates worth proposing at once (this evaluator scores one at a time; a worker pool says more).
+    parallelism = 1
+
+    def evaluate_many(self, architectures: list[Architecture]) -> list[Metrics]:
+        """Metrics of every architecture, in order (one after another here)."""
+        return [self.evaluate(arch) for arch in architectures]
+
     def base_accuracy(self) -> float:
         """Validation accuracy of the unpruned model with its own statistics."""
         return accuracy_and_loss(self.model, self.val_images, self.val_labels, self.eval_batch_size)[0]
