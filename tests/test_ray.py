@@ -103,3 +103,42 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     assert (run / "best" / "arch.json").exists()
     _nothing_outside(tmp_path)
+
+
+def test_search_joins_an_existing_ray_cluster(tmp_path: Path) -> None:
+    """`--address` uses a running cluster (here: a head node on 127.0.0.1 started by the test) and stops only it."""
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="apc", dir="/tmp"))  # short: Ray's socket paths must stay < 107 bytes
+    env = _env(tmp_path, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", RAY_TMPDIR=str(temp))
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                             "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+                             "--temp-dir", str(temp)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        run, cache = tmp_path / "r", tmp_path / "c"
+        argv = [arg for arg in SEARCH if arg not in ("--workers", "2")]
+        argv[argv.index("--finetune-epochs") + 1] = "1"
+        deadline = time.monotonic() + 120
+        while True:  # the head node needs a few seconds before it accepts drivers
+            done = subprocess.run(_cli(*argv, "--out", str(run), "--cache-dir", str(cache), "--workers", "2",
+                                       "--address", f"127.0.0.1:{port}"), env=env, capture_output=True, text=True,
+                                  timeout=600)
+            if done.returncode == 0 or time.monotonic() > deadline or "cannot join" not in done.stderr:
+                break
+            time.sleep(3)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert head.poll() is None, "the search must leave the cluster it joined running"
+        assert not (run / ".ray").exists(), "a joined cluster's session files are the cluster's, not the run's"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["rerank"]["winner"] == summary["chosen"]["id"]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # exactly the cluster this test started
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
