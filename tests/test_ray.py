@@ -89,6 +89,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     proc.wait()
     before = _done_files(run)
     assert before and not (run / "summary.json").exists()
+    started = json.loads((run / ".ray" / "started_pids.json").read_text())
+    assert started, "the run did not record the Ray processes it started"
     mtimes = {name: (run / name).stat().st_mtime_ns for name in before}
 
     done = subprocess.run(_cli("resume", str(run)), env=env, capture_output=True, text=True, timeout=600)
@@ -97,6 +99,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     for name, text in before.items():  # finished trials were not run again
         assert after[name] == text and (run / name).stat().st_mtime_ns == mtimes[name]
     assert len(after) > len(before)
+    from automl_prune.app.ray_session import _proc_start_time
+
+    alive = [p for p in started if _proc_start_time(p["pid"]) == p["start"]]
+    assert alive == [], "Ray processes of the killed run are still running after the resume"
     resumed = [p.read_text() for p in (run / "rerank").glob("*/resumed.log")]
     assert any("continued from step 97" in text for text in resumed), (resumed, done.stderr[-2000:])
     summary = json.loads((run / "summary.json").read_text())

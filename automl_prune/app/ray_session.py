@@ -10,6 +10,9 @@ Traps of Ray 2.60 this module exists for (checked in its source and by trial on 
   ``RAY_AUTH_MODE=disabled``; ``ray.init()`` without ``address="local"`` silently joins whatever cluster
   ``RAY_ADDRESS`` names. These environment variables are set only while Ray starts (its processes inherit
   them) and restored afterwards, so the caller's process is left as it was.
+- After a SIGKILL of the driver some of Ray's processes outlive it for minutes. The processes a run starts are
+  recorded (PID and start time) in ``RUN_DIR/.ray/started_pids.json``; a resume kills those still alive with
+  the same start time (never by name, never another run's), then starts afresh.
 - Tune writes its experiment state only every 10 s or more by default: after a SIGKILL of the driver,
   finished trials would run again. ``TUNE_GLOBAL_CHECKPOINT_S=0`` makes it write on every trial event.
 """
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -75,6 +80,56 @@ def ray_temp_dir(run_dir: str | Path) -> tuple[Path, Path | None]:
     raise ConfigError(f"no folder with a path short enough for Ray's sockets; use a shorter --out than {run_dir}")
 
 
+def _proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux ``/proc``), or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _record_started(record: Path) -> None:
+    """Remember the Ray processes this run started (PID and start time), for a resume to clean up."""
+    pids = [{"pid": pid, "start": _proc_start_time(pid)} for pid in _descendants(os.getpid())]
+    record.write_text(json.dumps([p for p in pids if p["start"] is not None]))
+
+
+def _stop_leftovers(record: Path) -> int:
+    """Kill the processes a killed earlier run started that still live (same PID *and* start time)."""
+    if not record.exists():
+        return 0
+    try:
+        entries = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return 0
+    killed = 0
+    for entry in entries:
+        if _proc_start_time(int(entry["pid"])) == entry["start"]:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry["pid"]), signal.SIGKILL)
+                killed += 1
+    record.unlink(missing_ok=True)
+    return killed
+
+
 @contextlib.contextmanager
 def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *, log: bool = True) -> Iterator[None]:
     """Ray for one run: a private local cluster of ``workers`` CPUs, or the cluster at ``address``.
@@ -101,6 +156,10 @@ def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *
         raise ValueError(f"a local Ray needs `workers >= 1`, but got {workers=}")
     inside, link = ray_temp_dir(run_dir)
     inside.mkdir(parents=True, exist_ok=True)
+    record = inside / "started_pids.json"
+    leftovers = _stop_leftovers(record)
+    if leftovers and log:
+        print(f"stopped {leftovers} Ray processes left running by the interrupted run", file=sys.stderr, flush=True)
     temp = inside
     if link is not None:
         # Ray's files stay in the run directory; only this symbolic link (removed at the end) lies outside.
@@ -117,9 +176,11 @@ def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *
     with scoped_environ({**RAY_ENV, **caches, "RAY_TMPDIR": str(temp)}):
         ray.init(address="local", num_cpus=workers, include_dashboard=False, _temp_dir=str(temp),
                  log_to_driver=False, configure_logging=True, logging_level="warning")
+        _record_started(record)
         try:
             yield
         finally:
             ray.shutdown()
+            record.unlink(missing_ok=True)
             if link is not None and link.is_symlink():
                 link.unlink()
