@@ -255,14 +255,9 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Decide the current group's width; evaluate the architecture after the last group."""
-        if self._done:
-            raise RuntimeError("the episode is over (or never started): call reset() before step()")
-        value = np.asarray(action, dtype=np.float64).reshape(-1)
-        if value.shape != (1,) or not np.isfinite(value[0]) or not -1.0 - 1e-6 <= value[0] <= 1.0 + 1e-6:
-            raise ValueError(f"the action must be one finite number in [-1, 1], but got {action!r}")
         index = self._step
         decision = self.decisions[index]
-        width = self.width_for(index, float(np.clip(value[0], -1.0, 1.0)))
+        width = self.width_for(index, self._checked_action(action))
         self._widths[decision.name] = width
         info: dict[str, Any] = {"group": decision.name, "width": width}
         previous_action = width / decision.size
@@ -285,6 +280,32 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             architecture=architecture.to_dict(),
         )
         return self._observation(index, previous_action), reward, True, False, info
+
+    def _checked_action(self, action: np.ndarray) -> float:
+        """The action as one number in ``[-1, 1]``; refuses a step outside an episode or a malformed action."""
+        if self._done:
+            raise RuntimeError("the episode is over (or never started): call reset() before step()")
+        value = np.asarray(action, dtype=np.float64).reshape(-1)
+        if value.shape != (1,) or not np.isfinite(value[0]) or not -1.0 - 1e-6 <= value[0] <= 1.0 + 1e-6:
+            raise ValueError(f"the action must be one finite number in [-1, 1], but got {action!r}")
+        return float(np.clip(value[0], -1.0, 1.0))
+
+    def finishing_architecture(self, action: np.ndarray) -> Architecture | None:
+        """The architecture `step` with ``action`` would end the episode on; ``None`` while groups remain after it.
+
+        Changes nothing. It lets a caller running several episodes side by side (all of the same length) score
+        their final architectures together before their last `step`s, which then take those scores from
+        ``evaluate`` (see `agents.rl`).
+
+        Raises:
+            RuntimeError: Outside an episode, as `step`.
+            ValueError: For a malformed action, as `step`.
+        """
+        value = self._checked_action(action)
+        index = self._step
+        if index + 1 < len(self.decisions):
+            return None
+        return Architecture({**self._widths, self.decisions[index].name: self.width_for(index, value)})
 
     @property
     def widths(self) -> dict[str, int]:

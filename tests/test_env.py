@@ -247,6 +247,35 @@ def test_rewards_only_at_the_end_and_info(vgg: SearchSpace) -> None:
         assert final == pytest.approx(expected)
 
 
+def test_finishing_architecture_is_what_the_last_step_evaluates(vgg: SearchSpace) -> None:
+    """Episodes run side by side can be scored together before their last steps: the peek matches, changes nothing."""
+    seen: list[Architecture] = []
+    evaluate = cheap_evaluate(vgg)
+
+    def recording(architecture: Architecture) -> dict[str, Any]:
+        seen.append(architecture)
+        return evaluate(architecture)
+
+    env = ChannelPruningEnv(vgg, recording, vgg.flops_budget(0.5), min_flops_fraction=0.9)
+    rng = np.random.default_rng(1)
+    env.reset()
+    for _ in range(len(vgg) - 1):
+        action = rng.uniform(-1, 1, 1).astype(np.float32)
+        assert env.finishing_architecture(action) is None
+        env.step(action)
+    last = rng.uniform(-1, 1, 1).astype(np.float32)
+    before = env.widths
+    peeked = env.finishing_architecture(last)
+    assert peeked is not None and env.widths == before and seen == []  # a peek neither steps nor evaluates
+    _, _, terminated, _, info = env.step(last)
+    assert terminated and seen == [peeked] and Architecture.from_dict(info["architecture"]) == peeked
+    with pytest.raises(RuntimeError, match="reset"):
+        env.finishing_architecture(last)
+    env.reset()
+    with pytest.raises(ValueError, match="one finite number"):
+        env.finishing_architecture(np.array([2.0]))
+
+
 def test_bad_arguments_name_the_value_and_the_range(vgg: SearchSpace) -> None:
     evaluate = cheap_evaluate(vgg)
     with pytest.raises(ConfigError, match=r"'top5'.*\['acc_flops_log', 'accuracy'\]"):
