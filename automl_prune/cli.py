@@ -202,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
             p.add_argument("--finetune-epochs", type=float)
             p.add_argument("--criterion", help="channel importance: l1, l2, bn_scale, fpgm")
-            p.add_argument("--proxy", help="adaptive-bn or finetune (short fine-tune before scoring)")
+            p.add_argument("--proxy", help="how candidates are scored: auto (default: adaptive BN at >= 50%% FLOPs, "
+                           "100 fine-tune steps below, as measured), adaptive-bn, or finetune")
+            p.add_argument("--proxy-finetune-steps", type=int,
+                           help="fine-tune steps per candidate with --proxy finetune (default 20)")
             p.add_argument("--reward", help="RL reward: accuracy or acc_flops_log")
             p.add_argument("--min-keep-ratio", type=float)
             p.add_argument("--round-to", type=int)

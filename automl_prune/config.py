@@ -31,7 +31,7 @@ class SearchConfig:
     criterion: str = "l1"
     min_keep_ratio: float = 0.1
     round_to: int = 1
-    proxy: str = "adaptive-bn"
+    proxy: str = "auto"
     proxy_finetune_steps: int = 20
     bn_batches: int = 10
     val_size: int | None = None
@@ -57,8 +57,8 @@ class SearchConfig:
         for name in ("pretrain_epochs", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, but got {getattr(self, name)}")
-        if self.proxy not in ("adaptive-bn", "finetune"):
-            raise ConfigError(f"`proxy` must be one of ['adaptive-bn', 'finetune'], but got {self.proxy!r}")
+        if self.proxy not in ("auto", "adaptive-bn", "finetune"):
+            raise ConfigError(f"`proxy` must be one of ['adaptive-bn', 'auto', 'finetune'], but got {self.proxy!r}")
         if self.reward not in ("accuracy", "acc_flops_log"):
             raise ConfigError(f"`reward` must be one of ['acc_flops_log', 'accuracy'], but got {self.reward!r}")
         if not 0.0 < self.min_keep_ratio <= 1.0:
@@ -77,6 +77,17 @@ class SearchConfig:
                               f"but got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"`threads` must be >= 1, but got {self.threads}")
+
+    @property
+    def search_finetune_steps(self) -> int:
+        """Fine-tune steps before each candidate's score (0: adaptive BN only); ``auto`` follows the budget."""
+        if self.proxy == "adaptive-bn":
+            return 0
+        if self.proxy == "finetune":
+            return self.proxy_finetune_steps
+        from automl_prune.fidelity_rule import default_search_fidelity
+
+        return default_search_fidelity(self.flops)
 
     @property
     def resolved_workers(self) -> int:

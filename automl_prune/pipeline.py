@@ -49,7 +49,8 @@ def load_base(config: SearchConfig) -> BaseModel:
     from automl_prune.data import load_dataset
     from search_spaces import SearchSpace
 
-    splits = load_dataset(config.dataset, config.data_root, seed=config.seed, val_size=config.val_size)
+    # The split belongs to the base model: its validation images must be ones it never trained on.
+    splits = load_dataset(config.dataset, config.data_root, seed=config.pretrain_seed, val_size=config.val_size)
     model, meta = pretrain_or_load(
         config.model,
         config.dataset,
@@ -69,7 +70,7 @@ def load_base(config: SearchConfig) -> BaseModel:
 
 def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
     """The arguments of the search's `Evaluator` (the chosen proxy), shared with parallel workers."""
-    steps = config.proxy_finetune_steps if config.proxy == "finetune" else 0
+    steps = config.search_finetune_steps
     return {
         "model": base.model,
         "space": base.space,
@@ -199,9 +200,11 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
     done = len(searcher.history)
     if resuming:
         _log(f"resuming {run_dir}: {done} of {config.episodes} evaluations already done")
+    steps = config.search_finetune_steps
+    proxy = f"{steps} fine-tune steps + adaptive BN" if steps else "adaptive BN"
     _log(
         f"searching {config.model} on {config.dataset} with {config.agent}: {len(space)} channel groups, "
-        f"budget {budget:,} FLOPs ({config.flops:g} of {space.full_flops:,})"
+        f"budget {budget:,} FLOPs ({config.flops:g} of {space.full_flops:,}), candidates scored by {proxy}"
     )
 
     bar = tqdm(total=config.episodes, initial=min(done, config.episodes), desc=f"search ({config.agent})",
@@ -340,6 +343,7 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
         "chosen": {"id": chosen.id, "origin": chosen.origin},
         "search_best": {"architecture": space.complete(result.best).widths,
                         "proxy_accuracy": result.best_metrics["accuracy"]},
+        "search_proxy_finetune_steps": config.search_finetune_steps,
         "evaluations": len(result.history),
         "search_seconds": search_seconds,
         "rerank_seconds": rerank_seconds,

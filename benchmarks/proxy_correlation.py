@@ -21,6 +21,12 @@ Writes ``proxy_correlation.{md,json,png}`` under ``--out``.
 
 from __future__ import annotations
 
+import os
+
+# A script owns its process: OpenMP threads must sleep, not spin, while another process holds a core (the CLI
+# sets the same; importing the library sets nothing).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import copy
 import json

@@ -32,6 +32,12 @@ Smoke test:
 
 from __future__ import annotations
 
+import os
+
+# A script owns its process: OpenMP threads must sleep, not spin, while another process holds a core (the CLI
+# sets the same; importing the library sets nothing).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import dataclasses
 import json
