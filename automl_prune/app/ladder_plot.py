@@ -27,7 +27,7 @@ def plot_ladder(ladder: dict[str, Any], path: str | Path, title: str) -> Path:
     for result in ladder["results"]:
         by_candidate.setdefault(result["candidate"], []).append((result["steps"], 100 * result["val_acc"]))
     winner = ladder.get("winner")
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for cid, points in by_candidate.items():
         points.sort()
         xs, ys = [0, *[p[0] for p in points]], [100 * (proxy[cid] or 0.0), *[p[1] for p in points]]
@@ -38,7 +38,7 @@ def plot_ladder(ladder: dict[str, Any], path: str | Path, title: str) -> Path:
     for steps in ladder["rungs"]:
         ax.axvline(steps, color="#bbbbbb", linewidth=0.8, zorder=1)
     ax.set_xscale("symlog", linthresh=max(1, ladder["rungs"][0]))
-    ax.set_xlabel("fine-tune steps (rungs marked; 0 = search proxy, adaptive BN)")
+    ax.set_xlabel("fine-tune steps of the final recipe (rungs marked; 0 = the search's proxy score)")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -47,7 +47,7 @@ def plot_ladder(ladder: dict[str, Any], path: str | Path, title: str) -> Path:
     if tuned:
         low = min(tuned)
         ax.set_ylim(max(0.0, low - 0.25 * (max(tuned) - low + 1.0) - 1.0), max(tuned) + 0.5)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="candidate", title_fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
