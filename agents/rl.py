@@ -1,8 +1,14 @@
 """Reinforcement-learning searchers: stable-baselines3's DDPG (AMC's recipe) and PPO in `ChannelPruningEnv`.
 
 One episode decides every channel group once and ends with one evaluation, so one episode is one entry of
-the search history: the environment's ``evaluate`` is the searcher's own ``_evaluate``, which also enforces
-the budget. A search of ``n`` evaluations learns for ``remaining x n_groups`` timesteps.
+the search history. Episodes run in rounds of ``episodes_per_round`` (by default the evaluator's
+``parallelism``: 1 for a plain `Evaluator`, N for a pool of N workers) side by side in a vectorised
+environment, in lockstep, since every episode lasts ``n_groups`` steps: before the round's last step the N
+final architectures are scored together by ONE `Searcher._evaluate_many` call (which checks the budget and
+writes the history), and each environment's last step then takes its reward from that batch. The policy
+learns from whole rounds: DDPG trains after each round (one gradient step per transition, as AMC does per
+episode), PPO's rollouts hold a whole number of rounds. With one episode per round this is exactly the
+one-episode-at-a-time search.
 
 How AMC's DDPG (He et al. 2018; ``mit-han-lab/amc``) maps onto stable-baselines3:
 
@@ -17,7 +23,9 @@ moving-average baseline       `EpisodeRewardReplayBuffer`: raw rewards stored, t
                               subtracted from every sampled batch (an old transition never keeps the
                               baseline of its own time)
 final reward on every step    `EpisodeRewardReplayBuffer` (``replay_buffer_class``)
-update per transition         ``train_freq=(1, "episode")``, ``gradient_steps=-1`` (one per step)
+update per transition         ``train_freq=(1, "episode")``, ``gradient_steps=-1`` (one per step); with N
+                              episodes per round ``train_freq=(n_groups, "step")`` over N environments:
+                              after every round, one gradient step per transition
 tau 0.01, batch 64            ``tau=0.01``, ``batch_size=64``
 replay 100 x n_layers         ``buffer_size = replay_episodes * n_groups``
 actor/critic 300-300          ``[64, 64]`` each: trains quickly on a CPU (``net_arch`` to change)
@@ -29,7 +37,17 @@ while it learns, so a user's generators are left as they were and a restored sea
 streams: N evaluations, `save`, `restore` and N more give the architectures of 2N in one go. With a
 ``run_dir``, the whole state (model, replay or partial rollout buffer, random streams) is also written to
 ``run_dir/agent_state`` every ``save_every`` episodes, as one generation folder made current by an atomic
-write of ``rl_state.json``; a kill -9 therefore loses at most the evaluation in flight.
+write of ``rl_state.json``; a kill -9 therefore loses at most the round in flight.
+
+Rounds and resume: the state records how many history entries the agent has taken in (``consumed``) and its
+round size, which a restore keeps (so a resumed search repeats the uninterrupted one even when the
+evaluator's parallelism changed). Entries recorded after the state was saved (a crash after a round was
+evaluated but before the next save) are not evaluated again: the resumed agent re-runs that round, gets the
+same architectures and takes their recorded scores. A crash while a round is being evaluated loses that
+round's evaluations (they are redone on resume); nothing is duplicated. A search whose remaining evaluations
+do not fill its last round evaluates the round's first episodes only, records them, and rolls the agent back
+to the start of that round (an in-memory snapshot): a later continuation re-runs the round and takes the
+recorded scores, so a search of ``n`` then ``m`` evaluations equals one of ``m`` for every ``n``.
 """
 
 from __future__ import annotations
@@ -38,10 +56,12 @@ import abc
 import contextlib
 import io
 import json
+import math
 import pickle
 import random
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,10 +73,12 @@ from stable_baselines3 import DDPG, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import obs_as_tensor
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from agents.base import EvaluatorLike, Searcher, SearchHistory
 from automl_prune.atomic import atomic_write, atomic_write_text
@@ -155,6 +177,9 @@ class DecayingTruncatedNormalNoise(ActionNoise):
             self.episode = int(episode)
             self._rng = None
 
+    def reset(self, indices: Sequence[int] | None = None) -> None:
+        """Nothing to reset at an episode's end: the episode number (`set_episode`) selects the stream."""
+
     def __call__(self) -> np.ndarray:
         """Zero-mean normal noise (for use as a plain additive `ActionNoise`)."""
         return self._generator().normal(0.0, self.sigma, size=(1,)).astype(np.float32)
@@ -243,7 +268,18 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
 
 
 class _AMCDDPG(DDPG):
-    """DDPG exploring as AMC does: uniform actions during warm-up, then a truncated normal around the actor."""
+    """DDPG exploring as AMC does: uniform actions during warm-up, then a truncated normal around the actor.
+
+    With several environments stable-baselines3 would wrap the noise in a `VectorizedActionNoise` (one copy
+    per environment); the truncated normal samples every environment's action itself, from one stream.
+    """
+
+    def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
+        noise = self.action_noise
+        result = super()._setup_learn(*args, **kwargs)
+        if isinstance(noise, DecayingTruncatedNormalNoise):
+            self.action_noise = noise
+        return result
 
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
@@ -315,21 +351,78 @@ class _ResumablePPO(PPO):
 
 
 class _SaveBetweenEpisodes(BaseCallback):
-    """Lets an off-policy searcher save after each episode has been stored and trained on."""
+    """Lets an off-policy searcher act between rounds (save, snapshot), after the last round was trained on."""
 
-    def __init__(self, save: Callable[[], None]) -> None:
+    def __init__(self, between_rounds: Callable[[], None]) -> None:
         super().__init__()
-        self._save = save
+        self._between_rounds = between_rounds
 
     def _on_rollout_start(self) -> None:
-        self._save()
+        self._between_rounds()
 
     def _on_step(self) -> bool:
         return True
 
 
+class _RoundCut(Exception):
+    """Raised from a round's last step when the search's evaluations ran out before the round's end."""
+
+
+class _PreparedScore:
+    """An environment's ``evaluate``: hands back the score its round's batch evaluation prepared for it."""
+
+    def __init__(self) -> None:
+        self._prepared: tuple[Architecture, dict[str, Any]] | None = None
+
+    def prepare(self, architecture: Architecture, metrics: dict[str, Any]) -> None:
+        """Set the score the next call (for ``architecture``) returns."""
+        self._prepared = (architecture, metrics)
+
+    def __call__(self, architecture: Architecture) -> dict[str, Any]:
+        if self._prepared is None or self._prepared[0] != architecture:
+            raise RuntimeError(f"no batch score was prepared for {architecture.widths}")
+        metrics = self._prepared[1]
+        self._prepared = None
+        return metrics
+
+
+class _RoundVecEnv(DummyVecEnv):
+    """N pruning episodes in lockstep whose final architectures are scored together before their last step.
+
+    Every episode lasts one step per channel group, and all are reset together, so they end on the same
+    step. Before that step, ``score_round`` gets the N architectures the episodes are about to end on
+    (`ChannelPruningEnv.finishing_architecture`) and returns their metrics, which each environment's last
+    `step` then takes from its `_PreparedScore`; the rest is `DummyVecEnv`'s (automatic reset included).
+    """
+
+    def __init__(
+        self,
+        env_fns: list[Callable[[], gym.Env]],
+        scores: list[_PreparedScore],
+        score_round: Callable[[list[Architecture]], list[dict[str, Any]]],
+    ) -> None:
+        super().__init__(env_fns)
+        self._scores = scores
+        self._score_round = score_round
+
+    def step_wait(self) -> VecEnvStepReturn:
+        finishing = [env.unwrapped.finishing_architecture(action)  # type: ignore[attr-defined]
+                     for env, action in zip(self.envs, self.actions, strict=True)]
+        ends = [architecture is not None for architecture in finishing]
+        if any(ends):
+            if not all(ends):
+                raise RuntimeError("the episodes of a round must end on the same step")
+            done = [a for a in finishing if a is not None]
+            for score, architecture, metrics in zip(self._scores, done, self._score_round(done), strict=True):
+                score.prepare(architecture, metrics)
+        return super().step_wait()
+
+
+_Snapshot = tuple[dict[str, Any], dict[str, bytes]]  # (plain state, file name -> bytes)
+
+
 class _SB3Searcher(Searcher):
-    """What both RL searchers share: the environment, the learn loop, its random streams, save and restore."""
+    """What both RL searchers share: the environments, the learn loop, its random streams, save and restore."""
 
     algorithm: ClassVar[type[BaseAlgorithm]]
 
@@ -344,6 +437,7 @@ class _SB3Searcher(Searcher):
         history: SearchHistory | None = None,
         reward: str = "accuracy",
         min_flops_fraction: float | None = None,
+        episodes_per_round: int | None = None,
         net_arch: Sequence[int] = (64, 64),
         learning_rate: float = 1e-3,
         save_every: int = 1,
@@ -357,10 +451,13 @@ class _SB3Searcher(Searcher):
             raise ValueError(f"`net_arch` must be a non-empty list of positive layer sizes, but got {net_arch!r}")
         if save_every < 0:
             raise ValueError(f"`save_every >= 0` (episodes; 0: only at the end) must hold, but got {save_every=}")
+        if episodes_per_round is not None and episodes_per_round < 1:
+            raise ValueError(f"`episodes_per_round >= 1` must hold, but got {episodes_per_round=}")
         self.reward = reward
         if min_flops_fraction is None:
             min_flops_fraction = 0.95 if reward == "accuracy" else 0.0
         self.min_flops_fraction = float(min_flops_fraction)
+        self.episodes_per_round = int(episodes_per_round or self.batch_size)
         self.net_arch = [int(n) for n in net_arch]
         self.learning_rate = float(learning_rate)
         self.save_every = int(save_every)
@@ -370,26 +467,60 @@ class _SB3Searcher(Searcher):
         self.model: BaseAlgorithm | None = None
         self._random_state: dict[str, Any] | None = None  # our global streams while the user's are in place
         self._learning = False
-        self._saved_at = -1  # history length at the last automatic save
+        self._consumed = len(self.history)  # history entries the agent has taken in (earlier ones are not its own)
+        self._saved_at = -1  # `_consumed` at the last automatic save
+        self._plan_end = 0  # `_consumed` at which the current `learn` ends
+        self._cut_snapshot: tuple[int, _Snapshot] | None = None  # (consumed, state) at a round that may be cut
         self.env = self._make_env()  # validates reward and min_flops_fraction early
 
     # environment ------------------------------------------------------------------------------------------
-    def _make_env(self) -> gym.Env:
-        return ChannelPruningEnv(
-            self.space,
-            self._evaluate_episode,
-            self.budget_flops,
-            reward=self.reward,
-            min_flops_fraction=self.min_flops_fraction,
-        )
+    def _make_env(self) -> _RoundVecEnv:
+        """``episodes_per_round`` pruning environments (each in a `Monitor`, as stable-baselines3 would wrap it)."""
+        scores = [_PreparedScore() for _ in range(self.episodes_per_round)]
 
-    def _evaluate_episode(self, architecture: Architecture) -> dict[str, Any]:
-        if self.remaining == 0:  # the learn loop is sized so this never happens
-            raise RuntimeError(f"{self.name} started an episode past its {self.n_evaluations} evaluations")
-        # The evaluator may reseed the global generators (on cache misses only), which the policy samples
-        # from: keep them as they were so that a search is reproducible whatever the evaluator's cache holds.
-        with _preserved_global_random_state():
-            return self._evaluate(architecture)
+        def factory(score: _PreparedScore) -> Callable[[], gym.Env]:
+            return lambda: Monitor(ChannelPruningEnv(self.space, score, self.budget_flops, reward=self.reward,
+                                                     min_flops_fraction=self.min_flops_fraction))
+
+        return _RoundVecEnv([factory(score) for score in scores], scores, self._score_round)
+
+    def _score_round(self, architectures: list[Architecture]) -> list[dict[str, Any]]:
+        """The metrics of one round's final architectures: recorded ones taken back, new ones in one batch.
+
+        Entries already in the history beyond what the agent has taken in (a round evaluated before a crash,
+        or the first episodes of a cut round) are this very round replayed: their architectures match and
+        their scores are reused. New architectures are scored by one `_evaluate_many` call, as many as the
+        search has evaluations left; when that is fewer than the round, `_RoundCut` is raised after
+        recording them.
+        """
+        results: list[dict[str, Any]] = []
+        for architecture in architectures:
+            if self._consumed >= len(self.history):
+                break
+            entry = self.history.entries[self._consumed]
+            if entry.architecture != architecture:
+                warnings.warn(
+                    f"{self.name}: history entry {self._consumed} ({entry.architecture.widths}) is not the "
+                    f"architecture the restored agent proposes there ({architecture.widths}); the "
+                    f"{len(self.history) - self._consumed} entries from it on are kept as they are and not "
+                    "learned from",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._consumed = len(self.history)
+                break
+            results.append(dict(entry.metrics))
+            self._consumed += 1
+        new = architectures[len(results):][: self.remaining]
+        if new:
+            # The evaluator may reseed the global generators (on cache misses only), which the policy samples
+            # from: keep them as they were so that a search is reproducible whatever the evaluator's cache holds.
+            with _preserved_global_random_state():
+                results.extend(self._evaluate_many(list(new)))
+            self._consumed += len(new)
+        if len(results) < len(architectures):
+            raise _RoundCut
+        return results
 
     @property
     def _tensorboard_log(self) -> str | None:
@@ -414,73 +545,136 @@ class _SB3Searcher(Searcher):
     def _build_model(self) -> BaseAlgorithm:
         """A fresh stable-baselines3 model on ``self.env``."""
 
+    def _prepare_model(self) -> None:
+        """Called before every `learn` with the model built (PPO attaches its round hook)."""
+
     def _run(self) -> None:
+        rounds = math.ceil(max(0, self.n_evaluations - self._consumed) / self.episodes_per_round)
+        cut = False
+        self._cut_snapshot = None
         with self._own_random_streams():
             if self.model is None:
                 self.model = self._build_model()
-            fresh = self.model.num_timesteps == 0
-            self.model.learn(
-                total_timesteps=self.remaining * self.n_groups,
-                callback=self._learn_callback(),
-                reset_num_timesteps=fresh,
-                tb_log_name=self.name,
-            )
-            # Searches end on episode boundaries, where the env has already been reset for the next episode:
-            # the next `learn` (here or after a restore) starts from a reset, which gives the same observation.
+            self._prepare_model()
+            self._plan_end = self._consumed + rounds * self.episodes_per_round
+            self._between_rounds()
+            try:
+                self.model.learn(
+                    total_timesteps=rounds * self.episodes_per_round * self.n_groups,
+                    callback=self._learn_callback(),
+                    reset_num_timesteps=self.model.num_timesteps == 0,
+                    tb_log_name=self.name,
+                )
+            except _RoundCut:
+                cut = True
+            # Searches end on round boundaries, where the envs have already been reset for the next round: the
+            # next `learn` (here or after a restore) starts from a reset, which gives the same observations.
             self.model._last_obs = None  # type: ignore[assignment]
-            self._autosave(force=True)
+        if cut:
+            if self._cut_snapshot is None:  # cannot happen: a round that may be cut is snapshotted first
+                raise RuntimeError(f"{self.name}: a round was cut without a snapshot to roll back to")
+            self._load_snapshot(*self._cut_snapshot[1])
+        self._cut_snapshot = None
+        self._autosave(force=True)
+
+    def _between_rounds(self) -> None:
+        """At a round boundary: save when due, and snapshot the agent when the next round may be cut short."""
+        self._autosave()
+        if self.remaining < self.episodes_per_round and (
+            self._cut_snapshot is None or self._cut_snapshot[0] != self._consumed
+        ):
+            self._cut_snapshot = (self._consumed, self._snapshot())
 
     def _learn_callback(self) -> BaseCallback | None:
         return None
 
     def _autosave(self, force: bool = False) -> None:
-        """Save to ``state_dir`` every ``save_every`` new evaluations (called between episodes)."""
-        if self.state_dir is None or self.save_every == 0 or len(self.history) == self._saved_at:
+        """Save to ``state_dir`` every ``save_every`` episodes taken in (called between rounds), or when forced."""
+        if self.state_dir is None or self._consumed == self._saved_at or (self.save_every == 0 and not force):
             return
-        if force or len(self.history) - max(self._saved_at, 0) >= self.save_every:
+        if force or self._consumed - max(self._saved_at, 0) >= self.save_every:
             self.save(self.state_dir)
-            self._saved_at = len(self.history)
+            self._saved_at = self._consumed
 
     # save / restore ---------------------------------------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:
         return {}
 
-    def _save_buffers(self, folder: Path) -> None:
+    def _save_buffers(self, blobs: dict[str, bytes]) -> None:
         pass
 
-    def _load_extra_state(self, state: dict[str, Any], folder: Path) -> None:
+    def _load_extra_state(self, state: dict[str, Any], blobs: dict[str, bytes]) -> None:
         pass
 
-    def save(self, path: str | Path) -> None:
-        """Write the whole state under ``path``: a new generation folder, then ``rl_state.json`` naming it.
-
-        The generation holds the SB3 model (``model.zip``), its replay or partial rollout buffer and the
-        random streams; ``rl_state.json`` (searcher, seed, noise and baseline as plain data) is replaced
-        atomically last, so a crash at any point leaves the previous complete state current.
-        """
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        generation = folder / f"gen-{len(self.history):06d}-{uuid.uuid4().hex[:8]}"
-        generation.mkdir()
+    def _snapshot(self) -> _Snapshot:
+        """The whole state: plain data and the files' bytes (model, replay or partial rollout buffer, streams)."""
         state: dict[str, Any] = {"searcher": self.name, "seed": self.seed, "has_model": self.model is not None,
-                                 "generation": generation.name, "evaluations": len(self.history)}
+                                 "evaluations": len(self.history), "consumed": self._consumed,
+                                 "episodes_per_round": self.episodes_per_round}
+        blobs: dict[str, bytes] = {}
         streams = _global_random_state() if self._learning else self._random_state
         action_space = None
         if self.model is not None:
             buffer = io.BytesIO()
             self.model.save(buffer, exclude=["action_noise"])
-            atomic_write(generation / _MODEL_FILE, buffer.getvalue())
-            self._save_buffers(generation)
+            blobs[_MODEL_FILE] = buffer.getvalue()
+            self._save_buffers(blobs)
             action_space = self.model.action_space.np_random.bit_generator.state
-        atomic_write(generation / _RNG_FILE, pickle.dumps({"global": streams, "action_space": action_space}))
+        blobs[_RNG_FILE] = pickle.dumps({"global": streams, "action_space": action_space})
         state.update(self._extra_state())
+        return state, blobs
+
+    def _load_snapshot(self, state: dict[str, Any], blobs: dict[str, bytes]) -> None:
+        """Become what `_snapshot` returned (new environments and model; the history is left as it is)."""
+        self.seed = int(state["seed"])
+        self.episodes_per_round = int(state.get("episodes_per_round", 1))
+        self.env = self._make_env()
+        self.model = None
+        with _preserved_global_random_state():  # loading reseeds the global generators from `seed`
+            if state.get("has_model"):
+                self.model = self.algorithm.load(
+                    io.BytesIO(blobs[_MODEL_FILE]),
+                    env=self.env,
+                    device=self.device,
+                    tensorboard_log=self._tensorboard_log,
+                )
+                self.model._last_obs = None  # type: ignore[assignment]  # the fresh env needs its reset
+            self._load_extra_state(state, blobs)
+        self._random_state = None
+        if _RNG_FILE in blobs:
+            streams = pickle.loads(blobs[_RNG_FILE])
+            self._random_state = streams["global"]
+            if self.model is not None and streams["action_space"] is not None:
+                self.model.action_space.np_random.bit_generator.state = streams["action_space"]
+        self._consumed = min(int(state.get("consumed", state["evaluations"])), len(self.history))
+
+    def save(self, path: str | Path) -> None:
+        """Write the whole state under ``path``: a new generation folder, then ``rl_state.json`` naming it.
+
+        The generation holds the SB3 model (``model.zip``), its replay or partial rollout buffer and the
+        random streams; ``rl_state.json`` (searcher, seed, round size, entries taken in, noise and baseline as
+        plain data) is replaced atomically last, so a crash at any point leaves the previous complete state
+        current.
+        """
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        state, blobs = self._snapshot()
+        generation = folder / f"gen-{len(self.history):06d}-{uuid.uuid4().hex[:8]}"
+        generation.mkdir()
+        for name, data in blobs.items():
+            atomic_write(generation / name, data)
+        state["generation"] = generation.name
         _write_json_atomic(folder / _STATE_FILE, state)
         for old in folder.glob("gen-*"):
             if old != generation:
                 shutil.rmtree(old, ignore_errors=True)
 
     def restore(self, path: str | Path) -> None:
-        """Load what `save` wrote so that the next `search` continues exactly where it stopped."""
+        """Load what `save` wrote so that the next `search` continues exactly where it stopped.
+
+        The round size is the saved one (whatever the evaluator's parallelism is now), so that the continued
+        search is the one that was interrupted.
+        """
         folder = Path(path)
         state_file = folder / _STATE_FILE
         if not state_file.exists():
@@ -491,27 +685,10 @@ class _SB3Searcher(Searcher):
                 f"{state_file} holds the state of searcher {state.get('searcher')!r}, not {self.name!r}"
             )
         generation = folder / state["generation"] if "generation" in state else folder
-        self.seed = int(state["seed"])
-        self.env = self._make_env()
-        self.model = None
-        with _preserved_global_random_state():  # loading reseeds the global generators from `seed`
-            if state.get("has_model"):
-                self.model = self.algorithm.load(
-                    generation / _MODEL_FILE,
-                    env=self.env,
-                    device=self.device,
-                    tensorboard_log=self._tensorboard_log,
-                )
-                self.model._last_obs = None  # type: ignore[assignment]  # the fresh env needs its reset
-            self._load_extra_state(state, generation)
-        self._random_state = None
-        rng_file = generation / _RNG_FILE
-        if rng_file.exists():
-            streams = pickle.loads(rng_file.read_bytes())
-            self._random_state = streams["global"]
-            if self.model is not None and streams["action_space"] is not None:
-                self.model.action_space.np_random.bit_generator.state = streams["action_space"]
-        self._saved_at = len(self.history)
+        names = (_MODEL_FILE, _BUFFER_FILE, _ROLLOUT_FILE, _RNG_FILE)
+        blobs = {name: (generation / name).read_bytes() for name in names if (generation / name).exists()}
+        self._load_snapshot(state, blobs)
+        self._saved_at = self._consumed
 
 
 class DDPGSearcher(_SB3Searcher):
@@ -524,17 +701,21 @@ class DDPGSearcher(_SB3Searcher):
             budget where the rounding allows. Default: 0.95 with the ``"accuracy"`` reward (AMC's
             FLOPs-constrained search, where using the budget is the point), 0 (AMC's one-sided wall) with
             ``"acc_flops_log"``, which trades accuracy against FLOPs by itself.
-        warmup_episodes: Episodes of uniform random actions before learning starts (AMC: 100 of 800).
+        episodes_per_round: Episodes run side by side and evaluated in one batch before each policy update;
+            default: the evaluator's ``parallelism`` (`Searcher.batch_size`).
+        warmup_episodes: Episodes of uniform random actions before learning starts (AMC: 100 of 800),
+            rounded up to whole rounds.
         noise_sigma, noise_decay: Exploration noise (action units) and its decay per episode after warm-up.
         baseline_alpha: Weight of the newest reward in the moving-average baseline (subtracted from sampled
             rewards at training time, see `EpisodeRewardReplayBuffer`).
         replay_episodes: Replay buffer size in episodes.
-        batch_size, tau: DDPG minibatch size and target-network update rate.
+        batch_size, tau: DDPG minibatch size (kept as `minibatch_size`: `Searcher.batch_size` is the number
+            of candidates proposed at once) and target-network update rate.
         net_arch: Hidden layers of both the actor and the critic.
         learning_rate: Of actor and critic.
         save_every: With a ``run_dir``, save the whole state to ``run_dir/agent_state`` every this many
-            episodes (1: after every episode, so a kill -9 loses at most the evaluation in flight; 0: at the
-            end of `search` only).
+            episodes, checked between rounds (1: after every round, so a kill -9 loses at most the round in
+            flight; 0: at the end of `search` only).
         device: ``"cuda"`` when present, else ``"cpu"``, unless given.
         verbose: stable-baselines3 verbosity.
     """
@@ -553,6 +734,7 @@ class DDPGSearcher(_SB3Searcher):
         history: SearchHistory | None = None,
         reward: str = "accuracy",
         min_flops_fraction: float | None = None,
+        episodes_per_round: int | None = None,
         warmup_episodes: int = 25,
         noise_sigma: float = 0.5,
         noise_decay: float = 0.99,
@@ -578,14 +760,15 @@ class DDPGSearcher(_SB3Searcher):
         self.baseline_alpha = float(baseline_alpha)
         super().__init__(
             space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history, reward=reward,
-            min_flops_fraction=min_flops_fraction, net_arch=net_arch, learning_rate=learning_rate,
-            save_every=save_every, device=device, verbose=verbose,
+            min_flops_fraction=min_flops_fraction, episodes_per_round=episodes_per_round, net_arch=net_arch,
+            learning_rate=learning_rate, save_every=save_every, device=device, verbose=verbose,
         )
-        self.warmup_episodes = warmup_episodes
+        rounds = math.ceil(warmup_episodes / self.episodes_per_round)
+        self.warmup_episodes = rounds * self.episodes_per_round  # no round mixes random and policy episodes
         self.replay_episodes = replay_episodes
-        self.batch_size = batch_size
+        self.minibatch_size = batch_size
         self.tau = tau
-        self.noise = DecayingTruncatedNormalNoise(noise_sigma, noise_decay, warmup_episodes, seed)
+        self.noise = DecayingTruncatedNormalNoise(noise_sigma, noise_decay, self.warmup_episodes, seed)
 
     @property
     def baseline(self) -> float | None:
@@ -594,19 +777,22 @@ class DDPGSearcher(_SB3Searcher):
         return buffer.baseline if isinstance(buffer, EpisodeRewardReplayBuffer) else None
 
     def _learn_callback(self) -> BaseCallback | None:
-        return _SaveBetweenEpisodes(self._autosave)
+        return _SaveBetweenEpisodes(self._between_rounds)
 
     def _build_model(self) -> BaseAlgorithm:
+        # One round per collection, then one gradient step per transition (``gradient_steps=-1``); with one
+        # environment that is AMC's update after every episode (stable-baselines3 allows episode units only then).
+        n = self.episodes_per_round
         return _AMCDDPG(
             "MlpPolicy",
             self.env,
             learning_rate=self.learning_rate,
             buffer_size=self.replay_episodes * self.n_groups,
             learning_starts=self.warmup_episodes * self.n_groups,
-            batch_size=self.batch_size,
+            batch_size=self.minibatch_size,
             tau=self.tau,
             gamma=1.0,
-            train_freq=(1, "episode"),
+            train_freq=(1, "episode") if n == 1 else (self.n_groups, "step"),
             gradient_steps=-1,
             action_noise=self.noise,
             replay_buffer_class=EpisodeRewardReplayBuffer,
@@ -618,17 +804,18 @@ class DDPGSearcher(_SB3Searcher):
             verbose=self.verbose,
         )
 
-    def _save_buffers(self, folder: Path) -> None:
+    def _save_buffers(self, blobs: dict[str, bytes]) -> None:
         if isinstance(self.model, DDPG):
-            atomic_write(folder / _BUFFER_FILE, pickle.dumps(self.model.replay_buffer, pickle.HIGHEST_PROTOCOL))
+            blobs[_BUFFER_FILE] = pickle.dumps(self.model.replay_buffer, pickle.HIGHEST_PROTOCOL)
 
     def _extra_state(self) -> dict[str, Any]:
         return {"noise": self.noise.state_dict(), "baseline": self.baseline}
 
-    def _load_extra_state(self, state: dict[str, Any], folder: Path) -> None:
+    def _load_extra_state(self, state: dict[str, Any], blobs: dict[str, bytes]) -> None:
         self.noise.load_state_dict(state["noise"])
+        self.warmup_episodes = self.noise.warmup_episodes
         if isinstance(self.model, DDPG):
-            self.model.load_replay_buffer(folder / _BUFFER_FILE)
+            self.model.load_replay_buffer(io.BytesIO(blobs[_BUFFER_FILE]))
             self.model.action_noise = self.noise
 
 
@@ -638,7 +825,10 @@ class PPOSearcher(_SB3Searcher):
     Args:
         space, evaluator, budget_flops, seed, run_dir, history: As for every `Searcher`.
         reward, min_flops_fraction: As for `DDPGSearcher`.
-        episodes_per_rollout: ``n_steps = episodes_per_rollout * n_groups``; minibatches hold half a rollout.
+        episodes_per_round: As for `DDPGSearcher`.
+        episodes_per_rollout: Episodes per rollout (policy update), rounded up to whole rounds: each of the
+            ``episodes_per_round`` environments runs ``n_steps = ceil(episodes_per_rollout /
+            episodes_per_round) * n_groups`` steps; minibatches hold half a rollout.
         n_epochs: PPO epochs per rollout.
         net_arch: Hidden layers of the policy and of the value function.
         learning_rate: Adam step size.
@@ -661,6 +851,7 @@ class PPOSearcher(_SB3Searcher):
         history: SearchHistory | None = None,
         reward: str = "accuracy",
         min_flops_fraction: float | None = None,
+        episodes_per_round: int | None = None,
         episodes_per_rollout: int = 4,
         n_epochs: int = 10,
         net_arch: Sequence[int] = (64, 64),
@@ -671,8 +862,8 @@ class PPOSearcher(_SB3Searcher):
     ) -> None:
         super().__init__(
             space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history, reward=reward,
-            min_flops_fraction=min_flops_fraction, net_arch=net_arch, learning_rate=learning_rate,
-            save_every=save_every, device=device, verbose=verbose,
+            min_flops_fraction=min_flops_fraction, episodes_per_round=episodes_per_round, net_arch=net_arch,
+            learning_rate=learning_rate, save_every=save_every, device=device, verbose=verbose,
         )
         if episodes_per_rollout < 1 or episodes_per_rollout * self.n_groups < 2:
             raise ValueError(
@@ -681,9 +872,19 @@ class PPOSearcher(_SB3Searcher):
             )
         if n_epochs < 1:
             raise ValueError(f"`n_epochs >= 1` must hold, but got {n_epochs=}")
-        self.n_steps = episodes_per_rollout * self.n_groups
-        self.ppo_batch_size = self.n_steps // 2 if self.n_steps % 2 == 0 else self.n_steps
+        self.episodes_per_rollout = episodes_per_rollout
         self.n_epochs = n_epochs
+
+    @property
+    def n_steps(self) -> int:
+        """Steps per environment in one rollout (a whole number of rounds)."""
+        return math.ceil(self.episodes_per_rollout / self.episodes_per_round) * self.n_groups
+
+    @property
+    def ppo_batch_size(self) -> int:
+        """PPO's minibatch: half a rollout (all environments), or all of it when that is odd."""
+        total = self.n_steps * self.episodes_per_round
+        return total // 2 if total % 2 == 0 else total
 
     def _build_model(self) -> BaseAlgorithm:
         return _ResumablePPO(
@@ -702,27 +903,20 @@ class PPOSearcher(_SB3Searcher):
             verbose=self.verbose,
         )
 
-    def _run(self) -> None:
-        self._attach_hook()
-        super()._run()
+    def _prepare_model(self) -> None:
+        self.model._episode_end_hook = self._round_end  # type: ignore[union-attr]
 
-    def _attach_hook(self) -> None:
-        if self.model is None:
-            with self._own_random_streams():  # building seeds the global generators
-                self.model = self._build_model()
-        self.model._episode_end_hook = self._episode_end  # type: ignore[attr-defined]
-
-    def _episode_end(self) -> bool:
-        """Between two episodes of a rollout: save when due; True once the search has its evaluations."""
-        if self.remaining == 0:
+    def _round_end(self) -> bool:
+        """Between two rounds of a rollout: save and snapshot when due; True once this `learn` has its rounds."""
+        if self._consumed >= self._plan_end:
             return True
-        self._autosave()
+        self._between_rounds()
         return False
 
-    def _save_buffers(self, folder: Path) -> None:
+    def _save_buffers(self, blobs: dict[str, bytes]) -> None:
         if isinstance(self.model, PPO):
-            atomic_write(folder / _ROLLOUT_FILE, pickle.dumps(self.model.rollout_buffer, pickle.HIGHEST_PROTOCOL))
+            blobs[_ROLLOUT_FILE] = pickle.dumps(self.model.rollout_buffer, pickle.HIGHEST_PROTOCOL)
 
-    def _load_extra_state(self, state: dict[str, Any], folder: Path) -> None:
-        if isinstance(self.model, PPO) and (folder / _ROLLOUT_FILE).exists():
-            self.model.rollout_buffer = pickle.loads((folder / _ROLLOUT_FILE).read_bytes())
+    def _load_extra_state(self, state: dict[str, Any], blobs: dict[str, bytes]) -> None:
+        if isinstance(self.model, PPO) and _ROLLOUT_FILE in blobs:
+            self.model.rollout_buffer = pickle.loads(blobs[_ROLLOUT_FILE])

@@ -142,9 +142,9 @@ def test_restore_refuses_another_searchers_state(setup, tmp_path: Path) -> None:
 
 
 def test_lower_wall_follows_the_reward(setup) -> None:
-    assert _make("ddpg", setup, None).env.unwrapped.min_flops_fraction == 0.95
-    assert _make("ppo", setup, None, reward="acc_flops_log").env.unwrapped.min_flops_fraction == 0.0
-    assert _make("ppo", setup, None, min_flops_fraction=0.5).env.unwrapped.min_flops_fraction == 0.5
+    assert _make("ddpg", setup, None).env.envs[0].unwrapped.min_flops_fraction == 0.95
+    assert _make("ppo", setup, None, reward="acc_flops_log").env.envs[0].unwrapped.min_flops_fraction == 0.0
+    assert _make("ppo", setup, None, min_flops_fraction=0.5).env.envs[0].unwrapped.min_flops_fraction == 0.5
 
 
 def test_bad_arguments(setup) -> None:
