@@ -5,7 +5,8 @@
    plus the full network itself. These evaluations are over budget by design, so they call the evaluator
    directly and never enter the history; they are independent of each other (`pending_profile` hands them
    out as one list, so a parallel runner can evaluate them in any order) and are stored, as they finish, in
-   ``RUN_DIR/sensitivity.json``: a restored search never re-evaluates a profiled point. The profile is drawn
+   ``RUN_DIR/sensitivity.json``: a restored search never re-evaluates a profiled point. Pending points are
+   evaluated as many at once as the evaluator has workers (its ``evaluate_many``). The profile is drawn
    in ``RUN_DIR/sensitivity.png`` (accuracy against keep ratio, one line per group).
 2. **Threshold.** Each group's *drop* at a width is the full network's accuracy minus the profiled one,
    made monotone (the drop at ``w`` is the worst drop at any profiled width ``>= w``). One threshold ``t``
@@ -134,9 +135,17 @@ class SensitivitySearcher(Searcher):
             self._write_profile(self.run_dir / _PROFILE_FILE)
 
     def _measure_profile(self) -> None:
+        """Evaluate the pending points, as many at once as the evaluator has workers (`Searcher.batch_size`)."""
         pending = self.pending_profile()
-        for point in pending:
-            self.record_profile(point, self.evaluator.evaluate(point.architecture).to_dict())
+        many = getattr(self.evaluator, "evaluate_many", None)
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            if many is not None:
+                results = [m.to_dict() for m in many([p.architecture for p in chunk])]
+            else:
+                results = [self.evaluator.evaluate(p.architecture).to_dict() for p in chunk]
+            for point, metrics in zip(chunk, results, strict=True):
+                self.record_profile(point, metrics)
         if self.run_dir is not None and (pending or not (self.run_dir / _PLOT_FILE).exists()):
             self.plot_profile(self.run_dir / _PLOT_FILE)
 
@@ -206,26 +215,32 @@ class SensitivitySearcher(Searcher):
                 result.append(arch)
         return result
 
+    def _hedge(self, best: Architecture, index: int) -> Architecture:
+        """The random hedge for history index ``index`` (a generator per index, so batching changes nothing)."""
+        rng = np.random.default_rng([self.seed, 104729, index])
+        factors = np.exp(rng.uniform(math.log(0.8), math.log(1.25), size=len(self.space)))
+        return self._onto_budget({d.name: best.widths[d.name] * float(f)
+                                  for d, f in zip(self.space.decisions, factors, strict=True)})
+
     def _run(self) -> None:
         self._measure_profile()
         best = self.sensitivity_architecture()
         done = {e.architecture.key() for e in self.history.entries}
-        for arch in self._fixed_candidates(best):
-            if not self.remaining:
-                return
-            if arch.key() not in done:
-                self._evaluate(arch)
-                done.add(arch.key())
+        fixed = [a for a in self._fixed_candidates(best) if a.key() not in done]
         while self.remaining:
-            rng = np.random.default_rng([self.seed, 104729, len(self.history)])
-            for _ in range(20):  # prefer an architecture not evaluated yet
-                factors = np.exp(rng.uniform(math.log(0.8), math.log(1.25), size=len(self.space)))
-                arch = self._onto_budget({d.name: best.widths[d.name] * float(f)
-                                          for d, f in zip(self.space.decisions, factors, strict=True)})
-                if arch.key() not in done:
-                    break
-            self._evaluate(arch)
-            done.add(arch.key())
+            batch: list[Architecture] = []
+            while fixed and len(batch) < min(self.remaining, self.batch_size):
+                batch.append(fixed.pop(0))
+            while len(batch) < min(self.remaining, self.batch_size):
+                index = len(self.history) + len(batch)
+                taken = done | {a.key() for a in batch}
+                for attempt in range(20):  # prefer an architecture not evaluated yet
+                    arch = self._hedge(best, index) if attempt == 0 else self._hedge(best, index * 1000 + attempt)
+                    if arch.key() not in taken:
+                        break
+                batch.append(arch)
+            self._evaluate_many(batch)
+            done |= {a.key() for a in batch}
 
     def result(self) -> SearchResult:
         """As `Searcher.result`, plus the threshold, the grid and the profile's size and files in ``extra``."""

@@ -181,3 +181,26 @@ def test_bad_options_name_the_value(space: SearchSpace) -> None:
         SensitivitySearcher(space, SensitiveEvaluator(space), space.flops_budget(0.5), steps=1)
     with pytest.raises(ConfigError, match=r"profile_factor=0"):
         SensitivitySearcher(space, SensitiveEvaluator(space), space.flops_budget(0.5), profile_factor=0)
+
+
+class ParallelEvaluator(SensitiveEvaluator):
+    """As `SensitiveEvaluator`, with three workers: records the size of each batch it is given."""
+
+    parallelism = 3
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__(space)
+        self.batches: list[int] = []
+
+    def evaluate_many(self, architectures: list[Architecture]) -> list[_Metrics]:
+        self.batches.append(len(architectures))
+        return [self.evaluate(a) for a in architectures]
+
+
+def test_batches_follow_the_evaluators_workers_and_change_nothing(space: SearchSpace) -> None:
+    budget = space.flops_budget(0.3)
+    parallel = ParallelEvaluator(space)
+    batched = SensitivitySearcher(space, parallel, budget, steps=5).search(10).history
+    serial = SensitivitySearcher(space, SensitiveEvaluator(space), budget, steps=5).search(10).history
+    assert [e.architecture for e in batched] == [e.architecture for e in serial]
+    assert max(parallel.batches) == 3 and sum(parallel.batches) == len(parallel.calls)
