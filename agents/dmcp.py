@@ -466,13 +466,18 @@ class DMCPSearcher(Searcher):
             self._evaluate(final)
             done.add(final.key())
         while self.remaining:
-            rng = np.random.default_rng([self.seed, 7919, len(self.history)])
-            for _ in range(20):  # prefer an architecture not evaluated yet
-                arch = self._onto_budget({c.name: float(c.sample(rng)) for c in self.chains})
-                if arch.key() not in done:
-                    break
-            self._evaluate(arch)
-            done.add(arch.key())
+            # Sampled in batches of the evaluator's workers; each draw's generator depends on its index only,
+            # so the samples are the same whatever the batch size.
+            batch = []
+            for index in range(len(self.history), len(self.history) + min(self.remaining, self.batch_size)):
+                rng = np.random.default_rng([self.seed, 7919, index])
+                for _ in range(20):  # prefer an architecture not evaluated yet
+                    arch = self._onto_budget({c.name: float(c.sample(rng)) for c in self.chains})
+                    if arch.key() not in done:
+                        break
+                batch.append(arch)
+                done.add(arch.key())
+            self._evaluate_many(batch)
 
     def result(self) -> SearchResult:
         """The best evaluated architecture, with DMCP's expected widths and FLOPs in ``extra``."""

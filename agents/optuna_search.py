@@ -29,8 +29,11 @@ To watch a run live::
 
 Running the same search again (same ``run_dir``) continues it:
 
-- Finished trials are kept; the sampler is re-created from ``seed`` and the number of trials already stored
-  (re-using the bare seed would replay the first random start-up suggestions as duplicates).
+- Finished trials are kept. The sampler (with its random state) is pickled by `save` and restored, so a
+  saved and restored search proposes exactly what an uninterrupted one would; after a kill -9 (no save) it is
+  re-created from ``seed`` and the number of trials already stored (re-using the bare seed would replay the
+  first random start-up suggestions as duplicates).
+- Trials are asked in batches of the evaluator's parallelism and scored side by side.
 - A trial left RUNNING by a kill is retried, not lost: it is marked FAIL and its parameters are enqueued
   (``study.enqueue_trial``, with a ``retry_of`` user attribute so a second crash never enqueues it twice).
 - ``history.jsonl`` and the study agree: each evaluation is appended (fsynced) to the history before
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import socket
 import warnings
 from collections.abc import Mapping, Sequence
@@ -61,12 +65,13 @@ from optuna.trial import FrozenTrial, TrialState
 from agents.base import EvaluatorLike, HistoryEntry, Searcher, SearchHistory, SearchResult
 from agents.budget import around_uniform, check_prior, project_to_budget, uniform_architecture
 from agents.pareto import pareto_front, plot_pareto, write_pareto_json
-from automl_prune.atomic import atomic_write_text
+from automl_prune.atomic import atomic_write, atomic_write_text
 from search_spaces import Architecture, SearchSpace, WidthDecision
 
 __all__ = ["OptunaMOSearcher", "OptunaSearcher"]
 
 _STATE_FILE = "optuna_searcher.json"
+_SAMPLER_FILE = "optuna_sampler.pkl"
 
 
 class OptunaSearcher(Searcher):
@@ -126,6 +131,7 @@ class OptunaSearcher(Searcher):
         self.integer_widths = integer_widths
         self.study_name = study_name or f"{self.name}-{self.budget_flops}"
         self._storage_arg = storage
+        self._saved_sampler: optuna.samplers.BaseSampler | None = None
         # The default storage belongs to this run alone, so every RUNNING trial in it is a dead one of ours.
         self._owns_storage = storage is None
         self._worker = f"{socket.gethostname()}:{self.run_dir.resolve()}" if self.run_dir is not None else None
@@ -176,7 +182,8 @@ class OptunaSearcher(Searcher):
                 load_if_exists=True,
             )
             self._check_study(study)
-            study.sampler = self._make_sampler(len(study.get_trials(deepcopy=False)))
+            saved, self._saved_sampler = self._saved_sampler, None
+            study.sampler = saved if saved is not None else self._make_sampler(len(study.get_trials(deepcopy=False)))
             self._study = study
         return self._study
 
@@ -245,29 +252,39 @@ class OptunaSearcher(Searcher):
             # A new study starts from uniform: every later trial is then compared with it.
             study.enqueue_trial(self.uniform_params(), user_attrs={"uniform": True})
         while self.remaining:
-            self._run_trial(study, study.ask())
+            # As many trials as there are workers (ask/tell): they are scored side by side.
+            self._run_trials(study, [study.ask() for _ in range(min(self.remaining, self.batch_size))])
         self._after_run()
 
     def _after_run(self) -> None:
         """Hook for subclasses (the multi-objective searcher writes its front)."""
 
     def _run_trial(self, study: optuna.Study, trial: optuna.Trial) -> None:
-        proposed = self._suggest(trial)
-        arch = proposed
-        if self.space.flops(proposed) > self.budget_flops:
-            arch = project_to_budget(self.space, proposed, self.budget_flops, fill=True)
-        # Stored before evaluating: after a crash this is how a RUNNING trial is matched to its history entry.
-        if self._worker is not None:
-            trial.set_user_attr("worker", self._worker)
-        trial.set_user_attr("widths", dict(arch.widths))
-        trial.set_user_attr("projected", arch != proposed)
+        self._run_trials(study, [trial])
+
+    def _run_trials(self, study: optuna.Study, trials: list[optuna.Trial]) -> None:
+        archs = []
+        for trial in trials:
+            proposed = self._suggest(trial)
+            arch = proposed
+            if self.space.flops(proposed) > self.budget_flops:
+                arch = project_to_budget(self.space, proposed, self.budget_flops, fill=True)
+            # Stored before evaluating: after a crash this is how a RUNNING trial is matched to its history entry.
+            if self._worker is not None:
+                trial.set_user_attr("worker", self._worker)
+            trial.set_user_attr("widths", dict(arch.widths))
+            trial.set_user_attr("projected", arch != proposed)
+            archs.append(arch)
         try:
-            metrics = self._evaluate(arch)
+            results = self._evaluate_many(archs)
         except Exception:
-            study.tell(trial, state=TrialState.FAIL)
+            for trial in trials:
+                study.tell(trial, state=TrialState.FAIL)
             raise
-        trial.set_user_attr("history_index", len(self.history) - 1)
-        self._tell(study, trial, self._values(metrics))
+        first = len(self.history) - len(trials)
+        for i, (trial, metrics) in enumerate(zip(trials, results, strict=True)):
+            trial.set_user_attr("history_index", first + i)
+            self._tell(study, trial, self._values(metrics))
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial | int, values: Sequence[float]) -> None:
         """``study.tell`` (one place, so tests can simulate a crash right before it)."""
@@ -337,6 +354,8 @@ class OptunaSearcher(Searcher):
             state["copy"] = target.name
         if self.history.path is None:
             _write_history(path / "history.jsonl", self.history.entries)
+        # The sampler's random state: a restored search then proposes exactly what an uninterrupted one would.
+        atomic_write(path / _SAMPLER_FILE, pickle.dumps(self.study.sampler))
         atomic_write_text(path / _STATE_FILE, json.dumps(state, indent=1))
 
     def restore(self, path: str | Path) -> None:
@@ -356,6 +375,9 @@ class OptunaSearcher(Searcher):
             optuna.copy_study(from_study_name=self.study_name, from_storage=saved, to_storage=self._storage,
                               to_study_name=self.study_name)
         self._study = None
+        sampler_file = path / _SAMPLER_FILE
+        if sampler_file.exists():
+            self._saved_sampler = pickle.loads(sampler_file.read_bytes())  # our own file, written by `save`
         if self.history.path is None and len(self.history) == 0 and (path / "history.jsonl").exists():
             for entry in SearchHistory(path / "history.jsonl").entries:
                 self.history.entries.append(entry)

@@ -197,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         if name == "search":
             p.add_argument("--flops", type=float, help=f"FLOPs budget, fraction of base ({DEFAULTS.flops})")
-            p.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, uniform, random (default ddpg)")
+            p.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, uniform, random "
+                           "(default ddpg)")
             p.add_argument("--episodes", type=int, help="architectures to evaluate")
             p.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
             p.add_argument("--finetune-epochs", type=float)
