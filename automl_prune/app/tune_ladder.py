@@ -173,8 +173,11 @@ class TuneLadderExecutor:
         ladder = Ladder(ladder.path, ladder.candidates, ladder.rungs, ladder.eta)
         for rung in range(len(ladder.rungs)):
             missing = [c.id for c in ladder.pending(rung)]
+            if missing and not errors:
+                # Tune stops an experiment on Ctrl-C and returns: the rung is unfinished, nothing failed.
+                raise KeyboardInterrupt(f"re-ranking interrupted in rung {rung}")
             if missing:
-                detail = f": {errors[0]}" if errors else ""
+                detail = f": {errors[0]}"
                 raise RuntimeError(f"re-ranking rung {rung} has no result for {missing}{detail}")
         self.ladder = ladder
         return ladder.winner()
