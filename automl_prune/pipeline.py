@@ -227,6 +227,10 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
         bar.close()
         _log(f"interrupted; progress is saved. {resume_hint}")
         raise
+    except Exception:
+        bar.close()
+        _log(f"the search failed; every finished evaluation is in {run_dir / 'history.jsonl'}. {resume_hint}")
+        raise
     bar.close()
     search_seconds = time.perf_counter() - start
     searcher.save(state_dir)
@@ -248,6 +252,9 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
         chosen, model, ladder, val_after = _rerank(config, base, evaluator, result, budget, widened, run_dir)
     except KeyboardInterrupt:
         _log(f"interrupted during re-ranking; finished rungs are kept. {resume_hint}")
+        raise
+    except Exception:
+        _log(f"re-ranking failed; finished rungs are kept in {run_dir / 'ladder.json'}. {resume_hint}")
         raise
     rerank_seconds = time.perf_counter() - rerank_start
     return _finish(config, base, run_dir, result, chosen, model, ladder, val_after, search_seconds,
