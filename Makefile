@@ -28,7 +28,7 @@ lint: setup
 # The main job end to end: pretrain (cached), search under a FLOPs budget, fine-tune, test, export.
 DEMO_AGENT ?= ddpg
 DEMO_FLOPS ?= 0.5
-DEMO_EPISODES ?= 60
+DEMO_EPISODES ?= 40
 demo: setup
 	$(BIN)/automl-prune search --model vgg-small --dataset fashion-mnist --flops $(DEMO_FLOPS) \
 		--agent $(DEMO_AGENT) --episodes $(DEMO_EPISODES) --out $(RUNS)/demo --cache-dir $(RUNS)/cache \

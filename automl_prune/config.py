@@ -42,7 +42,7 @@ class SearchConfig:
     progress: bool = True
     fill_budget: bool = True
     pretrain_seed: int = 0
-    rerank_top_k: int = 4
+    rerank_top_k: int = 3
     rerank_rungs: int = 3
     rerank_eta: int = 3
     workers: int | None = None

@@ -78,7 +78,7 @@ class LadderJob:
 
     def __init__(self, run_dir: str | Path, model: nn.Module, space: SearchSpace, splits: Splits,
                  recipe: FineTuneRecipe, rungs: tuple[int, ...], *, criterion: str = "l1", bn_batches: int = 10,
-                 checkpoint_every: int = 50) -> None:
+                 checkpoint_every: int = 100) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.model = model
         self.space = space

@@ -18,10 +18,10 @@ import pytest
 
 from automl_prune.ladder_job import FAIL_ONCE_ENV
 
-# 14 steps per epoch on the synthetic set: 10 epochs = 140 steps, rungs (16, 47, 140); the last rung saves
-# progress at step 97, so it can fail (or be killed) midway and continue.
+# 14 steps per epoch on the synthetic set: 20 epochs = 280 steps, rungs (31, 93, 280); the last rung saves
+# progress at step 193 (every 100 steps), so it can fail (or be killed) midway and continue.
 SEARCH = ["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "1", "--flops", "0.5",
-          "--agent", "random", "--episodes", "6", "--finetune-epochs", "10", "--workers", "2", "--no-progress"]
+          "--agent", "random", "--episodes", "6", "--finetune-epochs", "20", "--workers", "2", "--no-progress"]
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -55,7 +55,7 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path) -> N
     assert marker.exists(), "the injected failure never fired"
     resumed = list((run / "rerank").glob("*/resumed.log"))
     assert resumed, "the failed trial started over instead of continuing from its checkpoint"
-    assert "continued from step 97" in resumed[0].read_text()
+    assert "continued from step 193" in resumed[0].read_text()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     assert (run / "best" / "arch.json").exists() and (run / "ladder.png").stat().st_size > 0
@@ -104,7 +104,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     alive = [p for p in started if _proc_start_time(p["pid"]) == p["start"]]
     assert alive == [], "Ray processes of the killed run are still running after the resume"
     resumed = [p.read_text() for p in (run / "rerank").glob("*/resumed.log")]
-    assert any("continued from step 97" in text for text in resumed), (resumed, done.stderr[-2000:])
+    assert any("continued from step 193" in text for text in resumed), (resumed, done.stderr[-2000:])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     assert (run / "best" / "arch.json").exists()
