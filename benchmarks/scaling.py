@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vgg-small")
     parser.add_argument("--flops", type=float, default=0.5)
-    parser.add_argument("--agents", nargs="+", default=["random", "optuna", "ddpg", "dmcp"])
+    parser.add_argument("--agents", nargs="*", default=["random", "optuna", "ddpg", "dmcp"])
     parser.add_argument("--evals", type=int, default=24)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--steps", type=int, default=60, help="fine-tune steps per trial")
