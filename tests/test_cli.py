@@ -145,3 +145,26 @@ def test_bad_config_key_is_named(capsys, tmp_path) -> None:
     config.write_text("episdes: 3\n")
     code, _, err = _run(capsys, "search", "--config", str(config), "--out", str(tmp_path / "r"))
     assert code == 2 and "did you mean 'episodes'" in _one_error_line(err)
+
+
+def test_settings_that_fail_leave_no_run_directory(capsys, tmp_path) -> None:
+    """A bad setting or a dataset that does not load is refused before the run directory is touched."""
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, "search", "--model", "tiny-cnn", *TINY, *SEARCH_IN_PROCESS, "--cache-dir",
+                        str(tmp_path / "cache"), "--criterion", "no-such", "--out", str(run))
+    assert code == 2 and "no-such" in _one_error_line(err)
+    code, _, err = _run(capsys, "search", "--model", "tiny-cnn", "--dataset", "cifar10", "--data-root",
+                        str(tmp_path / "missing"), "--no-progress", "--out", str(run))
+    assert code == 2 and _one_error_line(err)
+    code, _, err = _run(capsys, "search", "--model", "tiny-cnn", *TINY, *SEARCH_IN_PROCESS, "--cache-dir",
+                        str(tmp_path / "cache"), "--agent-option", "no_such_option=1", "--out", str(run))
+    assert code == 2 and "no_such_option" in _one_error_line(err)
+    assert not run.exists(), "a refused command must not create or touch the run directory"
+
+
+def test_resume_with_other_agent_options_is_refused(searched: Path, capsys) -> None:
+    run = searched / "run"
+    common = ["search", "--model", "tiny-resnet", *TINY, *SEARCH_IN_PROCESS, "--cache-dir", str(searched / "cache"),
+              "--agent", "random", "--flops", "0.5", "--finetune-epochs", "0", "--out", str(run)]
+    code, _, err = _run(capsys, *common, "--episodes", "5", "--agent-option", "spread=3.0")
+    assert code == 2 and "agent_options" in _one_error_line(err) and "spread" in _one_error_line(err)
