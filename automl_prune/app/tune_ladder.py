@@ -33,14 +33,31 @@ __all__ = ["LadderSearcher", "TuneLadderExecutor"]
 _TRAINER_FILE = "trainer.pt"
 
 
-def _ladder_trial(config: dict[str, Any], job: LadderJob, candidates: dict[str, Candidate]) -> None:
-    """A Tune function trainable: one candidate, one rung."""
+#: Jobs already fetched by this worker process (Tune reuses actors from trial to trial): the base model and the
+#: data are deserialised once per worker, not once per trial.
+_JOBS: dict[str, LadderJob] = {}
+
+
+def _job(handle: list[Any]) -> LadderJob:
+    import ray
+
+    ref = handle[0]  # nested in a list so that Tune passes the reference itself, not the fetched object
+    key = ref.hex()
+    if key not in _JOBS:
+        _JOBS.clear()
+        _JOBS[key] = ray.get(ref)
+    return _JOBS[key]
+
+
+def _ladder_trial(config: dict[str, Any], job: list[Any], candidates: dict[str, Candidate]) -> None:
+    """A Tune function trainable: one candidate, one rung (``job``: a list holding the job's object ref)."""
     import torch
     from ray import tune
 
     from automl_prune.runtime import configure_torch
 
     configure_torch(1)
+    job = _job(job)
     candidate = candidates[config["candidate"]]
     rung = int(config["rung"])
     progress_state = None
@@ -136,13 +153,20 @@ class TuneLadderExecutor:
         self.storage = (job.run_dir / "tune").resolve()
         self.path = self.storage / "rerank"
 
+    def _job_ref(self) -> Any:
+        import ray
+
+        if getattr(self, "_ref", None) is None:
+            self._ref = ray.put(self.job)
+        return self._ref
+
     def run(self, ladder: Ladder) -> Candidate:
         """Climb the ladder (continuing a killed experiment) and return the winner."""
         from ray import tune
 
         candidates = {c.id: c for c in ladder.candidates}
         trainable = tune.with_resources(
-            tune.with_parameters(_ladder_trial, job=self.job, candidates=candidates), {"cpu": 1}
+            tune.with_parameters(_ladder_trial, job=[self._job_ref()], candidates=candidates), {"cpu": 1}
         )
         start = time.perf_counter()
         callbacks = [_TrialLines(self, candidates, start)] if self.verbose else []
