@@ -27,6 +27,7 @@ __all__ = [
     "load_into",
     "pretrain_or_load",
     "save_checkpoint",
+    "state_sha256",
 ]
 
 FORMAT_VERSION = 1
@@ -130,6 +131,15 @@ def checkpoint_hash(path: str | Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, shapes, dtypes and values): a model object's identity."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(repr((name, tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

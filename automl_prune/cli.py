@@ -17,7 +17,10 @@ __all__ = ["main"]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help=f"zoo name or torchvision:NAME (default {DEFAULTS.model})")
+    parser.add_argument("--model", help="zoo name, torchvision:NAME, or package.module:factory for your own "
+                        f"(called with in_channels= and num_classes= when it takes them; default {DEFAULTS.model})")
+    parser.add_argument("--weights", help="your trained state dict (.pt, .pth, .safetensors) for --model: used as "
+                        "the base model, no pretraining")
     parser.add_argument("--dataset", help=f"fashion-mnist, cifar10, imagefolder, synthetic ({DEFAULTS.dataset})")
     parser.add_argument("--data-root", help="folder with the dataset's files")
     parser.add_argument("--cache-dir", help=f"where base models are cached (default {DEFAULTS.cache_dir})")

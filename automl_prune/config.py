@@ -17,6 +17,7 @@ class SearchConfig:
     """One search run. Field names are also the YAML keys and (with ``-``) the CLI flags."""
 
     model: str = "vgg-small"
+    weights: str | None = None
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     flops: float = 0.5

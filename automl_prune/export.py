@@ -117,22 +117,35 @@ def read_arch_json(path: str | Path) -> dict[str, Any]:
     return record
 
 
-def load(arch_json: str | Path, weights: str | Path | None = None, *, map_location: str = "cpu") -> nn.Module:
+def load(arch_json: str | Path, weights: str | Path | None = None, *, model: nn.Module | None = None,
+         map_location: str = "cpu") -> nn.Module:
     """Rebuild an exported model: base definition -> replayed widths -> weights (``weights_only=True``).
 
     Args:
         arch_json: An ``arch.json`` written by `export`.
         weights: Its ``weights.pt``; defaults to the file beside ``arch_json``.
+        model: The base definition to replay the widths on (an instance of the uncompressed model; its weights
+            do not matter). Needed for a model searched from Python (`automl_prune.search`); by default the
+            definition is rebuilt from the recorded name (zoo, ``torchvision:NAME``, ``package.module:factory``).
         map_location: Where tensors are loaded.
     """
+    import copy
+
     from automl_prune.models import build_model
 
     arch_path = Path(arch_json)
     record = read_arch_json(arch_path)
     weights_path = Path(weights) if weights is not None else arch_path.with_name("weights.pt")
     shape = tuple(record["input_shape"])
-    base = build_model(record["model"], in_channels=record["in_channels"], num_classes=record["num_classes"],
-                       input_size=shape[-1])
+    if model is not None:
+        base = copy.deepcopy(model).to("cpu")
+    elif str(record["model"]).startswith("python:"):
+        raise InvalidArchitectureError(
+            f"{arch_path} was searched on a Python model object ({record['model'][len('python:'):]}); pass an "
+            "instance of the uncompressed model: automl_prune.load(path, model=MyNet())")
+    else:
+        base = build_model(record["model"], in_channels=record["in_channels"], num_classes=record["num_classes"],
+                           input_size=shape[-1])
     graph = analyze(base, torch.zeros(shape))
     widths = {str(k): int(v) for k, v in record["widths"].items()}
     for name, kept in widths.items():

@@ -21,7 +21,10 @@ from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
 from automl_prune.errors import ConfigError
 
-__all__ = ["BaseModel", "load_base", "run_search"]
+__all__ = ["PYTHON_MODEL_PREFIX", "BaseModel", "base_from_model", "load_base", "run_search"]
+
+#: ``config.model`` of a search started from Python with a model object (`automl_prune.api.search`).
+PYTHON_MODEL_PREFIX = "python:"
 
 # Settings that define what a run directory holds; the others may change on resume.
 _IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
@@ -44,28 +47,70 @@ def _log(message: str) -> None:
 
 
 def load_base(config: SearchConfig) -> BaseModel:
-    """Load the dataset, pretrain or load the cached base model, and build its search space."""
+    """Load the dataset and the base model (the user's ``--weights``, else pretrained or cached), build its space."""
     from automl_prune.checkpoints import pretrain_or_load
     from automl_prune.data import load_dataset
-    from search_spaces import SearchSpace
 
+    if config.model.startswith(PYTHON_MODEL_PREFIX):
+        raise ConfigError(f"{config.out} was started from Python with a model object ({config.model}); resume it "
+                          "by calling automl_prune.search again with the same model and data")
+    if config.weights is not None:
+        from automl_prune.weights import check_weights_path
+
+        check_weights_path(config.weights)
     # The split belongs to the base model: its validation images must be ones it never trained on.
     splits = load_dataset(config.dataset, config.data_root, seed=config.pretrain_seed, val_size=config.val_size)
-    model, meta = pretrain_or_load(
-        config.model,
-        config.dataset,
-        data_root=config.data_root,
-        epochs=config.pretrain_epochs,
-        seed=config.pretrain_seed,
-        cache_dir=config.cache_dir,
-        progress=config.progress,
-        splits=splits,
-    )
+    if config.weights is not None:
+        model, meta = _base_from_weights(config, splits)
+    else:
+        model, meta = pretrain_or_load(
+            config.model,
+            config.dataset,
+            data_root=config.data_root,
+            epochs=config.pretrain_epochs,
+            seed=config.pretrain_seed,
+            cache_dir=config.cache_dir,
+            progress=config.progress,
+            splits=splits,
+        )
+    return base_from_model(config, model, meta, splits)
+
+
+def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str, Any], splits: Any) -> BaseModel:
+    """A `BaseModel` of a trained ``model`` on ``splits`` (its search space traced on one validation image)."""
+    from search_spaces import SearchSpace
+
     example = splits.val.images[:1]
     space = SearchSpace.from_model(
         model, example, min_keep_ratio=config.min_keep_ratio, round_to=config.round_to, model_name=config.model
     )
     return BaseModel(model=model, meta=meta, splits=splits, space=space)
+
+
+def _base_from_weights(config: SearchConfig, splits: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The user's trained weights in the configured model definition; no pretraining, accuracy measured."""
+    from automl_prune.checkpoints import checkpoint_hash
+    from automl_prune.models import build_model
+    from automl_prune.training import evaluate_accuracy
+    from automl_prune.weights import load_state_dict_file, load_weights_into
+
+    spec = splits.spec
+    model = build_model(config.model, spec.in_channels, spec.num_classes, spec.input_size)
+    state = load_state_dict_file(config.weights)
+    load_weights_into(model, state, f"--weights {config.weights} (model {config.model})")
+    model = model.eval()
+    val_acc, _ = evaluate_accuracy(model, splits.val, batch_size=250)
+    test_acc, _ = evaluate_accuracy(model, splits.test, batch_size=250)
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    _log(f"base model: {config.model} with the weights of {config.weights} (no pretraining): val "
+         f"{100 * val_acc:.2f}%, test {100 * test_acc:.2f}%")
+    path = Path(config.weights).resolve()
+    return model, {
+        "model": config.model, "dataset": config.dataset, "in_channels": spec.in_channels,
+        "num_classes": spec.num_classes, "input_size": spec.input_size, "epochs": 0, "train_seconds": 0.0,
+        "val_acc": val_acc, "test_acc": test_acc, "path": str(path), "sha256": checkpoint_hash(path), "cached": False,
+        "weights": str(path),
+    }
 
 
 def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
@@ -113,6 +158,28 @@ def _check_run_dir(config: SearchConfig, run_dir: Path) -> bool:
     return True
 
 
+def _base_identity(base: BaseModel) -> dict[str, Any]:
+    """What makes a run's base model itself: the hash of its weights and a fingerprint of its data."""
+    from automl_prune.checkpoints import data_fingerprint, state_sha256
+
+    sha = base.meta.get("sha256") or state_sha256(base.model)
+    base.meta.setdefault("sha256", sha)
+    return {"sha256": sha, "data_fingerprint": data_fingerprint(base.splits)}
+
+
+def _check_base_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume a run on another base model or other data than it started with."""
+    path = run_dir / "base.json"
+    if not path.exists():
+        return  # a run from before base.json existed
+    old = json.loads(path.read_text())
+    changed = [k for k in identity if old.get(k) != identity[k]]
+    if changed:
+        raise ConfigError(f"{run_dir} was searched on another base model or other data ({', '.join(changed)} "
+                          "differ); choose another --out to start a new search, or give the same model and data "
+                          "to resume it")
+
+
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
@@ -126,8 +193,13 @@ def _spend_leftover_budget(best: Any, space: Any, budget: int) -> Any:
     return Architecture(fill_budget(space, best.widths, budget, target))
 
 
-def run_search(config: SearchConfig) -> dict[str, Any]:
-    """Run a whole search as configured; see `_run_search`. Leaves the caller's environment as it was."""
+def run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str, Any]:
+    """Run a whole search as configured; see `_run_search`. Leaves the caller's environment as it was.
+
+    Args:
+        config: The settings.
+        base: The trained base model with its data (the Python API's); ``None``: loaded as configured.
+    """
     from automl_prune.app.ray_session import scoped_environ
 
     # FLOP counting imports torch._dynamo, which creates a compile cache in the system temp folder: keep it in
@@ -135,10 +207,10 @@ def run_search(config: SearchConfig) -> dict[str, Any]:
     caches = {} if "TORCHINDUCTOR_CACHE_DIR" in os.environ else {
         "TORCHINDUCTOR_CACHE_DIR": str((Path(config.cache_dir) / "torchinductor").resolve())}
     with scoped_environ(caches):
-        return _run_search(config)
+        return _run_search(config, base)
 
 
-def _run_search(config: SearchConfig) -> dict[str, Any]:
+def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str, Any]:
     """Run a whole search as configured; returns the summary (also written to ``RUN_DIR/summary.json``).
 
     Stages: base model -> search (proxy scores) -> re-ranking ladder (the top candidates, uniform and the
@@ -154,7 +226,11 @@ def _run_search(config: SearchConfig) -> dict[str, Any]:
         raise ConfigError(f"--out {run_dir} is an existing file; give a directory (new or a run to resume)")
     resuming = _check_run_dir(config, run_dir)
 
-    base = load_base(config)
+    if base is None:
+        base = load_base(config)
+    identity = _base_identity(base)
+    if resuming:
+        _check_base_identity(run_dir, identity)
     space = base.space
     budget = space.flops_budget(config.flops)
     from automl_prune.compress import channel_order
@@ -173,6 +249,7 @@ def _run_search(config: SearchConfig) -> dict[str, Any]:
         raise ConfigError(f"agent {config.agent!r} rejected its options {sorted(options)}: {exc}") from exc
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "config.json", config.to_dict())
+    _write_json(run_dir / "base.json", identity)
     with contextlib.ExitStack() as stack:
         if config.resolved_workers > 0:
             from automl_prune.app.ray_eval import RayEvaluatorPool
@@ -332,7 +409,11 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
 
     space = base.space
     best = chosen.architecture
-    test_acc, _ = accuracy_and_loss(model, base.splits.test.images, base.splits.test.labels, 250)
+    test_acc = None
+    if base.splits.test is not None:
+        test_acc, _ = accuracy_and_loss(model, base.splits.test.images, base.splits.test.labels, 250)
+    else:
+        _log("no test data was given: the summary has no test accuracy")
     costs, full = space.costs(best), space.cost_model.full
     finetune_seconds = 0.0
     if ladder is not None:

@@ -54,6 +54,18 @@ RAY_ENV = {
 }
 
 
+def _driver_pythonpath() -> str:
+    """The driver's import path for the workers: a user's model class is pickled by reference to its module
+    (``--model package.module:factory``, or a class defined in a test file), which the workers must import."""
+    outside = (os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix))
+    paths = [os.getcwd()] + [p for p in sys.path if p and os.path.isdir(p)
+                             and not os.path.realpath(p).startswith(outside)]
+    existing = os.environ.get("PYTHONPATH")
+    if existing:
+        paths.append(existing)
+    return os.pathsep.join(dict.fromkeys(paths))
+
+
 @contextlib.contextmanager
 def scoped_environ(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables for the duration of the block, then restore the previous values."""
@@ -175,7 +187,7 @@ def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *
     # torch's compile caches default to the system temp folder: keep them in Ray's folder too.
     caches = {"TORCHINDUCTOR_CACHE_DIR": str(temp / "torchinductor"), "TRITON_CACHE_DIR": str(temp / "triton")}
     # Kept for the whole session, not only while Ray starts: Tune takes file locks under RAY_TMPDIR too.
-    with scoped_environ({**RAY_ENV, **caches, "RAY_TMPDIR": str(temp)}):
+    with scoped_environ({**RAY_ENV, **caches, "RAY_TMPDIR": str(temp), "PYTHONPATH": _driver_pythonpath()}):
         ray.init(address="local", num_cpus=workers, include_dashboard=False, _temp_dir=str(temp),
                  log_to_driver=False, configure_logging=True, logging_level="warning")
         _record_started(record)

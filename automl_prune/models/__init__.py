@@ -1,4 +1,5 @@
-"""Models: a small zoo for 28x28/32x32 inputs plus any torchvision classifier as ``torchvision:NAME``.
+"""Models: a small zoo for 28x28/32x32 inputs, any torchvision classifier as ``torchvision:NAME``, and the
+user's own as ``package.module:factory``.
 
 >>> model = build_model("tiny-cnn", in_channels=1, num_classes=10)
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from automl_prune.errors import ConfigError, UnknownNameError
+from automl_prune.models.import_path import build_from_import_path, is_import_path
 from automl_prune.models.torchvision_models import (
     PREFIX,
     build_torchvision_model,
@@ -38,7 +40,8 @@ def build_model(name: str, in_channels: int, num_classes: int, input_size: int =
     """Build a randomly initialised model.
 
     Args:
-        name: A zoo name (see `model_names`) or ``torchvision:NAME`` for a torchvision classifier.
+        name: A zoo name (see `model_names`), ``torchvision:NAME`` for a torchvision classifier, or
+            ``package.module:factory`` for a model of the user's (see `automl_prune.models.import_path`).
         in_channels: Image channels (1 for Fashion-MNIST, 3 for CIFAR-10).
         num_classes: Outputs of the final ``nn.Linear``.
         input_size: Image side in pixels. The zoo models pool globally and accept any size of 16 or more;
@@ -62,6 +65,8 @@ def build_model(name: str, in_channels: int, num_classes: int, input_size: int =
         return build_torchvision_model(
             name[len(PREFIX) :], in_channels, num_classes, valid=model_names(include_torchvision=True)
         )
+    if is_import_path(name):
+        return build_from_import_path(name, in_channels, num_classes)
     if name not in MODELS:
         raise UnknownNameError("model", name, model_names(include_torchvision=True))
     return MODELS.create(name, in_channels, num_classes)

@@ -1,0 +1,155 @@
+"""The Python API on a user's own model and data: `search`, `compress`, `load`.
+
+>>> result = automl_prune.search(model, train=(x_train, y_train), val=val_loader, flops=0.5, agent="ddpg",
+...                              out="runs/mine", episodes=60)
+>>> result.model, result.architecture.widths, result.metrics["compressed"]["test_acc"], result.run_dir
+
+Settings are those of `automl_prune.config.SearchConfig` (the CLI flags and YAML keys, ``_`` for ``-``), so a
+search started here behaves as one started from the command line; ``model``/``dataset``/``weights``/
+``pretrain_*`` do not apply (the model is yours and already trained).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune.config import SearchConfig
+from automl_prune.errors import ConfigError, did_you_mean
+from search_spaces import Architecture
+
+__all__ = ["SearchResult", "compress", "search"]
+
+_NOT_SETTINGS = {"model", "dataset", "data_root", "weights", "pretrain_epochs", "pretrain_seed", "val_size"}
+
+
+@dataclass
+class SearchResult:
+    """What `search` hands back.
+
+    Attributes:
+        model: The compressed and fine-tuned model (eval mode, CPU), rebuilt from the export.
+        architecture: Its per-group widths.
+        metrics: The run's ``summary.json`` (FLOPs, params, accuracies, timings, the re-ranking ladder).
+        run_dir: Where everything was written (``best/arch.json`` + ``best/weights.pt``: `load` them with the
+            same base model).
+    """
+
+    model: nn.Module
+    architecture: Architecture
+    metrics: dict[str, Any]
+    run_dir: Path
+
+
+def search(
+    model: nn.Module,
+    train: Any,
+    val: Any,
+    *,
+    test: Any | None = None,
+    flops: float = 0.5,
+    agent: str = "ddpg",
+    out: str | Path = "runs/search",
+    **settings: Any,
+) -> SearchResult:
+    """Compress a trained ``model`` to ``flops`` of its FLOPs: search, re-rank, fine-tune, export.
+
+    Args:
+        model: Your trained model (not modified: the search works on a copy).
+        train: Training data: ``(images, labels)`` tensors or a ``DataLoader`` of such batches, normalized as the
+            model expects. Fine-tunes and batch-norm recalibration use it.
+        val: Validation data (same forms), held out from ``train``: every candidate is scored on it.
+        test: Test data, measured once on the final model; without it the summary has no test accuracy.
+        flops: The budget, a fraction of the model's FLOPs in (0, 1].
+        agent: The searcher (``ddpg``, ``ppo``, ``optuna``, ``random``, ``dmcp``, ``sensitivity``, ...).
+        out: The run directory; calling again with the same settings, model and data resumes it.
+        **settings: Any other `SearchConfig` field (``episodes``, ``criterion``, ``workers``, ``finetune_epochs``,
+            ``rerank_top_k``, ``agent_options``, ...).
+
+    Raises:
+        ConfigError: A bad setting or data of the wrong shape (nothing is written then).
+    """
+    from automl_prune.checkpoints import state_sha256
+    from automl_prune.export import load
+    from automl_prune.pipeline import PYTHON_MODEL_PREFIX, base_from_model, run_search
+    from automl_prune.training import evaluate_accuracy
+    from automl_prune.user_data import user_splits
+
+    config = _config(model, flops=flops, agent=agent, out=str(out), settings=settings,
+                     prefix=PYTHON_MODEL_PREFIX)
+    base_model = copy.deepcopy(model).to("cpu").eval()
+    splits = user_splits(base_model, train, val, test)
+    val_acc, _ = evaluate_accuracy(base_model, splits.val, batch_size=250)
+    test_acc = evaluate_accuracy(base_model, splits.test, batch_size=250)[0] if splits.test is not None else None
+    spec = splits.spec
+    meta = {"model": config.model, "dataset": spec.name, "in_channels": spec.in_channels,
+            "num_classes": spec.num_classes, "input_size": spec.input_size, "epochs": 0, "train_seconds": 0.0,
+            "val_acc": val_acc, "test_acc": test_acc, "sha256": state_sha256(base_model), "cached": False}
+    base = base_from_model(config, base_model, meta, splits)
+    previous_threads = torch.get_num_threads()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    try:
+        summary = run_search(config, base)
+    finally:
+        torch.set_num_threads(previous_threads)
+    run_dir = Path(config.out)
+    compressed = load(run_dir / "best" / "arch.json", model=base_model)
+    return SearchResult(model=compressed, architecture=Architecture(dict(summary["architecture"])),
+                        metrics=summary, run_dir=run_dir)
+
+
+def _config(model: nn.Module, *, flops: float, agent: str, out: str, settings: Mapping[str, Any],
+            prefix: str) -> SearchConfig:
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    for key in settings:
+        if key in _NOT_SETTINGS:
+            raise ConfigError(f"`{key}` does not apply to automl_prune.search (the model and data are given)")
+        if key not in fields:
+            hint = did_you_mean(key, fields)
+            raise ConfigError(f"unknown setting {key!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                              + f"; valid settings are {sorted(fields - _NOT_SETTINGS)}")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"`model` must be a torch nn.Module, but got {type(model).__name__}")
+    label = f"{prefix}{type(model).__module__}.{type(model).__qualname__}"
+    return SearchConfig(model=label, dataset="user-data", flops=flops, agent=agent, out=out, **settings)
+
+
+def compress(
+    model: nn.Module,
+    widths: Architecture | Mapping[str, int] | str | Path,
+    example_input: torch.Tensor,
+    *,
+    criterion: str = "l1",
+) -> nn.Module:
+    """A physically smaller copy of ``model`` keeping ``widths[group]`` channels per group (``model`` unchanged).
+
+    Args:
+        model: The trained model.
+        widths: Channels kept per group (group names as in an exported ``arch.json``), an `Architecture`, or
+            the path of an ``arch.json``.
+        example_input: One input batch shaped as the model expects (traces its channel groups).
+        criterion: Which channels survive (a name of `automl_prune.criteria`).
+    """
+    import json
+
+    from automl_prune.compress import compress_widths
+    from automl_prune.graph import analyze
+
+    if isinstance(widths, (str, Path)):
+        widths = json.loads(Path(widths).read_text())["widths"]
+    if isinstance(widths, Architecture):
+        widths = widths.widths
+    graph = analyze(model, example_input)
+    unknown = [name for name in widths if name not in graph.group_index]
+    if unknown:
+        raise ConfigError(f"group {unknown[0]!r} is not a channel group of this model; its groups are "
+                          f"{[g.name for g in graph.groups][:12]}")
+    return compress_widths(model, graph, {str(k): int(v) for k, v in widths.items()}, criterion)

@@ -1,0 +1,72 @@
+"""A user's own model by import path: ``--model package.module:factory``.
+
+The factory is any callable that returns an ``nn.Module`` (a function or the model class itself). It is called
+with the keyword arguments ``in_channels`` and ``num_classes`` that its signature names (both, one, or none:
+a factory that takes neither builds the model as it is), so the same path works for a model written for one
+dataset and for a configurable one. The module is imported from the current directory first, as
+``python -m`` would, then from ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import sys
+
+from torch import nn
+
+from automl_prune.errors import ConfigError
+
+__all__ = ["build_from_import_path", "is_import_path"]
+
+_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_import_path(name: str) -> bool:
+    """True for ``package.module:attribute`` (and not for ``torchvision:NAME``, which is checked first)."""
+    return bool(_PATTERN.match(name))
+
+
+def build_from_import_path(path: str, in_channels: int, num_classes: int) -> nn.Module:
+    """Import ``module:attribute`` and call it (see the module docstring for the arguments it gets).
+
+    Raises:
+        ConfigError: The module cannot be imported, the attribute does not exist or is not callable, the call
+            fails, or it returns something other than an ``nn.Module``; one line that names ``path``.
+    """
+    module_name, _, attribute = path.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--model {path!r}: cannot import module {module_name!r} ({exc}); give "
+                          "package.module:factory importable from the current directory or the Python path") from exc
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"--model {path!r}: module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"--model {path!r}: {attribute!r} is not callable; give a function or class that "
+                          "returns an nn.Module")
+    kwargs = _factory_kwargs(target, in_channels=in_channels, num_classes=num_classes)
+    try:
+        model = target(**kwargs)
+    except Exception as exc:
+        raise ConfigError(f"--model {path!r}: calling {attribute}(**{kwargs}) failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {path!r}: {attribute} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _factory_kwargs(factory: object, **available: int) -> dict[str, int]:
+    try:
+        parameters = inspect.signature(factory).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin or C callable: call it bare
+        return {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return {name: value for name, value in available.items() if takes_any or name in parameters}

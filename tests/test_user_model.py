@@ -1,0 +1,188 @@
+"""Bring your own model: `--weights`, `--model package.module:factory`, and the Python API `automl_prune.search`."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import automl_prune
+from automl_prune.cli import main
+from automl_prune.data import load_dataset
+from automl_prune.models import build_model
+from automl_prune.training import evaluate_accuracy, train
+
+FAST = ["--no-progress", "--workers", "0", "--agent", "random", "--episodes", "2", "--flops", "0.5",
+        "--finetune-epochs", "0.1", "--rerank-top-k", "1"]
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory) -> tuple[Path, float]:
+    """torchvision's resnet18 trained a few steps on the synthetic set; its state dict and val accuracy."""
+    splits = load_dataset("synthetic", seed=0)
+    torch.manual_seed(0)
+    model = build_model("torchvision:resnet18", 1, 10, 16)
+    train(model, splits, epochs=1, lr=0.05, max_steps=6, progress=False)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    torch.save(model.state_dict(), path)
+    val_acc, _ = evaluate_accuracy(model, splits.val, batch_size=250)
+    return path, val_acc
+
+
+def test_weights_are_the_base_model_and_nothing_is_pretrained(resnet18_weights, tmp_path, capsys) -> None:
+    path, val_acc = resnet18_weights
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    code = main(["search", "--model", "torchvision:resnet18", "--weights", str(path), "--dataset", "synthetic",
+                 "--cache-dir", str(cache), "--out", str(run), *FAST])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["base"]["val_acc"] == pytest.approx(val_acc)
+    assert not list(cache.glob("*.pt"))  # no pretrained checkpoint was made
+    assert "no pretraining" in err
+    arch = json.loads((run / "best" / "arch.json").read_text())
+    assert arch["flops"] <= 0.5 * arch["base_flops"]
+    from automl_prune.checkpoints import checkpoint_hash
+
+    assert arch["base_checkpoint_sha256"] == checkpoint_hash(path)
+    assert automl_prune.load(run / "best" / "arch.json") is not None
+
+
+def test_safetensors_weights_load_the_same(resnet18_weights, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from automl_prune.weights import load_state_dict_file
+
+    path, _ = resnet18_weights
+    state = torch.load(path, weights_only=True)
+    other = tmp_path / "resnet18.safetensors"
+    save_file(state, str(other))
+    loaded = load_state_dict_file(other)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_bad_weights_are_one_line_naming_the_key_and_write_nothing(resnet18_weights, tmp_path, capsys) -> None:
+    path, _ = resnet18_weights
+    state = torch.load(path, weights_only=True)
+    state["fc.weight"] = torch.zeros(5, 512)
+    wrong = tmp_path / "wrong.pt"
+    torch.save(state, wrong)
+    run = tmp_path / "run"
+    base = ["search", "--model", "torchvision:resnet18", "--dataset", "synthetic", "--cache-dir",
+            str(tmp_path / "cache"), "--out", str(run), *FAST]
+    assert main([*base, "--weights", str(wrong)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "'fc.weight'" in line and "[5, 512]" in line and "[10, 512]" in line
+    del state["fc.weight"]
+    torch.save(state, wrong)
+    assert main([*base, "--weights", str(wrong)]) == 2
+    assert "missing key 'fc.weight'" in _one_error_line(capsys.readouterr().err)
+    assert main([*base, "--weights", str(tmp_path / "nothing.pt")]) == 2
+    assert "no such file" in _one_error_line(capsys.readouterr().err)
+    assert main([*base, "--weights", str(tmp_path / "weights.npz")]) == 2
+    assert ".safetensors" in _one_error_line(capsys.readouterr().err)
+    assert not run.exists()
+
+
+def test_model_by_import_path_searches_and_reloads(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "my_models.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def small_net(in_channels, num_classes):
+            return nn.Sequential(
+                nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                nn.Conv2d(16, 24, 3, padding=1, stride=2), nn.BatchNorm2d(24), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, num_classes))
+    """))
+    monkeypatch.chdir(tmp_path)
+    code = main(["search", "--model", "my_models:small_net", "--dataset", "synthetic", "--pretrain-epochs", "0.2",
+                 "--cache-dir", "cache", "--out", "run", *FAST])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    arch = json.loads((tmp_path / "run" / "best" / "arch.json").read_text())
+    assert arch["model"] == "my_models:small_net"
+    model = automl_prune.load(tmp_path / "run" / "best" / "arch.json")
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
+    assert main(["pretrain", "--model", "my_models:nothing_here", "--dataset", "synthetic",
+                 "--cache-dir", "cache"]) == 2
+    assert "has no attribute 'nothing_here'" in _one_error_line(capsys.readouterr().err)
+    assert main(["pretrain", "--model", "no_such_module:net", "--dataset", "synthetic", "--cache-dir", "cache"]) == 2
+    assert "cannot import module 'no_such_module'" in _one_error_line(capsys.readouterr().err)
+
+
+class UserNet(nn.Module):
+    """A model the zoo does not know: a residual block and a classifier."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                  nn.Conv2d(32, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = torch.relu(x + self.body(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def user_search(tmp_path_factory):
+    splits = load_dataset("synthetic", seed=3)
+    torch.manual_seed(0)
+    model = UserNet()
+    train(model, splits, epochs=1, lr=0.05, max_steps=20, progress=False)
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    loaders = {name: DataLoader(TensorDataset(s.images, s.labels), batch_size=64)
+               for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    out = tmp_path_factory.mktemp("api") / "run"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = automl_prune.search(model, train=loaders["train"], val=loaders["val"], test=loaders["test"], flops=0.4,
+                                 agent="random", out=out, episodes=3, workers=0, finetune_epochs=0.1,
+                                 rerank_top_k=1, progress=False)
+    return model, before, loaders, result
+
+
+def test_api_search_on_a_user_module_meets_the_budget_and_rebuilds(user_search) -> None:
+    model, before, loaders, result = user_search
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model untouched
+    summary = result.metrics
+    assert summary["compressed"]["flops"] <= int(0.4 * summary["base"]["flops"])
+    from automl_prune.cost import CostModel
+    from automl_prune.graph import analyze
+
+    x = next(iter(loaders["val"]))[0][:4]
+    measured = CostModel(analyze(result.model, x)).full.flops
+    assert measured == summary["compressed"]["flops"]
+    again = automl_prune.load(result.run_dir / "best" / "arch.json", model=UserNet())
+    assert torch.equal(again(x), result.model(x))
+    with pytest.raises(automl_prune.errors.InvalidArchitectureError, match="model=MyNet"):
+        automl_prune.load(result.run_dir / "best" / "arch.json")
+    assert summary["compressed"]["test_acc"] is not None
+
+
+def test_api_refuses_to_resume_on_another_model_and_bad_settings(user_search) -> None:
+    model, _, loaders, result = user_search
+    other = UserNet()
+    with pytest.raises(automl_prune.errors.ConfigError, match="another base model"):
+        automl_prune.search(other, train=loaders["train"], val=loaders["val"], flops=0.4, agent="random",
+                            out=result.run_dir, episodes=3, workers=0, finetune_epochs=0.1, rerank_top_k=1,
+                            progress=False)
+    with pytest.raises(automl_prune.errors.ConfigError, match="did you mean 'episodes'"):
+        automl_prune.search(model, train=loaders["train"], val=loaders["val"], episode=3)
+    with pytest.raises(automl_prune.errors.ConfigError, match="labels must be one class index per image"):
+        automl_prune.search(model, train=(torch.zeros(4, 1, 16, 16), torch.zeros(3, dtype=torch.long)),
+                            val=loaders["val"])
