@@ -85,6 +85,16 @@ class CostModel:
         per_out = np.where(self._is_depthwise, 1, cin // self._groups)
         return np.where(self._is_weighted, 2 * self._macs_per_unit * cout * per_out, 0)
 
+    def layer_macs(self, widths: Mapping[str, int]) -> np.ndarray:
+        """Multiply-accumulates per sample of every layer (in `layer_names` order): `layer_flops` / 2."""
+        return self.layer_flops(widths) // 2
+
+    def layer_weight_params(self, widths: Mapping[str, int]) -> np.ndarray:
+        """Weight elements (bias excluded) of every conv and linear layer (in `layer_names` order); zero otherwise."""
+        cin, cout = self.layer_widths(widths)
+        per_out = np.where(self._is_depthwise, 1, cin // self._groups)
+        return np.where(self._is_weighted, cout * per_out * self._weights_per_unit, 0)
+
     def costs(self, widths: Mapping[str, int]) -> Costs:
         """FLOPs and params per sample; groups missing from ``widths`` stay at full width."""
         cin, cout = self.layer_widths(widths)

@@ -1,10 +1,10 @@
-"""`SearchSpace`: one width decision per prunable channel group of a network."""
+"""`SearchSpace`: one width decision per prunable channel group and one bits decision per conv/linear layer."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +16,14 @@ from torch import nn
 from automl_prune.cost import CostModel, Costs
 from automl_prune.errors import BudgetError, ConfigError, InvalidArchitectureError
 from automl_prune.graph import NetworkGraph, analyze, measure_flops
-from search_spaces.architecture import Architecture
+from automl_prune.quant import FLOAT_BITS, MAX_BITS, MIN_BITS
+from automl_prune.quant_cost import QuantCostModel, SizeBreakdown, fit_bits
+from search_spaces.architecture import Architecture, InvalidBitsError
 
-__all__ = ["SearchSpace", "WidthDecision"]
+__all__ = ["DEFAULT_BIT_CHOICES", "BitDecision", "SearchSpace", "WidthDecision"]
+
+DEFAULT_BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+"""Bit widths a searcher may give a layer's weights and activations (32, float, is always allowed too)."""
 
 SCHEMA_VERSION = 1
 
@@ -63,10 +68,39 @@ class WidthDecision:
         return self.round(ratio * self.size)
 
 
-class SearchSpace:
-    """Width decisions over a network's channel groups, in the order the network runs them."""
+@dataclass(frozen=True)
+class BitDecision:
+    """Which bit widths a conv or linear layer's weights and its input may take: ``choices``, or 32 (float)."""
 
-    def __init__(self, graph: NetworkGraph, decisions: list[WidthDecision], model_name: str | None = None):
+    name: str
+    choices: tuple[int, ...]
+
+    def allows(self, bits: int) -> bool:
+        """Whether ``bits`` is valid for this layer's weights or activations."""
+        return bits == FLOAT_BITS or bits in self.choices
+
+    def describe(self) -> str:
+        """The allowed set, as error messages spell it."""
+        return f"one of {list(self.choices)} or {FLOAT_BITS} (float)"
+
+
+class SearchSpace:
+    """Width decisions over a network's channel groups, in the order the network runs them, and bit decisions.
+
+    Bit decisions: one per conv and linear layer (`quantizable_layers`, execution order), weight and input
+    activation bits each from ``bit_choices`` (or 32, float); a layer in ``pinned_bits`` may only take its pinned
+    value (or 32). An architecture without bits is a float model and always valid.
+    """
+
+    def __init__(
+        self,
+        graph: NetworkGraph,
+        decisions: list[WidthDecision],
+        model_name: str | None = None,
+        *,
+        bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES,
+        pinned_bits: Mapping[str, int] | None = None,
+    ):
         self.graph = graph
         self.decisions = decisions
         self.model_name = model_name
@@ -75,6 +109,19 @@ class SearchSpace:
         if unknown:
             raise InvalidArchitectureError(f"decisions name groups the network does not have: {sorted(unknown)}")
         self.cost_model = CostModel(graph)
+        self.quant_cost_model = QuantCostModel(self.cost_model)
+        self.bit_choices = _check_bit_choices(bit_choices)
+        self.pinned_bits = {str(k): int(v) for k, v in (pinned_bits or {}).items()}
+        layers = self.quant_cost_model.layer_names
+        for name, value in self.pinned_bits.items():
+            if name not in layers:
+                raise InvalidBitsError(f"pinned bits name layer {name!r}, which is not a conv or linear layer")
+            _check_bit_choices([value])
+        self.bit_decisions = [
+            BitDecision(name, (self.pinned_bits[name],) if name in self.pinned_bits else self.bit_choices)
+            for name in layers
+        ]
+        self._bits_by_name = {d.name: d for d in self.bit_decisions}
 
     # construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -86,6 +133,8 @@ class SearchSpace:
         min_keep_ratio: float = 0.1,
         round_to: int = 1,
         model_name: str | None = None,
+        bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES,
+        pin_first_last: int | None = None,
     ) -> SearchSpace:
         """Analyze ``model`` and make one decision per prunable channel group.
 
@@ -95,6 +144,8 @@ class SearchSpace:
             min_keep_ratio: Every group keeps at least this fraction of its channels (and at least 1).
             round_to: Widths are multiples of this (the full width is always allowed).
             model_name: Recorded so that an architecture of another model is recognized.
+            bit_choices: Bit widths each layer's weights and input may take (besides 32, float).
+            pin_first_last: Pin the first and the last conv/linear layer to this many bits (HAQ: 8), or None.
         """
         if not 0.0 < min_keep_ratio <= 1.0:
             raise BudgetError(f"`0 < min_keep_ratio <= 1` must hold, but got {min_keep_ratio=}")
@@ -112,7 +163,12 @@ class SearchSpace:
             min_keep = max(1, math.ceil(min_keep_ratio * group.size))
             min_keep = min(group.size, math.ceil(min_keep / step) * step)
             decisions.append(WidthDecision(group.name, group.size, min_keep, step))
-        space = cls(graph, decisions, model_name=model_name)
+        pinned: dict[str, int] = {}
+        if pin_first_last is not None:
+            weighted = sorted((n for n, layer in graph.layers.items() if layer.kind in ("conv", "linear")),
+                              key=lambda n: graph.layers[n].order)
+            pinned = {weighted[0]: pin_first_last, weighted[-1]: pin_first_last}
+        space = cls(graph, decisions, model_name=model_name, bit_choices=bit_choices, pinned_bits=pinned)
         measured = measure_flops(model, tuple(example_input.shape))
         if measured != space.full_flops:
             raise ConfigError(
@@ -154,7 +210,10 @@ class SearchSpace:
         return Architecture({d.name: int(rng.choice(d.choices())) for d in self.decisions})
 
     def validate(self, architecture: Architecture) -> Architecture:
-        """Raise `InvalidArchitectureError` naming the first problem; return the architecture otherwise."""
+        """Raise `InvalidArchitectureError` naming the first problem; return the architecture otherwise.
+
+        Bits are checked after widths; a problem with bits raises `InvalidBitsError` (also a `ConfigError`).
+        """
         unknown = sorted(set(architecture.widths) - set(self._by_name))
         if unknown:
             hint = "" if self.model_name is None else f" of model {self.model_name!r}"
@@ -171,12 +230,132 @@ class SearchSpace:
                     f"width of group {name!r} must be between {decision.min_keep} and {decision.size}{step}, "
                     f"but got {channels}"
                 )
+        self._validate_bits(architecture.bits)
         return architecture
+
+    def _validate_bits(self, bits: Mapping[str, tuple[int, int]]) -> None:
+        unknown = sorted(set(bits) - set(self._bits_by_name))
+        if unknown:
+            layers = self.quantizable_layers
+            raise InvalidBitsError(
+                f"bits name layers that are not conv/linear layers of the search space: {unknown[:5]}"
+                f"{' ...' if len(unknown) > 5 else ''}; quantizable layers are {layers[:5]}"
+                f"{' ...' if len(layers) > 5 else ''}"
+            )
+        for name, (w_bits, a_bits) in bits.items():
+            decision = self._bits_by_name[name]
+            for kind, value in (("weight", w_bits), ("activation", a_bits)):
+                if not decision.allows(value):
+                    raise InvalidBitsError(
+                        f"{kind} bits of layer {name!r} must be {decision.describe()}, but got {value}"
+                    )
 
     def complete(self, architecture: Architecture) -> Architecture:
         """The same architecture with every group spelled out (full width where it was left out)."""
         widths = {d.name: int(architecture.widths.get(d.name, d.size)) for d in self.decisions}
         return Architecture(widths, dict(architecture.bits))
+
+    # bits ------------------------------------------------------------------------------------------------
+    @property
+    def quantizable_layers(self) -> list[str]:
+        """Module paths of the conv and linear layers (the bit decisions), in execution order."""
+        return [d.name for d in self.bit_decisions]
+
+    def bit_decision(self, layer: str) -> BitDecision:
+        """The bit decision of ``layer``."""
+        return self._bits_by_name[layer]
+
+    def uniform_bits(
+        self, weight_bits: int, activation_bits: int | None = None, architecture: Architecture | None = None
+    ) -> Architecture:
+        """``architecture`` (default: full widths) with every layer at the given bits (pinned layers: pinned)."""
+        activation_bits = weight_bits if activation_bits is None else activation_bits
+        base = self.full() if architecture is None else architecture
+        bits = {
+            d.name: (d.choices[0], d.choices[0]) if d.name in self.pinned_bits else (weight_bits, activation_bits)
+            for d in self.bit_decisions
+        }
+        return self.validate(base.with_bits(bits))
+
+    def sample_bits(self, rng: np.random.Generator, architecture: Architecture | None = None) -> Architecture:
+        """``architecture`` (default: full widths) with uniformly random weight and activation bits per layer."""
+        base = self.full() if architecture is None else architecture
+        bits = {d.name: (int(rng.choice(d.choices)), int(rng.choice(d.choices))) for d in self.bit_decisions}
+        return base.with_bits(bits)
+
+    def lowest_bits(self, architecture: Architecture | None = None) -> Architecture:
+        """``architecture`` (default: smallest widths) with every layer at its lowest allowed bits."""
+        base = self.smallest() if architecture is None else architecture
+        return base.with_bits({d.name: (min(d.choices), min(d.choices)) for d in self.bit_decisions})
+
+    def size_breakdown(self, architecture: Architecture) -> SizeBreakdown:
+        """Model size in bits by kind of storage (`automl_prune.quant_cost`)."""
+        return self.quant_cost_model.size_breakdown(architecture.widths, architecture.bits)
+
+    def size_bits(self, architecture: Architecture) -> int:
+        """Model size in bits: quantized weights, their scales, activation ranges, float parameters."""
+        return self.quant_cost_model.size_bits(architecture.widths, architecture.bits)
+
+    def bops(self, architecture: Architecture) -> int:
+        """Bit operations per sample: MACs x weight bits x activation bits over conv and linear layers."""
+        return self.quant_cost_model.bops(architecture.widths, architecture.bits)
+
+    @property
+    def full_size_bits(self) -> int:
+        """Size of the unpruned float32 model in bits."""
+        return self.quant_cost_model.full_size_bits
+
+    @property
+    def full_bops(self) -> int:
+        """BOPs of the unpruned model at 32/32 bits."""
+        return self.quant_cost_model.full_bops
+
+    def size_fraction(self, architecture: Architecture) -> float:
+        """Size as a fraction of the unpruned float32 model."""
+        return self.size_bits(architecture) / self.full_size_bits
+
+    def bops_fraction(self, architecture: Architecture) -> float:
+        """BOPs as a fraction of the unpruned model at 32/32 bits."""
+        return self.bops(architecture) / self.full_bops
+
+    def size_budget(self, fraction: float) -> int:
+        """The size limit in bits for a budget given as a fraction of the float32 model; checked reachable."""
+        return self._bits_budget("size", fraction, self.full_size_bits, self.size_bits(self.lowest_bits()))
+
+    def bops_budget(self, fraction: float) -> int:
+        """The BOPs limit for a budget given as a fraction of the 32/32-bit model; checked reachable."""
+        return self._bits_budget("BOPs", fraction, self.full_bops, self.bops(self.lowest_bits()))
+
+    @staticmethod
+    def _bits_budget(what: str, fraction: float, full: int, lowest: int) -> int:
+        if not 0.0 < fraction <= 1.0:
+            raise BudgetError(f"the {what} budget must be a fraction in (0, 1], but got {fraction}")
+        budget = math.floor(fraction * full)
+        if budget < lowest:
+            raise BudgetError(
+                f"a {what} budget of {fraction:g} ({budget:,}) is below what this search space can reach: with every "
+                f"group at its minimum width and every layer at its lowest bits the model still needs {lowest:,} "
+                f"({lowest / full:.4f} of full); raise the budget, lower min_keep_ratio, or allow fewer bits"
+            )
+        return budget
+
+    def fit_bits(
+        self, architecture: Architecture, *, size: float | None = None, bops: float | None = None
+    ) -> Architecture:
+        """Take bits off the costliest layers until ``architecture`` fits the size and BOPs budgets (fractions).
+
+        Widths are kept (`automl_prune.quant_cost.fit_bits`); bits are never raised.
+
+        Raises:
+            BudgetError: A budget that is not a fraction, or that these widths cannot meet at the lowest bits.
+        """
+        return fit_bits(
+            self.quant_cost_model,
+            self.validate(architecture),
+            choices={d.name: d.choices for d in self.bit_decisions},
+            max_size_bits=None if size is None else self.size_budget(size),
+            max_bops=None if bops is None else self.bops_budget(bops),
+        )
 
     # costs -----------------------------------------------------------------------------------------------
     def costs(self, architecture: Architecture | Mapping[str, int]) -> Costs:
@@ -222,6 +401,7 @@ class SearchSpace:
                 for d in self.decisions
             ],
             "graph": self.graph.to_dict(),
+            "bits": {"choices": list(self.bit_choices), "pinned": dict(self.pinned_bits)},
         }
 
     @classmethod
@@ -229,7 +409,9 @@ class SearchSpace:
         """Inverse of `to_dict`."""
         graph = NetworkGraph.from_dict(data["graph"])
         decisions = [WidthDecision(**d) for d in data["decisions"]]
-        return cls(graph, decisions, model_name=data.get("model_name"))
+        bits = data.get("bits") or {}
+        return cls(graph, decisions, model_name=data.get("model_name"),
+                   bit_choices=bits.get("choices", DEFAULT_BIT_CHOICES), pinned_bits=bits.get("pinned"))
 
     def save(self, path: str | Path) -> None:
         """Write the space as JSON."""
@@ -239,3 +421,14 @@ class SearchSpace:
     def load(cls, path: str | Path) -> SearchSpace:
         """Read a space written by `save`."""
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _check_bit_choices(choices: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(sorted({int(c) for c in choices}))
+    bad = [v for v in values if not MIN_BITS <= v <= MAX_BITS]
+    if not values or bad:
+        raise ConfigError(
+            f"bit choices must be a non-empty set of integers in [{MIN_BITS}, {MAX_BITS}] ({FLOAT_BITS}, float, is "
+            f"always allowed), but got {list(choices)}"
+        )
+    return values
