@@ -43,6 +43,7 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "QuantMixin",
+    "activation_qparams",
     "calibrate",
     "compress_and_quantize",
     "fake_quantize_activation",
@@ -52,6 +53,7 @@ __all__ = [
     "quantizable_layers",
     "quantize",
     "weight_codes",
+    "weight_scale",
 ]
 
 FLOAT_BITS = 32
@@ -121,7 +123,8 @@ class QuantMixin:
     ``w_bits``/``a_bits`` are structure (set by `quantize`), not state: they are not in the state dict. The
     activation range lives in the buffers ``act_scale`` and ``act_zero_point`` (present when ``a_bits < 32``;
     ``act_scale == 0`` means not calibrated yet). ``fixed_weight_scale`` (not saved) is set by
-    `automl_prune.packing.unpack` so that a rebuilt model reproduces the stored scales bit for bit.
+    `automl_prune.packing.unpack` so that a rebuilt model reproduces the stored scales bit for bit; set it back
+    to None before fine-tuning such a model if the scales should follow the weights again.
     """
 
     w_bits: int
