@@ -200,9 +200,21 @@ class Searcher(abc.ABC):
         self.n_evaluations = 0
         self._callback: Callable[[HistoryEntry], None] | None = None
         self._elapsed = 0.0
+        self.deadline: float | None = None
+        self.stopped_by_deadline = False
+
+    def set_time_limit(self, seconds: float | None) -> None:
+        """End the next `search` early once ``seconds`` of wall-clock time have passed (``None``: no limit).
+
+        Checked after each batch of evaluations is recorded, so the batch in flight finishes and nothing
+        evaluated is lost; work a searcher does before its first evaluation (DMCP's supernet) is not cut.
+        """
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.stopped_by_deadline = False
 
     def search(self, n_evaluations: int, callback: Callable[[HistoryEntry], None] | None = None) -> SearchResult:
-        """Run until the history holds ``n_evaluations`` entries (continuing a restored search)."""
+        """Run until the history holds ``n_evaluations`` entries (continuing a restored search), or the time limit
+        (`set_time_limit`) passes."""
         if n_evaluations < 1:
             raise ValueError(f"`n_evaluations >= 1` must hold, but got {n_evaluations=}")
         self.n_evaluations = n_evaluations
@@ -266,6 +278,10 @@ class Searcher(abc.ABC):
             self.history.append(entry)
             if self._callback is not None:
                 self._callback(entry)
+        if self.deadline is not None and time.monotonic() >= self.deadline and self.remaining:
+            # Every searcher's loop ends when the history reaches `n_evaluations` (RL agents on a round boundary).
+            self.n_evaluations = len(self.history)
+            self.stopped_by_deadline = True
         return results
 
     def result(self) -> SearchResult:

@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rerank-rungs", type=int, help=f"fine-tune rungs of the ladder ({DEFAULTS.rerank_rungs})")
             p.add_argument("--rerank-eta", type=int, help=f"keep 1/eta per rung ({DEFAULTS.rerank_eta})")
             p.add_argument("--pretrain-seed", type=int, help="seed of the base model's training (default 0)")
+            p.add_argument("--exclude", action="append", metavar="PATTERN",
+                           help="keep the layers whose module path matches at full width, repeatable (a path, a "
+                           "prefix such as layer1, or a glob such as 'features.*.conv')")
+            p.add_argument("--time-limit", metavar="DURATION",
+                           help="end the search after this wall-clock time (90s, 30m, 2h) and finish the run "
+                           "(re-rank, fine-tune, export) with what it found")
         if name == "resume":
             p.add_argument("run_dir", help="the run directory of a search that was interrupted")
             p.add_argument("--workers", type=int, help="parallel workers for what is left (default: as before)")

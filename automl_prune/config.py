@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from automl_prune.errors import ConfigError, did_you_mean
 
-__all__ = ["DEFAULTS", "SearchConfig", "load_config_file"]
+__all__ = ["DEFAULTS", "SearchConfig", "load_config_file", "parse_duration"]
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,16 @@ class SearchConfig:
     rerank_eta: int = 3
     workers: int | None = None
     address: str | None = None
+    exclude: tuple[str, ...] = ()
+    time_limit: str | None = None
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.exclude, str):
+            object.__setattr__(self, "exclude", (self.exclude,))
+        object.__setattr__(self, "exclude", tuple(str(p) for p in self.exclude))
+        if self.time_limit is not None:
+            parse_duration(self.time_limit)
         if not 0.0 < self.flops <= 1.0:
             raise ConfigError(f"`flops` must be a fraction of the base FLOPs in (0, 1], but got {self.flops}")
         if self.episodes < 1:
@@ -97,13 +105,43 @@ class SearchConfig:
 
         return self.workers if self.workers is not None else (os.cpu_count() or 1)
 
+    @property
+    def time_limit_seconds(self) -> float | None:
+        """``time_limit`` in seconds (``None``: the search runs all its evaluations)."""
+        return None if self.time_limit is None else parse_duration(self.time_limit)
+
     def replace(self, **changes: Any) -> SearchConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (written to the run directory as ``config.json``)."""
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["exclude"] = list(self.exclude)
+        return data
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in ``"90"``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1h30m"``; `ConfigError` for anything else."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        value = str(text).strip().lower()
+        match = _DURATION.match(value)
+        try:
+            seconds = float(value)
+        except ValueError:
+            if not value or match is None:
+                raise ConfigError(f"`time_limit` must be a duration such as 90s, 30m, 2h or 1h30m, but got "
+                                  f"{text!r}") from None
+            hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+            seconds = 3600 * hours + 60 * minutes + secs
+    if seconds <= 0:
+        raise ConfigError(f"`time_limit` must be positive, but got {text!r}")
+    return seconds
 
 
 DEFAULTS = SearchConfig()
@@ -117,6 +155,14 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if "None" in str(kind):
             return None
         raise ConfigError(f"{source}: `{key}` must not be empty")
+    if key == "exclude":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{source}: `exclude` must be a module path pattern or a list of them, but got "
+                              f"{value!r}")
+        return tuple(items)
+    if key == "time_limit" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     if key == "agent_options":
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: `agent_options` must be a mapping of option -> value, but got {value!r}")

@@ -67,8 +67,9 @@ def export(
         "num_classes": num_classes,
         "input_shape": [1, *space.graph.input_shape[1:]],
         "base_checkpoint_sha256": base_checkpoint_sha256,
-        "widths": architecture.widths,
-        "full_widths": {d.name: d.size for d in space.decisions},
+        # Every channel group of the network, searched or not (a group left out of the search is at full width).
+        "widths": {g.name: int(architecture.widths.get(g.name, g.size)) for g in space.graph.groups},
+        "full_widths": {g.name: g.size for g in space.graph.groups},
         "flops": costs.flops,
         "params": costs.params,
         "base_flops": full.flops,

@@ -29,7 +29,7 @@ PYTHON_MODEL_PREFIX = "python:"
 # Settings that define what a run directory holds; the others may change on resume.
 _IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
                   "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "pretrain_epochs", "reward",
-                  "pretrain_seed", "agent_options")
+                  "pretrain_seed", "agent_options", "exclude")
 
 
 @dataclass
@@ -84,7 +84,36 @@ def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str
     space = SearchSpace.from_model(
         model, example, min_keep_ratio=config.min_keep_ratio, round_to=config.round_to, model_name=config.model
     )
+    if config.exclude:
+        space = exclude_layers(space, config.exclude)
     return BaseModel(model=model, meta=meta, splits=splits, space=space)
+
+
+def exclude_layers(space: Any, patterns: tuple[str, ...]) -> Any:
+    """The space without the width decisions of groups whose channels a matching layer outputs (kept full).
+
+    A pattern matches a module path exactly, as a prefix (``layer1`` matches ``layer1.0.conv1``) or as a glob
+    (``features.*``). A pattern that matches no prunable layer is an error that lists some of them.
+    """
+    from fnmatch import fnmatchcase
+
+    from search_spaces import SearchSpace
+
+    def matches(layer: str, pattern: str) -> bool:
+        return layer == pattern or layer.startswith(pattern + ".") or fnmatchcase(layer, pattern)
+
+    producers = {d.name: [m.layer for m in space.graph.group(d.name).members if m.dim == "out"]
+                 for d in space.decisions}
+    for pattern in patterns:
+        if not any(matches(layer, pattern) for layers in producers.values() for layer in layers):
+            shown = sorted({layer for layers in producers.values() for layer in layers})[:8]
+            raise ConfigError(f"--exclude {pattern!r} matches no prunable layer; prunable layers include {shown}")
+    kept = [d for d in space.decisions if not any(matches(layer, p) for layer in producers[d.name] for p in patterns)]
+    if not kept:
+        raise ConfigError(f"--exclude {list(patterns)} leaves no channel group to prune")
+    _log(f"excluded from pruning (kept at full width): {len(space.decisions) - len(kept)} of "
+         f"{len(space.decisions)} channel groups")
+    return SearchSpace(space.graph, kept, model_name=space.model_name)
 
 
 def _base_from_weights(config: SearchConfig, splits: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -271,6 +300,7 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
 
     space = base.space
     searcher = SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=run_dir, **options)
+    searcher.set_time_limit(config.time_limit_seconds)
     state_dir = run_dir / "agent_state"
     if resuming and state_dir.exists():
         searcher.restore(state_dir)
@@ -311,6 +341,10 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
     bar.close()
     search_seconds = time.perf_counter() - start
     searcher.save(state_dir)
+    result.extra["stopped_by_time_limit"] = searcher.stopped_by_deadline
+    if searcher.stopped_by_deadline:
+        _log(f"the time limit ({config.time_limit}) ended the search after {len(result.history)} of "
+             f"{config.episodes} evaluations; the run goes on with what it found")
 
     best = space.complete(result.best)
     flops = space.flops(best)
@@ -433,6 +467,8 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
                         "proxy_accuracy": result.best_metrics["accuracy"]},
         "search_proxy_finetune_steps": config.search_finetune_steps,
         "evaluations": len(result.history),
+        "evaluations_planned": config.episodes,
+        "stopped_by_time_limit": bool(result.extra.get("stopped_by_time_limit", False)),
         "search_seconds": search_seconds,
         "rerank_seconds": rerank_seconds,
         "finetune_seconds": finetune_seconds,

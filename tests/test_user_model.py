@@ -186,3 +186,42 @@ def test_api_refuses_to_resume_on_another_model_and_bad_settings(user_search) ->
     with pytest.raises(automl_prune.errors.ConfigError, match="labels must be one class index per image"):
         automl_prune.search(model, train=(torch.zeros(4, 1, 16, 16), torch.zeros(3, dtype=torch.long)),
                             val=loaders["val"])
+
+
+def test_exclude_keeps_matching_layers_full_and_bad_patterns_are_refused(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    common = ["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "0.2",
+              "--cache-dir", str(tmp_path / "cache"), *FAST]
+    assert main([*common, "--out", str(tmp_path / "bad"), "--exclude", "no.such.layer"]) == 2
+    assert "matches no prunable layer" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "bad").exists()
+    full = main(["info", "--model", "tiny-resnet", "--dataset", "synthetic"])
+    groups = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()[2:] if line.startswith("|")]
+    assert full == 0 and len(groups) >= 2
+    target = groups[0]
+    assert main([*common, "--out", str(run), "--exclude", target]) == 0
+    capsys.readouterr()
+    summary = json.loads((run / "summary.json").read_text())
+    arch = json.loads((run / "best" / "arch.json").read_text())
+    assert target not in summary["architecture"]
+    assert arch["widths"][target] == arch["full_widths"][target]
+    assert arch["flops"] <= 0.5 * arch["base_flops"]
+    assert summary["evaluations"] == 2
+
+
+def test_time_limit_ends_the_search_and_the_run_still_finishes(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    code = main(["search", "--model", "tiny-cnn", "--dataset", "synthetic", "--pretrain-epochs", "0.2",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--no-progress", "--workers", "0",
+                 "--agent", "random", "--episodes", "500", "--flops", "0.5", "--finetune-epochs", "0.1",
+                 "--time-limit", "1s"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_by_time_limit"] is True
+    assert 1 <= summary["evaluations"] < 500
+    assert "time limit (1s) ended the search" in err
+    assert (run / "best" / "arch.json").exists()
+    assert main(["search", "--model", "tiny-cnn", "--dataset", "synthetic", "--time-limit", "soon",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "90s, 30m, 2h" in _one_error_line(capsys.readouterr().err)
