@@ -3,7 +3,9 @@
 Each candidate is compressed from the base model, optionally fine-tuned for a few steps, then its batch-norm
 statistics are recomputed on a few training batches (adaptive BN, EagleEye: Li et al. 2020) before the
 validation accuracy is measured. Stale statistics from the full-width model badly understate a pruned
-model, which would mislead every searcher.
+model, which would mislead every searcher. A candidate with bits is then fake-quantized (`automl_prune.quant`)
+and its activation ranges calibrated on the same training batches: its accuracy is simulated, not measured on
+integer kernels.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class Metrics:
     flops_ratio: float
     params_ratio: float
     seconds: float
+    size_bits: int = 0
+    bops: int = 0
+    size_ratio: float = 1.0
+    bops_ratio: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -160,6 +166,10 @@ class Evaluator:
             if self._finetune:
                 self._short_finetune(pruned)
             recalibrate_batch_norm(pruned, self._calibration)
+            if architecture.bits:
+                from automl_prune.quant import calibrate, quantize
+
+                pruned = calibrate(quantize(pruned, architecture.bits, inplace=True), self._calibration)
         return pruned.eval()
 
     def _short_finetune(self, model: nn.Module) -> None:
@@ -189,6 +199,10 @@ class Evaluator:
             flops_ratio=costs.flops / full.flops,
             params_ratio=costs.params / full.params,
             seconds=time.perf_counter() - start,
+            size_bits=self.space.size_bits(architecture),
+            bops=self.space.bops(architecture),
+            size_ratio=self.space.size_bits(architecture) / self.space.full_size_bits,
+            bops_ratio=self.space.bops(architecture) / self.space.full_bops,
         )
         self._cache[key] = metrics
         self.evaluations += 1

@@ -40,6 +40,9 @@ def export(
 ) -> Path:
     """Write ``arch.json`` and ``weights.pt`` (and ``model.onnx`` if asked) into ``out_dir``.
 
+    An architecture with bits also writes ``weights.packed`` (`automl_prune.packing`: the weights at their bit
+    width; its payload is the size in ``arch.json``), and ``arch.json`` gains ``bits``, ``size_bits``, ``bops``.
+
     Args:
         out_dir: Created if missing.
         model: The compressed model whose weights are exported (already pruned to ``architecture``).
@@ -77,6 +80,23 @@ def export(
         "flops_ratio": costs.flops / full.flops,
         "metrics": metrics or {},
     }
+    if architecture.bits:
+        from automl_prune.packing import save_packed
+
+        breakdown = space.size_breakdown(architecture)
+        record.update({
+            "bits": {name: list(pair) for name, pair in architecture.bits.items()},
+            "size_bits": breakdown.total,
+            "size_breakdown_bits": {"weights": breakdown.weight_bits, "weight_scales": breakdown.scale_bits,
+                                    "activation_ranges": breakdown.activation_bits, "float": breakdown.float_bits},
+            "base_size_bits": space.full_size_bits,
+            "bops": space.bops(architecture),
+            "base_bops": space.full_bops,
+            "accuracy_is": "simulated (fake-quantized on float kernels)",
+        })
+        packed = save_packed(out / "weights.packed", model)
+        record["packed_payload_bytes"] = (breakdown.total + 7) // 8
+        record["packed_file_bytes"] = packed.stat().st_size
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "weights.pt", lambda fh: torch.save(state, fh))
     atomic_write_text(out / "arch.json", json.dumps(record, indent=2))
@@ -157,7 +177,13 @@ def load(arch_json: str | Path, weights: str | Path | None = None, *, model: nn.
         size = graph.group(name).size
         if not 1 <= kept <= size:
             raise InvalidArchitectureError(f"{arch_path}: width of {name!r} must be in [1, {size}], got {kept}")
-    model = compress_widths(base, graph, widths)
+    if record.get("bits"):
+        from automl_prune.quant import quantize
+
+        bits = {str(k): (int(v[0]), int(v[1])) for k, v in record["bits"].items()}
+        model = quantize(compress_widths(base, graph, widths), bits, inplace=True)
+    else:
+        model = compress_widths(base, graph, widths)
     try:
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
     except FileNotFoundError as exc:
