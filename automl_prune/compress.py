@@ -7,16 +7,58 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from automl_prune.criteria import Criterion, get_criterion
 from automl_prune.errors import ConfigError
 from automl_prune.graph import NetworkGraph, build_dependency_graph
+from automl_prune.reconstruct import reconstruct as refit_layers
+from automl_prune.reconstruct import record_kept
 
 if TYPE_CHECKING:
+    from automl_prune.calibration import Calibration
     from search_spaces import Architecture
 
 __all__ = ["channel_order", "compress", "compress_widths"]
+
+
+def _full_group(dg: tp.DependencyGraph, model: nn.Module, name: str, size: int) -> tp.Group:
+    root = model.get_submodule(name)
+    return dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, list(range(size)))
+
+
+def _scores(crit: Criterion, group: tp.Group, name: str, size: int) -> torch.Tensor:
+    scores = crit(group)
+    if scores is None or scores.numel() != size:
+        raise ConfigError(
+            f"criterion {type(crit).__name__} cannot score the {size} channels of group {name!r} "
+            f"(got {None if scores is None else scores.numel()} scores); choose another criterion, e.g. 'l1'"
+        )
+    return scores.detach().float().cpu()
+
+
+def _selects(crit: Criterion) -> bool:
+    """Whether the criterion chooses a set for a given width itself (rather than the top scores)."""
+    return type(crit).select is not Criterion.select
+
+
+def _kept(crit: Criterion, group: tp.Group, name: str, size: int, keep: int) -> list[int]:
+    """The ``keep`` channels (ascending) that ``crit`` keeps in ``group``."""
+    if not _selects(crit):
+        order = torch.argsort(_scores(crit, group, name, size), descending=True, stable=True)
+        return sorted(order[:keep].tolist())
+    kept = sorted(int(c) for c in crit.select(group, keep))
+    if len(set(kept)) != keep or (kept and not 0 <= kept[0] <= kept[-1] < size):
+        raise ConfigError(
+            f"criterion {type(crit).__name__} chose {kept} for group {name!r}: not {keep} distinct channels of {size}"
+        )
+    return kept
+
+
+def _example(model: nn.Module, graph: NetworkGraph) -> torch.Tensor:
+    param = next(model.parameters())
+    return torch.zeros((1, *graph.input_shape[1:]), device=param.device, dtype=param.dtype)
 
 
 def channel_order(
@@ -24,34 +66,44 @@ def channel_order(
     graph: NetworkGraph,
     criterion: str | Criterion = "l1",
     groups: list[str] | None = None,
+    *,
+    calibration: Calibration | None = None,
+    widths: Mapping[str, int] | None = None,
 ) -> dict[str, list[int]]:
     """The channels of every group (or of ``groups``), most important first, scored on ``model`` as it is.
 
     Every group is scored on the same, unpruned model: which channels a group keeps never depends on which
     other groups were narrowed first, so `compress_widths` and the DMCP searcher keep the same channels.
 
+    Args:
+        model: The unpruned model.
+        graph: Its `NetworkGraph`.
+        criterion: A registered name or a `Criterion`.
+        groups: Only these groups (default: all).
+        calibration: Batches from the training split; required by data-driven criteria (``requires_data``).
+        widths: For a criterion that picks a set per width (``ccp``, ``reap``): the first ``widths[g]`` entries
+            of group ``g`` are the set it selects for that width; without it the order is its nested ranking.
+
     Raises:
-        ConfigError: The criterion cannot score a group (e.g. ``bn_scale`` on a group with no batch norm).
+        ConfigError: The criterion cannot score a group (e.g. ``bn_scale`` on a group with no batch norm), or
+            a data-driven criterion got no calibration batches.
     """
     crit = get_criterion(criterion)
     names = [g.name for g in graph.groups] if groups is None else groups
     if not names:
         return {}
-    param = next(model.parameters())
-    example = torch.zeros((1, *graph.input_shape[1:]), device=param.device, dtype=param.dtype)
-    dg = build_dependency_graph(model, example)
+    dg = build_dependency_graph(model, _example(model, graph))
+    crit.prepare(model, calibration)
     orders: dict[str, list[int]] = {}
     for name in names:
         size = graph.group(name).size
-        root = model.get_submodule(name)
-        prune_fn = dg.get_pruner_of_module(root).prune_out_channels
-        scores = crit(dg.get_pruning_group(root, prune_fn, list(range(size))))
-        if scores is None or scores.numel() != size:
-            raise ConfigError(
-                f"criterion {type(crit).__name__} cannot score the {size} channels of group {name!r} "
-                f"(got {None if scores is None else scores.numel()} scores); choose another criterion, e.g. 'l1'"
-            )
-        orders[name] = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True).tolist()
+        group = _full_group(dg, model, name, size)
+        ranking = torch.argsort(_scores(crit, group, name, size), descending=True, stable=True).tolist()
+        keep = int((widths or {}).get(name, size))
+        if keep < size and _selects(crit):
+            chosen = set(_kept(crit, group, name, size, keep))
+            ranking = [c for c in ranking if c in chosen] + [c for c in ranking if c not in chosen]
+        orders[name] = ranking
     return orders
 
 
@@ -61,30 +113,81 @@ def compress_widths(
     widths: Mapping[str, int],
     criterion: str | Criterion = "l1",
     order: Mapping[str, list[int]] | None = None,
+    *,
+    calibration: Calibration | None = None,
+    reconstruct: bool = False,
 ) -> nn.Module:
     """Copy ``model`` and remove channels so that every group keeps exactly ``widths[group]`` channels.
 
-    Channels are chosen by ``criterion`` on the unpruned model (`channel_order`; or given as ``order``) and
-    passed to Torch-Pruning as indices, never as ratios, so the counts are exact. ``model`` itself is not
-    modified.
+    Channels are chosen by ``criterion`` on the unpruned model (its `Criterion.select`; or given as ``order``,
+    whose first ``widths[group]`` entries are kept) and passed to Torch-Pruning as indices, never as ratios,
+    so the counts are exact. ``model`` itself is not modified. The kept indices of every pruned layer are
+    recorded on the result (`automl_prune.reconstruct.kept_channels`).
+
+    Args:
+        calibration: Batches from the training split, for data-driven criteria and for ``reconstruct``.
+        reconstruct: Re-fit every pruned layer by least squares to the original layer's outputs afterwards
+            (`automl_prune.reconstruct.reconstruct`); criteria with ``reconstructs`` (``reap``) always do.
     """
+    crit = get_criterion(criterion)
     pruned = copy.deepcopy(model)
     to_prune = [g for g in graph.groups if int(widths.get(g.name, g.size)) < g.size]
     if not to_prune:
         return pruned
+    refit = reconstruct or crit.reconstructs
+    if refit and calibration is None:
+        raise ConfigError(
+            f"least-squares reconstruction (criterion {type(crit).__name__}) needs calibration batches from the "
+            "training split (calibration=Calibration(images))"
+        )
     given = dict(order or {})
-    missing = [g.name for g in to_prune if g.name not in given]
-    order = {**given, **channel_order(pruned, graph, criterion, missing)} if missing else given
-    param = next(pruned.parameters())
-    example = torch.zeros((1, *graph.input_shape[1:]), device=param.device, dtype=param.dtype)
-    dg = build_dependency_graph(pruned, example)
-    for group in to_prune:
-        keep = int(widths[group.name])
-        root = pruned.get_submodule(group.name)
+    dg = build_dependency_graph(pruned, _example(pruned, graph))
+    groups = {g.name: _full_group(dg, pruned, g.name, g.size) for g in to_prune}
+    folds = type(crit).fold is not Criterion.fold
+    if folds or any(g.name not in given for g in to_prune):
+        crit.prepare(pruned, calibration)
+    kept: dict[str, list[int]] = {}
+    for g in to_prune:
+        keep = int(widths[g.name])
+        if g.name in given:
+            kept[g.name] = sorted(given[g.name][:keep])
+        else:
+            kept[g.name] = _kept(crit, groups[g.name], g.name, g.size, keep)
+    if folds:
+        for g in to_prune:
+            crit.fold(groups[g.name], kept[g.name])
+    layer_kept = _layer_kept(pruned, groups, kept)
+    for g in to_prune:
+        root = pruned.get_submodule(g.name)
         prune_fn = dg.get_pruner_of_module(root).prune_out_channels
-        removed = sorted(order[group.name][keep:])
+        removed = sorted(set(range(g.size)) - set(kept[g.name]))
         dg.get_pruning_group(root, prune_fn, removed).prune()
+    record_kept(pruned, layer_kept)
+    if refit:
+        assert calibration is not None
+        refit_layers(model, pruned, calibration)
     return pruned
+
+
+def _layer_kept(
+    model: nn.Module, groups: Mapping[str, tp.Group], kept: Mapping[str, list[int]]
+) -> dict[str, dict[str, list[int]]]:
+    """For every conv/linear a pruned group touches: its kept input (``"in"``) and output (``"out"``) indices."""
+    names = {module: name for name, module in model.named_modules()}
+    layers: dict[str, dict[str, list[int]]] = {}
+    for group_name, group in groups.items():
+        keep = set(kept[group_name])
+        for item in group:
+            module = item.dep.target.module
+            if not isinstance(module, (nn.Conv2d, nn.Linear)) or module not in names:
+                continue
+            idxs = sorted(int(i) for i, r in zip(item.idxs, item.root_idxs, strict=True) if int(r) in keep)
+            out = group._DG.is_out_channel_pruning_fn(item.dep.handler)
+            depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
+            dims = ["out", "in"] if out and depthwise else ["out" if out else "in"]
+            for dim in dims:
+                layers.setdefault(names[module], {})[dim] = idxs
+    return layers
 
 
 def compress(
@@ -92,6 +195,12 @@ def compress(
     graph: NetworkGraph,
     architecture: Architecture,
     criterion: str | Criterion = "l1",
+    *,
+    calibration: Calibration | None = None,
+    order: Mapping[str, list[int]] | None = None,
+    reconstruct: bool = False,
 ) -> nn.Module:
     """A new, physically smaller model for ``architecture`` (see `compress_widths`)."""
-    return compress_widths(model, graph, architecture.widths, criterion)
+    return compress_widths(
+        model, graph, architecture.widths, criterion, order, calibration=calibration, reconstruct=reconstruct
+    )
