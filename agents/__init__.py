@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from agents.base import HistoryEntry, Searcher, SearchHistory, SearchResult
+from agents.base import SEARCH_MODES, BudgetViolation, HistoryEntry, Searcher, SearchHistory, SearchResult
+from agents.bit_budget import project_bits, uniform_bits_architecture
 from agents.budget import fill_budget, project_to_budget, uniform_architecture
 from automl_prune.registry import Registry
 
 __all__ = [
     "SEARCHERS",
+    "SEARCH_MODES",
+    "BudgetViolation",
     "HistoryEntry",
     "SearchHistory",
     "SearchResult",
     "Searcher",
     "fill_budget",
+    "project_bits",
     "project_to_budget",
     "uniform_architecture",
+    "uniform_bits_architecture",
 ]
 
 # Heavy dependencies (stable-baselines3, optuna) load only when their searcher is chosen.

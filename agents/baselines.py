@@ -1,4 +1,4 @@
-"""Baselines every searcher must beat: one uniform width, and random search."""
+"""Baselines every searcher must beat: one uniform width (and bit width), and random search."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from agents.base import EvaluatorLike, Searcher, SearchHistory
+from agents.bit_budget import project_bits, uniform_bits_architecture
 from agents.budget import (
     around_uniform,
     check_prior,
@@ -22,13 +23,25 @@ __all__ = ["RandomSearcher", "UniformSearcher"]
 
 
 class UniformSearcher(Searcher):
-    """One keep ratio for every group, the largest that meets the budget; a single evaluation."""
+    """One keep ratio for every group, the largest that meets the budget; a single evaluation.
+
+    With ``search="bits"`` every group keeps its full width; with ``"bits"`` or ``"both"`` every layer then
+    gets the highest single bit width (weights and activations alike) that meets the size and BOPs budgets
+    (`agents.bit_budget.uniform_bits_architecture`).
+    """
 
     name = "uniform"
 
+    def architecture(self) -> Architecture:
+        """The one architecture this searcher evaluates."""
+        if not self.searches_bits:
+            return uniform_architecture(self.space, self.budget_flops)
+        widths = uniform_architecture(self.space, self.budget_flops) if self.searches_widths else self.space.full()
+        return uniform_bits_architecture(self.space, widths, self.size_budget_bits, self.bops_budget)
+
     def _run(self) -> None:
         if len(self.history) == 0:
-            self._evaluate(uniform_architecture(self.space, self.budget_flops))
+            self._evaluate(self.architecture())
 
 
 class RandomSearcher(Searcher):
@@ -42,15 +55,20 @@ class RandomSearcher(Searcher):
         spread: The largest factor away from the uniform ratio (``prior="uniform"`` only).
 
     A draw over budget is scaled down onto it, then the leftover budget is spent
-    (`agents.budget.project_to_budget` with ``fill=True``).
+    (`agents.budget.project_to_budget` with ``fill=True``). With ``search="bits"`` (full widths) or ``"both"``
+    (widths drawn as above) every layer then gets uniformly random weight and activation bits
+    (`SearchSpace.sample_bits`), projected onto the size and BOPs budgets by taking bits off the costliest
+    layers (`agents.bit_budget.project_bits`).
     """
 
     name = "random"
 
     def __init__(self, space: SearchSpace, evaluator: EvaluatorLike, budget_flops: int, *, seed: int = 0,
                  run_dir: str | Path | None = None, history: SearchHistory | None = None,
-                 prior: str = "uniform", spread: float = 2.0) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
+                 prior: str = "uniform", spread: float = 2.0, search: str = "widths",
+                 size_budget_bits: int | None = None, bops_budget: int | None = None) -> None:
+        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
+                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
         check_prior(prior, spread)
         self.prior = prior
         self.spread = float(spread)
@@ -71,8 +89,18 @@ class RandomSearcher(Searcher):
             batch = []
             for index in range(start, start + min(self.remaining, self.batch_size)):
                 rng = np.random.default_rng([self.seed, index])
-                batch.append(project_to_budget(self.space, self.sample(rng), self.budget_flops, fill=True))
+                batch.append(self.candidate(rng))
             self._evaluate_many(batch)
+
+    def candidate(self, rng: np.random.Generator) -> Architecture:
+        """One draw, projected onto every budget (widths first, then bits)."""
+        if self.searches_widths:
+            arch = project_to_budget(self.space, self.sample(rng), self.budget_flops, fill=True)
+        else:
+            arch = self.space.full()
+        if not self.searches_bits:
+            return arch
+        return project_bits(self.space, self.space.sample_bits(rng, arch), self.size_budget_bits, self.bops_budget)
 
     def save(self, path: str | Path) -> None:
         """Nothing to learn; records the seed for a faithful continuation."""

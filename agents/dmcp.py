@@ -197,6 +197,7 @@ class DMCPSearcher(Searcher):
     """
 
     name: ClassVar[str] = "dmcp"
+    searches: ClassVar[tuple[str, ...]] = ("widths",)
 
     def __init__(
         self,
@@ -209,9 +210,13 @@ class DMCPSearcher(Searcher):
         history: SearchHistory | None = None,
         config: DMCPConfig | None = None,
         device: torch.device | str | None = None,
+        search: str = "widths",
+        size_budget_bits: int | None = None,
+        bops_budget: int | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
+        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
+                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
         fields = {f.name for f in dataclasses.fields(DMCPConfig)}
         unknown = sorted(set(options) - fields)
         if unknown:

@@ -12,6 +12,15 @@ prior, within ``[uniform / spread, uniform x spread]``). A suggestion over the F
 trial's ``widths`` user attribute, so nothing this module returns is ever over budget. TPE then models the
 raw suggestions against the accuracy of their projections ("constrained sampling").
 
+Bits (``search="bits"`` or ``"both"``): every conv/linear layer with more than one allowed bit width gets two
+integer parameters, ``w_bits:<layer>`` and ``a_bits:<layer>``, each an index into the layer's allowed bits
+(ascending, so TPE sees their order); with ``"bits"`` no width is suggested (every group keeps its full
+width). The first trial is the uniform architecture with the highest single bit width that fits
+(`agents.bit_budget.uniform_bits_architecture`). A suggestion over the size or BOPs budget is projected onto
+them by taking bits off the costliest layers (`agents.bit_budget.project_bits`, HAQ's rule) and the bits
+evaluated are stored as the trial's ``bits`` user attribute. The multi-objective searcher's second objective
+is the BOPs when a BOPs budget is given, else the size when a size budget is, else the FLOPs.
+
 Storage and resume
 ------------------
 With a ``run_dir`` the study lives in ``RUN_DIR/optuna.db`` (SQLite through ``sqlite:///...``), under a study
@@ -63,14 +72,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from agents.base import EvaluatorLike, HistoryEntry, Searcher, SearchHistory, SearchResult
+from agents.bit_budget import project_bits, uniform_bits_architecture
 from agents.budget import around_uniform, check_prior, project_to_budget, uniform_architecture
 from agents.pareto import pareto_front, plot_pareto, write_pareto_json
 from automl_prune.atomic import atomic_write, atomic_write_text
+from automl_prune.errors import ConfigError
 from search_spaces import Architecture, SearchSpace, WidthDecision
 
 __all__ = ["OptunaMOSearcher", "OptunaSearcher"]
 
 _STATE_FILE = "optuna_searcher.json"
+_W_PREFIX, _A_PREFIX = "w_bits:", "a_bits:"  # parameter names of a layer's weight and activation bits
+#: The multi-objective searcher's second objective (minimized) -> how the budget and full model name it.
+OBJECTIVES: dict[str, str] = {"flops": "FLOPs", "size_bits": "size (bits)", "bops": "BOPs"}
 _SAMPLER_FILE = "optuna_sampler.pkl"
 
 
@@ -92,6 +106,7 @@ class OptunaSearcher(Searcher):
         integer_widths: Suggest integer widths (``suggest_int(group, low, high)``) instead of ratios.
         prior: ``"uniform"`` (default): suggest factors on the uniform keep ratio; ``"box"``: the whole range.
         spread: The largest factor away from the uniform ratio (``prior="uniform"`` only).
+        search, size_budget_bits, bops_budget: As `Searcher` (see the module docstring for bits).
     """
 
     name: ClassVar[str] = "optuna"
@@ -113,12 +128,21 @@ class OptunaSearcher(Searcher):
         integer_widths: bool = False,
         prior: str = "uniform",
         spread: float = 2.0,
+        search: str = "widths",
+        size_budget_bits: int | None = None,
+        bops_budget: int | None = None,
     ) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
+        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
+                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
         check_prior(prior, spread)
         self.prior = prior
         self.spread = float(spread)
-        self.uniform = uniform_architecture(space, self.budget_flops)
+        self.uniform = uniform_architecture(space, self.budget_flops) if self.searches_widths else space.full()
+        self.bit_decisions = [d for d in space.bit_decisions if len(d.choices) > 1] if self.searches_bits else []
+        self.uniform_bits = (
+            uniform_bits_architecture(space, self.uniform, self.size_budget_bits, self.bops_budget).bits
+            if self.searches_bits else {}
+        )
         self._centre = {d.name: self.uniform.widths[d.name] / d.size for d in space.decisions}
         if n_startup_trials < 0:
             raise ValueError(f"`n_startup_trials >= 0` must hold, but got {n_startup_trials=}")
@@ -189,8 +213,7 @@ class OptunaSearcher(Searcher):
 
     def _check_study(self, study: optuna.Study) -> None:
         """Refuse to continue a study made for another space, budget or searcher."""
-        expected = {"searcher": self.name, "budget_flops": self.budget_flops, "decisions": self.space.names,
-                    "prior": self.prior, "spread": self.spread, "integer_widths": self.integer_widths}
+        expected = self._study_attrs()
         attrs = study.user_attrs
         if not attrs:
             for key, value in expected.items():
@@ -204,8 +227,15 @@ class OptunaSearcher(Searcher):
                     f"or use another run_dir or study_name"
                 )
 
+    def _study_attrs(self) -> dict[str, Any]:
+        """The settings a new study records, and that a search continuing it must share."""
+        return {"searcher": self.name, "budget_flops": self.budget_flops, "decisions": self.space.names,
+                "prior": self.prior, "spread": self.spread, "integer_widths": self.integer_widths,
+                "search": self.search_mode, "size_budget_bits": self.size_budget_bits,
+                "bops_budget": self.bops_budget}
+
     # the search ------------------------------------------------------------------------------------------
-    def _values(self, metrics: Mapping[str, Any]) -> list[float]:
+    def _values(self, metrics: Mapping[str, Any], architecture: Architecture) -> list[float]:
         return [float(metrics["accuracy"])]
 
     def _bounds(self, d: WidthDecision) -> tuple[float, float]:
@@ -221,29 +251,64 @@ class OptunaSearcher(Searcher):
 
     def architecture_from_params(self, params: Mapping[str, float]) -> Architecture:
         """The architecture a trial's parameters stand for (before any budget projection)."""
+        return self._widths_from_params(params).with_bits(self._bits_from_params(params))
+
+    def _widths_from_params(self, params: Mapping[str, float]) -> Architecture:
+        if not self.searches_widths:
+            return self.space.full()
         if self.integer_widths:
             return Architecture({d.name: d.round(params[d.name]) for d in self.space.decisions})
         if self.prior == "box":
             return Architecture({d.name: d.from_ratio(params[d.name]) for d in self.space.decisions})
         return around_uniform(self.space, self._centre, params)
 
+    def _bits_from_params(self, params: Mapping[str, float]) -> dict[str, tuple[int, int]]:
+        """Bits per layer: suggested indices into the allowed bits; pinned layers at their pinned bits."""
+        if not self.searches_bits:
+            return {}
+        bits = {d.name: (d.choices[0], d.choices[0]) for d in self.space.bit_decisions if len(d.choices) == 1}
+        for d in self.bit_decisions:
+            bits[d.name] = (d.choices[int(params[_W_PREFIX + d.name])], d.choices[int(params[_A_PREFIX + d.name])])
+        return bits
+
     def uniform_params(self) -> dict[str, float]:
         """The parameters of the uniform architecture (the first trial of every new study)."""
-        if self.integer_widths:
-            return {name: int(width) for name, width in self.uniform.widths.items()}
-        if self.prior == "box":
-            return dict(self._centre)
-        return {name: 1.0 for name in self.space.names}
+        params: dict[str, float] = {}
+        if self.searches_widths:
+            if self.integer_widths:
+                params.update({name: int(width) for name, width in self.uniform.widths.items()})
+            elif self.prior == "box":
+                params.update(self._centre)
+            else:
+                params.update({name: 1.0 for name in self.space.names})
+        for d in self.bit_decisions:
+            w_bits, a_bits = self.uniform_bits[d.name]
+            params[_W_PREFIX + d.name] = d.choices.index(w_bits)
+            params[_A_PREFIX + d.name] = d.choices.index(a_bits)
+        return params
 
     def _suggest(self, trial: optuna.Trial) -> Architecture:
         log = self.prior == "uniform"
-        for d in self.space.decisions:
-            low, high = self._bounds(d)
-            if self.integer_widths:
-                trial.suggest_int(d.name, int(low), int(high), log=log)
-            else:
-                trial.suggest_float(d.name, low, high, log=log)
+        if self.searches_widths:
+            for d in self.space.decisions:
+                low, high = self._bounds(d)
+                if self.integer_widths:
+                    trial.suggest_int(d.name, int(low), int(high), log=log)
+                else:
+                    trial.suggest_float(d.name, low, high, log=log)
+        for d in self.bit_decisions:
+            trial.suggest_int(_W_PREFIX + d.name, 0, len(d.choices) - 1)
+            trial.suggest_int(_A_PREFIX + d.name, 0, len(d.choices) - 1)
         return self.architecture_from_params(trial.params)
+
+    def _project(self, proposed: Architecture) -> Architecture:
+        """``proposed`` within every budget: widths onto the FLOPs budget, then bits onto size and BOPs."""
+        arch = proposed
+        if self.space.flops(arch) > self.budget_flops:
+            arch = project_to_budget(self.space, arch, self.budget_flops, fill=True).with_bits(arch.bits)
+        if self.searches_bits:
+            arch = project_bits(self.space, arch, self.size_budget_bits, self.bops_budget)
+        return arch
 
     def _run(self) -> None:
         study = self.study
@@ -266,13 +331,13 @@ class OptunaSearcher(Searcher):
         archs = []
         for trial in trials:
             proposed = self._suggest(trial)
-            arch = proposed
-            if self.space.flops(proposed) > self.budget_flops:
-                arch = project_to_budget(self.space, proposed, self.budget_flops, fill=True)
+            arch = self._project(proposed)
             # Stored before evaluating: after a crash this is how a RUNNING trial is matched to its history entry.
             if self._worker is not None:
                 trial.set_user_attr("worker", self._worker)
             trial.set_user_attr("widths", dict(arch.widths))
+            if arch.bits:
+                trial.set_user_attr("bits", {k: list(v) for k, v in arch.bits.items()})
             trial.set_user_attr("projected", arch != proposed)
             archs.append(arch)
         try:
@@ -282,9 +347,9 @@ class OptunaSearcher(Searcher):
                 study.tell(trial, state=TrialState.FAIL)
             raise
         first = len(self.history) - len(trials)
-        for i, (trial, metrics) in enumerate(zip(trials, results, strict=True)):
+        for i, (trial, arch, metrics) in enumerate(zip(trials, archs, results, strict=True)):
             trial.set_user_attr("history_index", first + i)
-            self._tell(study, trial, self._values(metrics))
+            self._tell(study, trial, self._values(metrics, arch))
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial | int, values: Sequence[float]) -> None:
         """``study.tell`` (one place, so tests can simulate a crash right before it)."""
@@ -318,11 +383,13 @@ class OptunaSearcher(Searcher):
             if isinstance(index, int) and 0 <= index < len(self.history) and index not in claimed:
                 entry = self.history.entries[index]
             elif "widths" in t.user_attrs:
-                entry = orphans.get(Architecture({k: int(v) for k, v in t.user_attrs["widths"].items()}).key())
+                recorded = Architecture({k: int(v) for k, v in t.user_attrs["widths"].items()},
+                                        t.user_attrs.get("bits") or {})
+                entry = orphans.get(recorded.key())
             if entry is not None and entry.index not in claimed:
                 # Evaluated and recorded, but killed before `tell`: finish it with what was measured.
                 storage.set_trial_user_attr(t._trial_id, "history_index", entry.index)
-                self._tell(study, t.number, self._values(entry.metrics))
+                self._tell(study, t.number, self._values(entry.metrics, entry.architecture))
                 claimed.add(entry.index)
                 orphans.pop(entry.architecture.key(), None)
                 self.recovered["adopted"] += 1
@@ -384,7 +451,7 @@ class OptunaSearcher(Searcher):
 
 
 class OptunaMOSearcher(OptunaSearcher):
-    """Multi-objective search: maximize accuracy, minimize FLOPs, with the budget as the front's upper limit.
+    """Multi-objective search: maximize accuracy, minimize a cost, with the budget as the front's upper limit.
 
     Returns (in ``SearchResult.extra["pareto_front"]``) the non-dominated evaluated architectures, and writes
     them to ``run_dir/pareto.json`` and ``run_dir/pareto.png``. ``best`` is the most accurate architecture.
@@ -392,6 +459,8 @@ class OptunaMOSearcher(OptunaSearcher):
     Args:
         sampler: ``"nsga2"`` (NSGA-II) or ``"tpe"`` (multi-objective TPE).
         population_size: NSGA-II's generation size (the first generation is random).
+        objective: The cost minimized, one of `OBJECTIVES`: ``"flops"``, ``"size_bits"`` or ``"bops"``;
+            default: ``"bops"`` with a BOPs budget, else ``"size_bits"`` with a size budget, else ``"flops"``.
         **kwargs: As `OptunaSearcher`.
     """
 
@@ -410,8 +479,15 @@ class OptunaMOSearcher(OptunaSearcher):
         history: SearchHistory | None = None,
         sampler: str = "nsga2",
         population_size: int = 16,
+        objective: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if objective is None:
+            objective = ("bops" if kwargs.get("bops_budget") is not None
+                         else "size_bits" if kwargs.get("size_budget_bits") is not None else "flops")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {objective!r}; must be one of {list(OBJECTIVES)}")
+        self.objective = objective
         if sampler not in self.SAMPLERS:
             raise ValueError(f"`sampler` must be one of {list(self.SAMPLERS)}, but got {sampler!r}")
         if population_size < 2:
@@ -426,21 +502,45 @@ class OptunaMOSearcher(OptunaSearcher):
         return optuna.samplers.NSGAIISampler(seed=_derived_seed(self.seed, n_existing),
                                              population_size=self.population_size)
 
-    def _values(self, metrics: Mapping[str, Any]) -> list[float]:
-        return [float(metrics["accuracy"]), float(metrics["flops"])]
+    def _study_attrs(self) -> dict[str, Any]:
+        return {**super()._study_attrs(), "objective": self.objective}
+
+    def _cost(self, metrics: Mapping[str, Any], architecture: Architecture) -> int:
+        """The minimized objective of an evaluated architecture (size and BOPs analytic, as the budgets are)."""
+        if self.objective == "size_bits":
+            return self.space.size_bits(architecture)
+        if self.objective == "bops":
+            return self.space.bops(architecture)
+        return int(metrics["flops"])
+
+    def _values(self, metrics: Mapping[str, Any], architecture: Architecture) -> list[float]:
+        return [float(metrics["accuracy"]), float(self._cost(metrics, architecture))]
 
     def points(self) -> list[dict[str, Any]]:
-        """Every evaluated architecture within budget as a point (index, architecture, flops, accuracy)."""
-        return [
-            {"index": e.index, "architecture": e.architecture.to_dict(), "flops": int(e.metrics["flops"]),
-             "accuracy": float(e.metrics["accuracy"]), "params": e.metrics.get("params")}
-            for e in self.history.entries
-            if e.metrics["flops"] <= self.budget_flops
-        ]
+        """Every evaluated architecture within every budget as a point (index, architecture, flops, accuracy,
+        params, and ``size_bits`` and ``bops`` when bits are searched)."""
+        points = []
+        for e in self.history.entries:
+            if e.metrics["flops"] > self.budget_flops or not self.within_budget(e):
+                continue
+            point = {"index": e.index, "architecture": e.architecture.to_dict(), "flops": int(e.metrics["flops"]),
+                     "accuracy": float(e.metrics["accuracy"]), "params": e.metrics.get("params")}
+            if self.searches_bits:
+                point.update(size_bits=self.space.size_bits(e.architecture), bops=self.space.bops(e.architecture))
+            points.append(point)
+        return points
 
     def front(self) -> list[dict[str, Any]]:
-        """The non-dominated points (ascending FLOPs)."""
-        return pareto_front(self.points())
+        """The non-dominated points (ascending cost: `objective`)."""
+        return pareto_front(self.points(), minimize=self.objective)
+
+    def _objective_scale(self) -> tuple[int | None, int]:
+        """The budget of the minimized objective (``None``: none given) and its value for the full float model."""
+        if self.objective == "size_bits":
+            return self.size_budget_bits, self.space.full_size_bits
+        if self.objective == "bops":
+            return self.bops_budget, self.space.full_bops
+        return self.budget_flops, self.space.full_flops
 
     def write_front(self, directory: str | Path | None = None) -> tuple[Path, Path] | None:
         """Write ``pareto.json`` and ``pareto.png`` into ``directory`` (default ``run_dir``); paths or None."""
@@ -448,12 +548,24 @@ class OptunaMOSearcher(OptunaSearcher):
         if directory is None:
             return None
         points = self.points()
-        front = pareto_front(points)
-        full = self.space.full_flops
+        key = self.objective
+        front = pareto_front(points, minimize=key)
+        if key == "flops":
+            full = self.space.full_flops
+            json_path = write_pareto_json(directory / "pareto.json", front, budget_flops=self.budget_flops,
+                                          full_flops=full)
+            png_path = plot_pareto(directory / "pareto.png", points, front, budget_flops=self.budget_flops,
+                                   full_flops=full, title=f"{self.name}: accuracy vs FLOPs")
+            return json_path, png_path
+        budget, full = self._objective_scale()
+        label = OBJECTIVES[key]
         json_path = write_pareto_json(directory / "pareto.json", front, budget_flops=self.budget_flops,
-                                      full_flops=full)
-        png_path = plot_pareto(directory / "pareto.png", points, front, budget_flops=self.budget_flops,
-                               full_flops=full, title=f"{self.name}: accuracy vs FLOPs")
+                                      full_flops=self.space.full_flops, objective=key, budget=budget, full=full)
+        # The plot's x axis is the objective: each point's cost goes where the plot reads FLOPs.
+        as_x = [{**p, "flops": p[key]} for p in points]
+        png_path = plot_pareto(directory / "pareto.png", as_x, [{**p, "flops": p[key]} for p in front],
+                               budget_flops=budget, full_flops=full, title=f"{self.name}: accuracy vs {label}",
+                               xlabel=label)
         return json_path, png_path
 
     def _after_run(self) -> None:

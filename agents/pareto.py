@@ -54,20 +54,26 @@ def pareto_front(points: Sequence[Mapping[str, Any]], *, maximize: str = "accura
 
 
 def write_pareto_json(path: str | Path, front: Sequence[Mapping[str, Any]], *,
-                      budget_flops: int | None = None, full_flops: int | None = None) -> Path:
+                      budget_flops: int | None = None, full_flops: int | None = None,
+                      objective: str | None = None, budget: int | None = None, full: int | None = None) -> Path:
     """Write the front as JSON atomically (temp file, then `os.replace`); returns the path.
 
-    The file holds ``{"budget_flops", "full_flops", "front": [{"architecture", "flops", "accuracy", ...}]}``.
+    The file holds ``{"budget_flops", "full_flops", "front": [{"architecture", "flops", "accuracy", ...}]}``;
+    for a front over another cost than FLOPs also ``objective`` (its key in the points: ``"size_bits"``,
+    ``"bops"``), its ``budget`` and its value for the ``full`` model.
     """
     path = Path(path)
-    data = {"budget_flops": budget_flops, "full_flops": full_flops, "front": [dict(p) for p in front]}
+    data: dict[str, Any] = {"budget_flops": budget_flops, "full_flops": full_flops,
+                            "front": [dict(p) for p in front]}
+    if objective is not None:
+        data.update(objective=objective, budget=budget, full=full)
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return path
 
 
 def plot_pareto(path: str | Path, points: Sequence[Mapping[str, Any]], front: Sequence[Mapping[str, Any]],
                 *, budget_flops: int | None = None, full_flops: int | None = None,
-                title: str = "Accuracy vs FLOPs") -> Path:
+                title: str = "Accuracy vs FLOPs", xlabel: str = "FLOPs") -> Path:
     """Draw every evaluated point, the front as a step line, and the budget, into a PNG (Agg backend).
 
     Args:
@@ -77,6 +83,7 @@ def plot_pareto(path: str | Path, points: Sequence[Mapping[str, Any]], front: Se
         budget_flops: Drawn as a vertical line when given.
         full_flops: When given, the x axis is the fraction of the full model's FLOPs.
         title: Plot title.
+        xlabel: What the x axis (the points' ``flops``) measures.
     """
     import io
 
@@ -86,7 +93,7 @@ def plot_pareto(path: str | Path, points: Sequence[Mapping[str, Any]], front: Se
     from matplotlib.figure import Figure
 
     scale = float(full_flops) if full_flops else 1.0
-    xlabel = "FLOPs / full FLOPs" if full_flops else "FLOPs"
+    xlabel = f"{xlabel} / full {xlabel}" if full_flops else xlabel
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

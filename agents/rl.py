@@ -1,5 +1,10 @@
 """Reinforcement-learning searchers: stable-baselines3's DDPG (AMC's recipe) and PPO in `ChannelPruningEnv`.
 
+With ``search="bits"`` they run in `envs.QuantizationEnv` (HAQ: one step per conv/linear layer, weight and
+activation bits as the two values of the action) and with ``search="both"`` in `envs.JointCompressionEnv`
+(every group's width, then every layer's bits); below, ``n_groups`` then reads as the episode's steps
+(``episode_steps``).
+
 One episode decides every channel group once and ends with one evaluation, so one episode is one entry of
 the search history. Episodes run in rounds of ``episodes_per_round`` (by default the evaluator's
 ``parallelism``: 1 for a plain `Evaluator`, N for a pool of N workers) side by side in a vectorised
@@ -82,7 +87,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from agents.base import EvaluatorLike, Searcher, SearchHistory
 from automl_prune.atomic import atomic_write, atomic_write_text
-from envs import ChannelPruningEnv
+from envs import ChannelPruningEnv, JointCompressionEnv, QuantizationEnv
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["DDPGSearcher", "DecayingTruncatedNormalNoise", "EpisodeRewardReplayBuffer", "PPOSearcher"]
@@ -443,8 +448,12 @@ class _SB3Searcher(Searcher):
         save_every: int = 1,
         device: str | None = None,
         verbose: int = 0,
+        search: str = "widths",
+        size_budget_bits: int | None = None,
+        bops_budget: int | None = None,
     ) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
+        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
+                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
         if learning_rate <= 0:
             raise ValueError(f"`learning_rate > 0` must hold, but got {learning_rate=}")
         if not net_arch or any(int(n) < 1 for n in net_arch):
@@ -464,6 +473,9 @@ class _SB3Searcher(Searcher):
         self.device = device or _default_device()
         self.verbose = verbose
         self.n_groups = len(space)
+        self.episode_steps = {"widths": len(space), "bits": len(space.bit_decisions),
+                              "both": len(space) + len(space.bit_decisions)}[self.search_mode]
+        """Steps per episode: one per channel group (widths), per quantizable layer (bits), or both."""
         self.model: BaseAlgorithm | None = None
         self._random_state: dict[str, Any] | None = None  # our global streams while the user's are in place
         self._learning = False
@@ -475,12 +487,23 @@ class _SB3Searcher(Searcher):
 
     # environment ------------------------------------------------------------------------------------------
     def _make_env(self) -> _RoundVecEnv:
-        """``episodes_per_round`` pruning environments (each in a `Monitor`, as stable-baselines3 would wrap it)."""
+        """``episodes_per_round`` environments (each in a `Monitor`, as stable-baselines3 would wrap it): channel
+        pruning (``search="widths"``), quantization at full width (``"bits"``) or joint (``"both"``)."""
         scores = [_PreparedScore() for _ in range(self.episodes_per_round)]
 
+        def env(score: _PreparedScore) -> gym.Env:
+            if self.search_mode == "bits":
+                return QuantizationEnv(self.space, score, self.size_budget_bits, self.bops_budget,
+                                       reward=self.reward)
+            if self.search_mode == "both":
+                return JointCompressionEnv(self.space, score, self.budget_flops, self.size_budget_bits,
+                                           self.bops_budget, reward=self.reward,
+                                           min_flops_fraction=self.min_flops_fraction)
+            return ChannelPruningEnv(self.space, score, self.budget_flops, reward=self.reward,
+                                     min_flops_fraction=self.min_flops_fraction)
+
         def factory(score: _PreparedScore) -> Callable[[], gym.Env]:
-            return lambda: Monitor(ChannelPruningEnv(self.space, score, self.budget_flops, reward=self.reward,
-                                                     min_flops_fraction=self.min_flops_fraction))
+            return lambda: Monitor(env(score))
 
         return _RoundVecEnv([factory(score) for score in scores], scores, self._score_round)
 
@@ -560,7 +583,7 @@ class _SB3Searcher(Searcher):
             self._between_rounds()
             try:
                 self.model.learn(
-                    total_timesteps=rounds * self.episodes_per_round * self.n_groups,
+                    total_timesteps=rounds * self.episodes_per_round * self.episode_steps,
                     callback=self._learn_callback(),
                     reset_num_timesteps=self.model.num_timesteps == 0,
                     tb_log_name=self.name,
@@ -608,7 +631,8 @@ class _SB3Searcher(Searcher):
 
     def _snapshot(self) -> _Snapshot:
         """The whole state: plain data and the files' bytes (model, replay or partial rollout buffer, streams)."""
-        state: dict[str, Any] = {"searcher": self.name, "seed": self.seed, "has_model": self.model is not None,
+        state: dict[str, Any] = {"searcher": self.name, "search": self.search_mode, "seed": self.seed,
+                                 "has_model": self.model is not None,
                                  "evaluations": len(self.history), "consumed": self._consumed,
                                  "episodes_per_round": self.episodes_per_round}
         blobs: dict[str, bytes] = {}
@@ -684,6 +708,11 @@ class _SB3Searcher(Searcher):
             raise ValueError(
                 f"{state_file} holds the state of searcher {state.get('searcher')!r}, not {self.name!r}"
             )
+        if state.get("search", "widths") != self.search_mode:
+            raise ValueError(
+                f"{state_file} holds a search of {state.get('search', 'widths')!r}, not {self.search_mode!r}; "
+                "resume with the same search"
+            )
         generation = folder / state["generation"] if "generation" in state else folder
         names = (_MODEL_FILE, _BUFFER_FILE, _ROLLOUT_FILE, _RNG_FILE)
         blobs = {name: (generation / name).read_bytes() for name in names if (generation / name).exists()}
@@ -718,6 +747,9 @@ class DDPGSearcher(_SB3Searcher):
             flight; 0: at the end of `search` only).
         device: ``"cuda"`` when present, else ``"cpu"``, unless given.
         verbose: stable-baselines3 verbosity.
+        search, size_budget_bits, bops_budget: As for every `Searcher`: ``"widths"`` (default) runs in
+            `ChannelPruningEnv`, ``"bits"`` in `QuantizationEnv` at full width, ``"both"`` in
+            `JointCompressionEnv`; the size and BOPs budgets are the environments' bit walls.
     """
 
     name = "ddpg"
@@ -747,6 +779,9 @@ class DDPGSearcher(_SB3Searcher):
         save_every: int = 1,
         device: str | None = None,
         verbose: int = 0,
+        search: str = "widths",
+        size_budget_bits: int | None = None,
+        bops_budget: int | None = None,
     ) -> None:
         if warmup_episodes < 0:
             raise ValueError(f"`warmup_episodes >= 0` must hold, but got {warmup_episodes=}")
@@ -762,6 +797,7 @@ class DDPGSearcher(_SB3Searcher):
             space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history, reward=reward,
             min_flops_fraction=min_flops_fraction, episodes_per_round=episodes_per_round, net_arch=net_arch,
             learning_rate=learning_rate, save_every=save_every, device=device, verbose=verbose,
+            search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget,
         )
         rounds = math.ceil(warmup_episodes / self.episodes_per_round)
         self.warmup_episodes = rounds * self.episodes_per_round  # no round mixes random and policy episodes
@@ -787,12 +823,12 @@ class DDPGSearcher(_SB3Searcher):
             "MlpPolicy",
             self.env,
             learning_rate=self.learning_rate,
-            buffer_size=self.replay_episodes * self.n_groups,
-            learning_starts=self.warmup_episodes * self.n_groups,
+            buffer_size=self.replay_episodes * self.episode_steps,
+            learning_starts=self.warmup_episodes * self.episode_steps,
             batch_size=self.minibatch_size,
             tau=self.tau,
             gamma=1.0,
-            train_freq=(1, "episode") if n == 1 else (self.n_groups, "step"),
+            train_freq=(1, "episode") if n == 1 else (self.episode_steps, "step"),
             gradient_steps=-1,
             action_noise=self.noise,
             replay_buffer_class=EpisodeRewardReplayBuffer,
@@ -835,6 +871,7 @@ class PPOSearcher(_SB3Searcher):
         save_every: As for `DDPGSearcher`.
         device: ``"cuda"`` when present, else ``"cpu"``, unless given.
         verbose: stable-baselines3 verbosity.
+        search, size_budget_bits, bops_budget: As for `DDPGSearcher`.
     """
 
     name = "ppo"
@@ -859,16 +896,20 @@ class PPOSearcher(_SB3Searcher):
         save_every: int = 1,
         device: str | None = None,
         verbose: int = 0,
+        search: str = "widths",
+        size_budget_bits: int | None = None,
+        bops_budget: int | None = None,
     ) -> None:
         super().__init__(
             space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history, reward=reward,
             min_flops_fraction=min_flops_fraction, episodes_per_round=episodes_per_round, net_arch=net_arch,
             learning_rate=learning_rate, save_every=save_every, device=device, verbose=verbose,
+            search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget,
         )
-        if episodes_per_rollout < 1 or episodes_per_rollout * self.n_groups < 2:
+        if episodes_per_rollout < 1 or episodes_per_rollout * self.episode_steps < 2:
             raise ValueError(
-                f"`episodes_per_rollout * n_groups >= 2` must hold, but got {episodes_per_rollout=} "
-                f"with {self.n_groups} groups"
+                f"`episodes_per_rollout * episode_steps >= 2` must hold, but got {episodes_per_rollout=} "
+                f"with {self.episode_steps} steps per episode"
             )
         if n_epochs < 1:
             raise ValueError(f"`n_epochs >= 1` must hold, but got {n_epochs=}")
@@ -878,7 +919,7 @@ class PPOSearcher(_SB3Searcher):
     @property
     def n_steps(self) -> int:
         """Steps per environment in one rollout (a whole number of rounds)."""
-        return math.ceil(self.episodes_per_rollout / self.episodes_per_round) * self.n_groups
+        return math.ceil(self.episodes_per_rollout / self.episodes_per_round) * self.episode_steps
 
     @property
     def ppo_batch_size(self) -> int:

@@ -76,6 +76,7 @@ class SensitivitySearcher(Searcher):
     """
 
     name: ClassVar[str] = "sensitivity"
+    searches: ClassVar[tuple[str, ...]] = ("widths",)
 
     def __init__(
         self,
@@ -88,8 +89,12 @@ class SensitivitySearcher(Searcher):
         history: SearchHistory | None = None,
         steps: int | None = None,
         profile_factor: float = 2.0,
+        search: str = "widths",
+        size_budget_bits: int | None = None,
+        bops_budget: int | None = None,
     ) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history)
+        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
+                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
         if steps is not None and not 2 <= steps <= 100:
             raise ConfigError(f"`2 <= steps <= 100` must hold (grid points per group), but got {steps=}")
         if not (math.isfinite(profile_factor) and profile_factor > 0):

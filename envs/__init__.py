@@ -3,18 +3,40 @@
 Example::
 
     env = gymnasium.make(CHANNEL_PRUNING_ID, space=space, evaluate=fn, budget_flops=budget)
+    env = gymnasium.make(QUANTIZATION_ID, space=space, evaluate=fn, size_budget_bits=space.size_budget(0.1))
+    env = gymnasium.make(JOINT_ID, space=space, evaluate=fn, budget_flops=budget, bops_budget=limit)
 """
 
 from __future__ import annotations
 
 import gymnasium
 
+from envs.bit_phase import BIT_FEATURES, BitPhase
+from envs.bits_env import JOINT_FEATURES, JointCompressionEnv, QuantizationEnv
 from envs.pruning_env import FEATURES, REWARDS, ChannelPruningEnv
 from envs.wrappers import MovingAverageBaseline
 
-__all__ = ["CHANNEL_PRUNING_ID", "FEATURES", "REWARDS", "ChannelPruningEnv", "MovingAverageBaseline"]
+__all__ = [
+    "BIT_FEATURES",
+    "CHANNEL_PRUNING_ID",
+    "FEATURES",
+    "JOINT_FEATURES",
+    "JOINT_ID",
+    "QUANTIZATION_ID",
+    "REWARDS",
+    "BitPhase",
+    "ChannelPruningEnv",
+    "JointCompressionEnv",
+    "MovingAverageBaseline",
+    "QuantizationEnv",
+]
 
 CHANNEL_PRUNING_ID = "AutoMLPrune/ChannelPruning-v0"
+QUANTIZATION_ID = "AutoMLPrune/Quantization-v0"
+JOINT_ID = "AutoMLPrune/JointCompression-v0"
 
-if CHANNEL_PRUNING_ID not in gymnasium.registry:
-    gymnasium.register(id=CHANNEL_PRUNING_ID, entry_point="envs.pruning_env:ChannelPruningEnv")
+for _id, _entry in ((CHANNEL_PRUNING_ID, "envs.pruning_env:ChannelPruningEnv"),
+                    (QUANTIZATION_ID, "envs.bits_env:QuantizationEnv"),
+                    (JOINT_ID, "envs.bits_env:JointCompressionEnv")):
+    if _id not in gymnasium.registry:
+        gymnasium.register(id=_id, entry_point=_entry)

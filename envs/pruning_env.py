@@ -205,13 +205,20 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             widths[d.name] = d.min_keep if later == "min" else d.size
         return self.space.flops(widths)
 
+    def _reachable(self, index: int, width: int) -> bool:
+        """Whether the budget stays reachable with group ``index`` at ``width`` and every later one at its minimum.
+
+        The upper action wall; a subclass with more budgets (`envs.bits_env.JointCompressionEnv`) adds its own.
+        """
+        return self._flops_with(index, width, "min") <= self.budget_flops
+
     def _largest_fitting(self, index: int) -> int:
         """The largest valid width of group ``index`` that keeps the budget reachable (bisection)."""
         choices = self._choices[index]
         lo, hi = 0, len(choices) - 1  # choices[0] == min_keep always fits (an invariant of the episode)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if self._flops_with(index, choices[mid], "min") <= self.budget_flops:
+            if self._reachable(index, choices[mid]):
                 lo = mid
             else:
                 hi = mid - 1
