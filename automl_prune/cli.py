@@ -39,6 +39,8 @@ def _config_from(args: argparse.Namespace) -> SearchConfig:
         flag = getattr(args, key, None)
         if flag is not None and key != "agent_options":
             values[key] = flag
+    if ("size" in values or "bops" in values) and "flops" not in values:
+        values["flops"] = 1.0  # a size or BOPs budget alone constrains bits, not FLOPs
     for item in getattr(args, "agent_option", None) or []:
         values.setdefault("agent_options", {})
         values["agent_options"] = {**values["agent_options"], **_parse_option(item)}
@@ -199,7 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
         if name == "search":
-            p.add_argument("--flops", type=float, help=f"FLOPs budget, fraction of base ({DEFAULTS.flops})")
+            p.add_argument("--flops", type=float, help=f"FLOPs budget, fraction of base ({DEFAULTS.flops}; 1 when only "
+                           "--size or --bops is given)")
+            p.add_argument("--size", help="model size budget: a fraction of the float32 model (0.125 = 4 bits on "
+                           "average) or a size such as 1.5MB")
+            p.add_argument("--bops", type=float, help="bit-operations budget, fraction of the 32/32-bit model")
+            p.add_argument("--search", help="what is decided: widths, bits, both, or auto (default: widths, plus "
+                           "bits when --size or --bops is given)")
             p.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, uniform, random "
                            "(default ddpg)")
             p.add_argument("--episodes", type=int, help="architectures to evaluate")

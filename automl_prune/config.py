@@ -10,7 +10,7 @@ from typing import Any
 
 from automl_prune.errors import ConfigError, did_you_mean
 
-__all__ = ["DEFAULTS", "SearchConfig", "load_config_file", "parse_duration"]
+__all__ = ["DEFAULTS", "SEARCH_MODES", "SearchConfig", "load_config_file", "parse_duration", "parse_size"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class SearchConfig:
     address: str | None = None
     exclude: tuple[str, ...] = ()
     time_limit: str | None = None
+    search: str = "auto"
+    size: str | None = None
+    bops: float | None = None
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +62,16 @@ class SearchConfig:
         object.__setattr__(self, "exclude", tuple(str(p) for p in self.exclude))
         if self.time_limit is not None:
             parse_duration(self.time_limit)
+        if self.search not in SEARCH_MODES:
+            raise ConfigError(f"`search` must be one of {list(SEARCH_MODES)}, but got {self.search!r}")
+        if self.size is not None:
+            object.__setattr__(self, "size", str(self.size))
+            parse_size(self.size)
+        if self.bops is not None and not 0.0 < self.bops <= 1.0:
+            raise ConfigError(f"`bops` must be a fraction of the 32/32-bit model's BOPs in (0, 1], but got {self.bops}")
+        if self.resolved_search == "widths" and (self.size is not None or self.bops is not None):
+            raise ConfigError("`search widths` decides no bits, so a size or BOPs budget cannot be met by it; use "
+                              "--search bits or both (or auto)")
         if not 0.0 < self.flops <= 1.0:
             raise ConfigError(f"`flops` must be a fraction of the base FLOPs in (0, 1], but got {self.flops}")
         if self.episodes < 1:
@@ -106,6 +119,16 @@ class SearchConfig:
         return self.workers if self.workers is not None else (os.cpu_count() or 1)
 
     @property
+    def resolved_search(self) -> str:
+        """What the search decides: ``auto`` is widths without a size/BOPs budget, bits with one and no FLOPs
+        budget (``flops`` 1), both with both."""
+        if self.search != "auto":
+            return self.search
+        if self.size is None and self.bops is None:
+            return "widths"
+        return "bits" if self.flops >= 1.0 else "both"
+
+    @property
     def time_limit_seconds(self) -> float | None:
         """``time_limit`` in seconds (``None``: the search runs all its evaluations)."""
         return None if self.time_limit is None else parse_duration(self.time_limit)
@@ -119,6 +142,31 @@ class SearchConfig:
         data = dataclasses.asdict(self)
         data["exclude"] = list(self.exclude)
         return data
+
+
+SEARCH_MODES = ("auto", "widths", "bits", "both")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)$")
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str | float) -> tuple[str, float]:
+    """A size budget: ``("fraction", f)`` for ``"0.125"`` (of the float32 model) or ``("bits", n)`` for
+    ``"1.5MB"`` (decimal KB/MB/GB, binary KiB/MiB/GiB, B)."""
+    value = str(text).strip()
+    try:
+        fraction = float(value)
+    except ValueError:
+        match = _SIZE.match(value.lower())
+        if match is None:
+            raise ConfigError(f"`size` must be a fraction of the float32 model such as 0.125, or a size such as "
+                              f"1.5MB or 600KiB, but got {text!r}") from None
+        bits = float(match.group(1)) * _SIZE_UNITS[match.group(2)] * 8
+        if bits <= 0:
+            raise ConfigError(f"`size` must be positive, but got {text!r}") from None
+        return "bits", bits
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"`size` as a fraction of the float32 model must be in (0, 1], but got {text!r}")
+    return "fraction", fraction
 
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
@@ -161,7 +209,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise ConfigError(f"{source}: `exclude` must be a module path pattern or a list of them, but got "
                               f"{value!r}")
         return tuple(items)
-    if key == "time_limit" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if key in ("time_limit", "size") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if key == "agent_options":
         if not isinstance(value, dict):

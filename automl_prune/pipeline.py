@@ -29,7 +29,7 @@ PYTHON_MODEL_PREFIX = "python:"
 # Settings that define what a run directory holds; the others may change on resume.
 _IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
                   "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "pretrain_epochs", "reward",
-                  "pretrain_seed", "agent_options", "exclude")
+                  "pretrain_seed", "agent_options", "exclude", "search", "size", "bops")
 
 
 @dataclass
@@ -187,6 +187,27 @@ def _check_run_dir(config: SearchConfig, run_dir: Path) -> bool:
     return True
 
 
+def bit_budgets(config: SearchConfig, space: Any) -> dict[str, Any]:
+    """The searcher's bit settings: ``search`` and the size/BOPs budgets in bits and bit-operations ({} for
+    a widths-only search)."""
+    from automl_prune.config import parse_size
+
+    mode = config.resolved_search
+    if mode == "widths":
+        return {}
+    budgets: dict[str, Any] = {"search": mode}
+    if config.size is not None:
+        kind, value = parse_size(config.size)
+        fraction = value if kind == "fraction" else value / space.full_size_bits
+        if fraction > 1.0:
+            raise ConfigError(f"--size {config.size} is more than the float32 model ({space.full_size_bits / 8:,.0f} "
+                              "bytes); give a smaller size or a fraction")
+        budgets["size_budget_bits"] = space.size_budget(fraction)
+    if config.bops is not None:
+        budgets["bops_budget"] = space.bops_budget(config.bops)
+    return budgets
+
+
 def _base_identity(base: BaseModel) -> dict[str, Any]:
     """What makes a run's base model itself: the hash of its weights and a fingerprint of its data."""
     from automl_prune.checkpoints import data_fingerprint, state_sha256
@@ -213,13 +234,22 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-def _spend_leftover_budget(best: Any, space: Any, budget: int) -> Any:
-    """Widen ``best`` group by group (round robin) while FLOPs stay within budget: a superset of it."""
+def _spend_leftover_budget(best: Any, space: Any, budget: int, options: dict[str, Any] | None = None) -> Any:
+    """Widen ``best`` group by group (round robin) while FLOPs stay within budget: a superset of it. With bits,
+    they are kept and then taken off the costliest layers if the wider model is over the size/BOPs budgets."""
     from agents import fill_budget
     from search_spaces import Architecture
 
     target = {name: float(width) for name, width in best.widths.items()}
-    return Architecture(fill_budget(space, best.widths, budget, target))
+    widened = Architecture(fill_budget(space, best.widths, budget, target), dict(best.bits))
+    options = options or {}
+    if options.get("search") == "bits":
+        return best  # widths are not searched: the model stays at full width
+    if best.bits and (options.get("size_budget_bits") is not None or options.get("bops_budget") is not None):
+        from agents import project_bits
+
+        widened = project_bits(space, widened, options.get("size_budget_bits"), options.get("bops_budget"))
+    return widened
 
 
 def run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str, Any]:
@@ -267,6 +297,7 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     channel_order(base.model, space.graph, config.criterion)  # a criterion that cannot score a group: refused now
     evaluator = make_evaluator(config, base)
     options: dict[str, Any] = dict(config.agent_options)
+    options.update(bit_budgets(config, space))
     if config.agent in ("ddpg", "ppo"):
         options["reward"] = config.reward
     if config.agent.startswith("optuna") and config.storage:
@@ -352,7 +383,7 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
         raise RuntimeError(f"best architecture has {flops} FLOPs, over the budget {budget}")
     widened = None
     if config.fill_budget:
-        filled = _spend_leftover_budget(best, space, budget)
+        filled = _spend_leftover_budget(best, space, budget, options)
         if filled != best:
             widened = (filled, evaluator.evaluate(filled).accuracy, space.flops(filled))
             _log(f"widened the best architecture to spend the leftover budget: {flops / budget:.3f} -> "
@@ -360,7 +391,8 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
 
     rerank_start = time.perf_counter()
     try:
-        chosen, model, ladder, val_after = _rerank(config, base, evaluator, result, budget, widened, run_dir)
+        chosen, model, ladder, val_after = _rerank(config, base, evaluator, result, budget, widened, run_dir,
+                                                   options)
     except KeyboardInterrupt:
         _log(f"interrupted during re-ranking; finished rungs are kept. {resume_hint}")
         raise
@@ -373,7 +405,8 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
 
 
 def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: int,
-            widened: tuple[Any, float, int] | None, run_dir: Path) -> tuple[Any, torch.nn.Module, Any, float]:
+            widened: tuple[Any, float, int] | None, run_dir: Path,
+            options: dict[str, Any] | None = None) -> tuple[Any, torch.nn.Module, Any, float]:
     """The re-ranking ladder; returns the chosen candidate, its fine-tuned model, the ladder, its val acc."""
     from agents import uniform_architecture
     from automl_prune.ladder_job import FineTuneRecipe, LadderJob, local_executor
@@ -382,6 +415,13 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
 
     space = base.space
     uniform = uniform_architecture(space, budget)
+    options = options or {}
+    if options.get("search") in ("bits", "both"):
+        from agents import uniform_bits_architecture
+
+        widths = space.full() if options["search"] == "bits" else uniform
+        uniform = uniform_bits_architecture(space, widths, options.get("size_budget_bits"),
+                                            options.get("bops_budget"))
     ranked = [(space.complete(e.architecture), e.metrics["accuracy"], e.metrics["flops"]) for e in result.history
               if e.metrics["flops"] <= budget]
     candidates = select_candidates(
@@ -458,8 +498,9 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
         "agent": config.agent,
         "flops_budget": config.flops,
         "base": {"flops": full.flops, "params": full.params, "val_acc": base.meta["val_acc"],
-                 "test_acc": base.meta["test_acc"]},
-        "compressed": {"flops": costs.flops, "params": costs.params,
+                 "test_acc": base.meta["test_acc"], "size_bits": space.full_size_bits, "bops": space.full_bops},
+        "compressed": {"flops": costs.flops, "params": costs.params, "size_bits": space.size_bits(best),
+                       "bops": space.bops(best),
                        "val_acc_before_finetune": chosen.proxy_accuracy, "val_acc_after_finetune": val_after,
                        "test_acc": test_acc},
         "chosen": {"id": chosen.id, "origin": chosen.origin},
@@ -473,6 +514,8 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
         "rerank_seconds": rerank_seconds,
         "finetune_seconds": finetune_seconds,
         "architecture": best.widths,
+        **({"bits": {k: list(v) for k, v in best.bits.items()}, "accuracy_is": "simulated (fake-quantized)"}
+           if best.bits else {}),
         **({"rerank": ladder.to_dict()} if ladder is not None else {}),
         **({"pareto_front": result.extra["pareto_front"]} if "pareto_front" in result.extra else {}),
     }

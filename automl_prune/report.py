@@ -33,7 +33,7 @@ def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}%"
 
-    return [
+    rows = [
         ["FLOPs", f"{base['flops']:,}", f"{comp['flops']:,} ({comp['flops'] / base['flops']:.3f}x)"],
         ["params", f"{base['params']:,}", f"{comp['params']:,} ({comp['params'] / base['params']:.3f}x)"],
         ["val accuracy (before fine-tune)", pct(base["val_acc"]), pct(comp["val_acc_before_finetune"])],
@@ -42,6 +42,14 @@ def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
         ["search time", "-", f"{summary['search_seconds']:.1f} s ({summary['evaluations']} evaluations)"],
         ["fine-tune time", "-", f"{summary['finetune_seconds']:.1f} s"],
     ]
+    if summary.get("bits") and base.get("size_bits") and comp.get("size_bits"):
+        rows[2:2] = [
+            ["size (bytes)", f"{base['size_bits'] / 8:,.0f}",
+             f"{comp['size_bits'] / 8:,.0f} ({comp['size_bits'] / base['size_bits']:.3f}x)"],
+            ["BOPs", f"{base['bops']:,}", f"{comp['bops']:,} ({comp['bops'] / base['bops']:.4f}x)"],
+        ]
+        rows.append(["accuracy of the quantized model", "-", "simulated (fake-quantized on float kernels)"])
+    return rows
 
 
 def plot_widths(full: dict[str, int], kept: dict[str, int], path: str | Path, title: str) -> Path:

@@ -42,3 +42,43 @@ def test_quantized_candidate_is_scored_exported_and_reloaded_identically(tmp_pat
     x = splits.val.images[:16]
     assert torch.equal(loaded(x), compressed(x))
     assert float_metrics.size_ratio > 0.5 and float_metrics.bops_ratio > 0.5
+
+
+def _search(tmp_path, *flags: str) -> dict:
+    from automl_prune.cli import main
+
+    run = tmp_path / "run"
+    code = main(["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "0.5",
+                 "--agent", "random", "--episodes", "4", "--workers", "0", "--finetune-epochs", "0.2",
+                 "--no-progress", "--out", str(run), "--cache-dir", str(tmp_path / "cache"), *flags])
+    assert code == 0
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_cli_size_budget_alone_searches_bits_at_full_width(tmp_path, capsys) -> None:
+    summary = _search(tmp_path, "--size", "0.125")
+    out = capsys.readouterr().out
+    assert summary["compressed"]["size_bits"] <= 0.125 * summary["base"]["size_bits"]
+    assert summary["compressed"]["flops"] == summary["base"]["flops"]  # bits only: every channel kept
+    assert summary["bits"] and "size (bytes)" in out and "BOPs" in out and "simulated" in out
+    arch_json = tmp_path / "run" / "best" / "arch.json"
+    record = json.loads(arch_json.read_text())
+    model = automl_prune.load(arch_json)
+    splits = load_dataset("synthetic", seed=0)
+    from automl_prune.training import evaluate_accuracy
+
+    accuracy, _ = evaluate_accuracy(model, splits.test, batch_size=250)
+    assert accuracy == summary["compressed"]["test_acc"]  # the export is the model that was measured
+    assert record["size_bits"] == summary["compressed"]["size_bits"]
+
+
+def test_cli_flops_and_size_search_both(tmp_path, capsys) -> None:
+    summary = _search(tmp_path, "--flops", "0.5", "--size", "0.125", "--search", "both")
+    assert summary["compressed"]["flops"] <= 0.5 * summary["base"]["flops"]
+    assert summary["compressed"]["size_bits"] <= 0.125 * summary["base"]["size_bits"]
+    from automl_prune.cli import main
+
+    assert main(["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--size", "lots",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "1.5MB" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
