@@ -134,18 +134,18 @@ def compress_widths(
     to_prune = [g for g in graph.groups if int(widths.get(g.name, g.size)) < g.size]
     if not to_prune:
         return pruned
-    refit = reconstruct or crit.reconstructs
-    if refit and calibration is None:
-        raise ConfigError(
-            f"least-squares reconstruction (criterion {type(crit).__name__}) needs calibration batches from the "
-            "training split (calibration=Calibration(images))"
-        )
     given = dict(order or {})
     dg = build_dependency_graph(pruned, _example(pruned, graph))
     groups = {g.name: _full_group(dg, pruned, g.name, g.size) for g in to_prune}
     folds = type(crit).fold is not Criterion.fold
     if folds or any(g.name not in given for g in to_prune):
         crit.prepare(pruned, calibration)
+    refit = reconstruct or crit.reconstructs
+    if refit and calibration is None:
+        raise ConfigError(
+            f"least-squares reconstruction (criterion {type(crit).__name__}) needs calibration batches from the "
+            "training split (calibration=Calibration(images))"
+        )
     kept: dict[str, list[int]] = {}
     for g in to_prune:
         keep = int(widths[g.name])

@@ -11,14 +11,14 @@ with per-sample gate gradients of the cross-entropy loss on calibration batches 
 approximated by the empirical Fisher, the outer product of per-sample gradients). For a width ``keep`` the
 programme is ``min dL(r)`` subject to ``sum(r) = size - keep``.
 
-Solved greedily, then improved by 1-swap local search: start from the forced removals (zero and duplicate
-channels), add the channel of least marginal cost ``-g_i + H_ii / 2 + sum_{j removed} H_ij`` until enough are
-removed, then swap a removed and a kept channel while that lowers ``dL``. The greedy additions alone are
-nested, which gives the ranking `__call__` returns (used when a width is not known, e.g. by DMCP). The
-result is 1-swap optimal, not guaranteed globally optimal: `tests/test_criteria_seed.py` compares it with
-exhaustive enumeration on small cases. Simplified: the paper relaxes the programme and solves it with
-sequential quadratic programming; it also derives H per layer from weights and activations, where here the
-gates make one H per coupled group (residual and depthwise groups included).
+Solved approximately (`solve_ccp`), with the forced removals (zero and duplicate channels) fixed: three
+starts, forward greedy (add the channel of least marginal cost ``-g_i + H_ii / 2 + sum_{j removed} H_ij``),
+backward greedy, and the rounded solution of the convex relaxation ``0 <= r <= 1`` (the paper's route), each
+improved by 1-swap local search; the best is kept. The forward greedy additions alone are nested, which gives
+the ranking `__call__` returns (used when no width is known, e.g. by DMCP). The result is 1-swap optimal,
+not guaranteed globally optimal: `tests/test_criteria_seed.py` compares it with exhaustive enumeration.
+Simplified: the paper solves the relaxation by sequential quadratic programming, and derives H per layer
+from weights and activations, where here gates make one H per coupled group (residual and depthwise too).
 """
 
 from __future__ import annotations
@@ -63,15 +63,76 @@ def greedy_removal_order(g: Tensor, h: Tensor, forced: list[int] | tuple[int, ..
 def solve_ccp(
     g: Tensor, h: Tensor, remove: int, forced: list[int] | tuple[int, ...] = (), max_swaps: int | None = None
 ) -> list[int]:
-    """Greedy + 1-swap local search for ``min -g^T r + 1/2 r^T H r`` with ``sum(r) = remove``; removed indices.
+    """Approximately ``min -g^T r + 1/2 r^T H r`` over 0-1 ``r`` with ``sum(r) = remove``; the removed indices.
 
-    The first ``min(remove, len(forced))`` entries of ``forced`` are always removed and never swapped back.
+    Three starts, each improved by 1-swap local search, the best kept: forward greedy (add the cheapest
+    removal), backward greedy (from everything removed, bring back the most costly) and the rounded solution
+    of the convex relaxation ``0 <= r <= 1`` (H is a Gram matrix, so the relaxation is convex; solved by
+    projected gradient). The first ``min(remove, len(forced))`` of ``forced`` are always removed.
     """
     size = g.numel()
     fixed = list(forced)[:remove]
-    removed = greedy_removal_order(g, h, fixed)[:remove]
-    if remove in (0, size):
-        return sorted(removed)
+    if remove in (0, size) or len(fixed) == remove:
+        return sorted(greedy_removal_order(g, h, fixed)[:remove])
+    starts = [
+        greedy_removal_order(g, h, fixed)[:remove],
+        _backward_greedy(g, h, remove, fixed),
+        _relaxation(g, h, remove, fixed),
+    ]
+    best: list[int] | None = None
+    for start in starts:
+        found = _swap_search(g, h, start, fixed, max_swaps if max_swaps is not None else 4 * size)
+        if best is None or ccp_objective(g, h, found) < ccp_objective(g, h, best) - 1e-12:
+            best = found
+    assert best is not None
+    return sorted(best)
+
+
+def _backward_greedy(g: Tensor, h: Tensor, remove: int, fixed: list[int]) -> list[int]:
+    """From everything removed, repeatedly bring back the channel whose return lowers the objective most."""
+    removed = torch.ones(g.numel(), dtype=torch.bool)
+    load = h.sum(1)
+    locked = torch.zeros_like(removed)
+    locked[fixed] = True
+    for _ in range(g.numel() - remove):
+        change = g - load + 0.5 * h.diagonal()  # objective change when channel i comes back
+        change = torch.where(removed & ~locked, change, torch.full_like(change, float("inf")))
+        c = int(torch.argmin(change))
+        removed[c] = False
+        load = load - h[:, c]
+    return torch.nonzero(removed).flatten().tolist()
+
+
+def _relaxation(g: Tensor, h: Tensor, remove: int, fixed: list[int], steps: int = 200) -> list[int]:
+    """Top-``remove`` entries of the projected-gradient solution of the relaxed programme."""
+    lower = torch.zeros_like(g)
+    lower[fixed] = 1.0
+    lipschitz = float(torch.linalg.eigvalsh(h)[-1].clamp_min(1e-12))
+    r = torch.full_like(g, remove / g.numel())
+    for _ in range(steps):
+        r = _project(r - (h @ r - g) / lipschitz, lower, remove)
+    r[fixed] = 2.0  # fixed first, whatever the relaxation says
+    return torch.argsort(r, descending=True, stable=True)[:remove].tolist()
+
+
+def _project(v: Tensor, lower: Tensor, total: int) -> Tensor:
+    """Euclidean projection onto ``{lower <= r <= 1, sum(r) = total}``: ``clamp(v - tau)`` for the right shift.
+
+    ``S(tau) = sum(clamp(v - tau, lower, 1))`` is piecewise linear and non-increasing, with breakpoints at
+    ``v - 1`` and ``v - lower``; it is evaluated at all of them at once and interpolated where it crosses.
+    """
+    ones = torch.ones_like(v)
+    points = torch.sort(torch.cat([v - 1.0, v - lower])).values
+    sums = torch.clamp(v[None, :] - points[:, None], min=lower, max=ones).sum(1)
+    k = min(max(int((sums >= total).sum()) - 1, 0), points.numel() - 2)
+    drop = float(sums[k] - sums[k + 1])
+    tau = float(points[k]) + (float(points[k + 1] - points[k]) * float(sums[k] - total) / drop if drop > 0 else 0.0)
+    return torch.clamp(v - tau, min=lower, max=ones)
+
+
+def _swap_search(g: Tensor, h: Tensor, removed: list[int], fixed: list[int], max_swaps: int) -> list[int]:
+    """1-swap local search: exchange a removed and a kept channel while that lowers the objective."""
+    size = g.numel()
     is_removed = torch.zeros(size, dtype=torch.bool)
     is_removed[removed] = True
     movable = is_removed.clone()
@@ -79,7 +140,7 @@ def solve_ccp(
     load = h[:, is_removed].sum(1)  # sum_{j removed} H_ij
     diag = h.diagonal()
     scale = float(g.abs().max() + h.abs().max()) or 1.0
-    for _ in range(max_swaps if max_swaps is not None else 4 * size):
+    for _ in range(max_swaps):
         out = torch.nonzero(movable).flatten()
         into = torch.nonzero(~is_removed).flatten()
         if out.numel() == 0 or into.numel() == 0:
@@ -94,7 +155,7 @@ def solve_ccp(
         is_removed[i], is_removed[k] = False, True
         movable[i], movable[k] = False, True
         load = load - h[:, i] + h[:, k]
-    return sorted(torch.nonzero(is_removed).flatten().tolist())
+    return torch.nonzero(is_removed).flatten().tolist()
 
 
 class CCP(ActivationCriterion):
