@@ -168,3 +168,12 @@ def test_resume_with_other_agent_options_is_refused(searched: Path, capsys) -> N
               "--agent", "random", "--flops", "0.5", "--finetune-epochs", "0", "--out", str(run)]
     code, _, err = _run(capsys, *common, "--episodes", "5", "--agent-option", "spread=3.0")
     assert code == 2 and "agent_options" in _one_error_line(err) and "spread" in _one_error_line(err)
+
+
+def test_yaml_syntax_error_is_one_line_with_file_line_and_column(capsys, tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("flops: 0.5\nagent: [ddpg\nepisodes: 3\n")
+    code, _, err = _run(capsys, "search", "--config", str(bad), "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert f"{bad}:3:9: not valid YAML" in _one_error_line(err)
+    assert not (tmp_path / "run").exists()
