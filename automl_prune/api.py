@@ -76,14 +76,22 @@ def search(
     Raises:
         ConfigError: A bad setting or data of the wrong shape (nothing is written then).
     """
-    from automl_prune.checkpoints import state_sha256
-    from automl_prune.export import load
-    from automl_prune.pipeline import PYTHON_MODEL_PREFIX, base_from_model, run_search
-    from automl_prune.training import evaluate_accuracy
-    from automl_prune.user_data import user_splits
+    from automl_prune.pipeline import PYTHON_MODEL_PREFIX
 
     config = _config(model, flops=flops, agent=agent, out=str(out), settings=settings,
                      prefix=PYTHON_MODEL_PREFIX)
+    # Tracing, fine-tunes and model building draw from torch's global generator: the caller's stream is restored.
+    with torch.random.fork_rng():
+        return _search(model, train, val, test, config)
+
+
+def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: SearchConfig) -> SearchResult:
+    from automl_prune.checkpoints import state_sha256
+    from automl_prune.export import load
+    from automl_prune.pipeline import base_from_model, run_search
+    from automl_prune.training import evaluate_accuracy
+    from automl_prune.user_data import user_splits
+
     base_model = copy.deepcopy(model).to("cpu").eval()
     splits = user_splits(base_model, train, val, test)
     val_acc, _ = evaluate_accuracy(base_model, splits.val, batch_size=250)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import random
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -150,9 +152,15 @@ def user_search(tmp_path_factory):
                for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     out = tmp_path_factory.mktemp("api") / "run"
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    threads = torch.get_num_threads()
     result = automl_prune.search(model, train=loaders["train"], val=loaders["val"], test=loaders["test"], flops=0.4,
                                  agent="random", out=out, episodes=3, workers=0, finetune_epochs=0.1,
                                  rerank_top_k=1, progress=False)
+    after_call = (float(torch.rand(1)), float(np.random.rand()), random.random(), torch.get_num_threads())
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    without_call = (float(torch.rand(1)), float(np.random.rand()), random.random(), threads)
+    assert after_call == without_call  # the user's random streams and thread count are as they were
     return model, before, loaders, result
 
 
