@@ -150,7 +150,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     base = load_base(config)
     space = base.space
     arch = space.complete(space.validate(arch))
-    pruned = compress(base.model, space.graph, arch, config.criterion)
+    from automl_prune.pipeline import calibration_data
+
+    pruned = compress(base.model, space.graph, arch, config.criterion, calibration=calibration_data(config, base),
+                      reconstruct=config.reconstruct)
     recalibrate_batch_norm(pruned, [base.splits.train.images[i : i + 128] for i in range(0, 1280, 128)])
     val_acc, _ = accuracy_and_loss(pruned, base.splits.val.images, base.splits.val.labels, 1000)
     out = export(args.out, model=pruned, space=space, architecture=arch, model_name=config.model,
@@ -213,7 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--episodes", type=int, help="architectures to evaluate")
             p.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
             p.add_argument("--finetune-epochs", type=float)
-            p.add_argument("--criterion", help="channel importance: l1, l2, bn_scale, fpgm")
+            p.add_argument("--criterion", help="which channels a group keeps: l1 (default), l2, bn_scale, fpgm, "
+                           "l1-std, taylor, ezcrop, similarity, reap, ccp")
+            p.add_argument("--reconstruct", action="store_true", default=None,
+                           help="after pruning, re-fit each pruned layer by least squares to the base model's outputs")
+            p.add_argument("--calibration-size", type=int,
+                           help="training images data-driven criteria and --reconstruct see (default 512)")
             p.add_argument("--proxy", help="how candidates are scored: auto (default: adaptive BN at >= 50%% FLOPs, "
                            "100 fine-tune steps below, as measured), adaptive-bn, or finetune")
             p.add_argument("--proxy-finetune-steps", type=int,
@@ -247,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             p.add_argument("--arch", required=True, help="architecture JSON ({'widths': {...}} or an arch.json)")
             p.add_argument("--out", required=True, help="output folder")
-            p.add_argument("--criterion")
+            p.add_argument("--criterion", help="which channels a group keeps (as for search; default l1)")
+            p.add_argument("--reconstruct", action="store_true", default=None,
+                           help="re-fit each pruned layer by least squares to the base model's outputs")
+            p.add_argument("--calibration-size", type=int, help="training images for data-driven criteria (512)")
             p.add_argument("--onnx", action="store_true", help="also export ONNX")
         if name == "info":
             p.add_argument("--min-keep-ratio", type=float)

@@ -31,6 +31,8 @@ class SearchConfig:
     finetune_epochs: float = 1.0
     finetune_lr: float = 0.01
     criterion: str = "l1"
+    reconstruct: bool = False
+    calibration_size: int = 512
     min_keep_ratio: float = 0.1
     round_to: int = 1
     proxy: str = "auto"
@@ -85,6 +87,8 @@ class SearchConfig:
             raise ConfigError(f"`reward` must be one of ['acc_flops_log', 'accuracy'], but got {self.reward!r}")
         if not 0.0 < self.min_keep_ratio <= 1.0:
             raise ConfigError(f"`min_keep_ratio` must be in (0, 1], but got {self.min_keep_ratio}")
+        if self.calibration_size < 1:
+            raise ConfigError(f"`calibration_size` must be >= 1 image, but got {self.calibration_size}")
         if self.round_to < 1:
             raise ConfigError(f"`round_to` must be >= 1, but got {self.round_to}")
         if self.rerank_top_k < 0:

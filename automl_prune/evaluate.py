@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from automl_prune.compress import compress
-from automl_prune.criteria import Criterion
+from automl_prune.calibration import Calibration
+from automl_prune.compress import channel_order, compress_widths
+from automl_prune.criteria import Criterion, get_criterion
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["Evaluator", "Metrics", "recalibrate_batch_norm"]
@@ -102,6 +103,8 @@ class Evaluator:
         train_labels: Needed only when ``finetune_steps > 0``.
         seed: Same seed, same architecture -> same metrics.
         device: Defaults to CUDA when available.
+        calibration: Training images (and labels) for data-driven criteria and for ``reconstruct``.
+        reconstruct: Re-fit every pruned layer by least squares to the base model's outputs after compression.
     """
 
     def __init__(
@@ -122,12 +125,17 @@ class Evaluator:
         train_labels: torch.Tensor | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
+        calibration: Calibration | None = None,
+        reconstruct: bool = False,
     ) -> None:
         if finetune_steps > 0 and train_labels is None:
             raise ValueError("finetune_steps > 0 needs train_labels")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.space = space
         self.criterion = criterion
+        self.calibration = calibration
+        self.reconstruct = reconstruct
+        self._order: dict[str, list[int]] | None = None
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.finetune_steps = finetune_steps
@@ -162,7 +170,9 @@ class Evaluator:
         # Seeded for determinism, inside a forked RNG so that evaluating never disturbs a searcher's own stream.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.seed)
-            pruned = compress(self.model, self.space.graph, architecture, self.criterion).to(self.device)
+            pruned = compress_widths(self.model, self.space.graph, architecture.widths, self.criterion,
+                                     self._channel_order(), calibration=self.calibration,
+                                     reconstruct=self.reconstruct).to(self.device)
             if self._finetune:
                 self._short_finetune(pruned)
             recalibrate_batch_norm(pruned, self._calibration)
@@ -171,6 +181,16 @@ class Evaluator:
 
                 pruned = calibrate(quantize(pruned, architecture.bits, inplace=True), self._calibration)
         return pruned.eval()
+
+    def _channel_order(self) -> dict[str, list[int]] | None:
+        """Every group's channel ranking on the base model, scored once (a data-driven criterion runs its
+        calibration passes once, not per candidate); ``None`` for criteria that choose a set per width."""
+        crit = get_criterion(self.criterion)
+        if type(crit).select is not Criterion.select:
+            return None
+        if self._order is None:
+            self._order = channel_order(self.model, self.space.graph, crit, calibration=self.calibration)
+        return self._order
 
     def _short_finetune(self, model: nn.Module) -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)

@@ -73,12 +73,13 @@ class LadderJob:
         recipe: The fine-tune recipe.
         rungs: Cumulative steps per rung.
         criterion, bn_batches: How candidates are compressed and recalibrated before their first step.
+        calibration, reconstruct: Data for data-driven criteria and least-squares reconstruction (as the search).
         checkpoint_every: Steps between progress saves within a rung.
     """
 
     def __init__(self, run_dir: str | Path, model: nn.Module, space: SearchSpace, splits: Splits,
                  recipe: FineTuneRecipe, rungs: tuple[int, ...], *, criterion: str = "l1", bn_batches: int = 10,
-                 checkpoint_every: int = 100) -> None:
+                 checkpoint_every: int = 100, calibration: Any = None, reconstruct: bool = False) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.model = model
         self.space = space
@@ -88,6 +89,8 @@ class LadderJob:
         self.criterion = criterion
         self.bn_batches = bn_batches
         self.checkpoint_every = max(1, checkpoint_every)
+        self.calibration = calibration
+        self.reconstruct = reconstruct
 
     def folder(self, candidate_id: str) -> Path:
         """Where a candidate's states and results live."""
@@ -107,7 +110,8 @@ class LadderJob:
 
         evaluator = Evaluator(self.model, self.space, self.splits.train.images, self.splits.val.images[:1],
                               self.splits.val.labels[:1], criterion=self.criterion, bn_batches=self.bn_batches,
-                              seed=self.recipe.seed, device="cpu" if not torch.cuda.is_available() else None)
+                              seed=self.recipe.seed, device="cpu" if not torch.cuda.is_available() else None,
+                              calibration=self.calibration, reconstruct=self.reconstruct)
         return evaluator.build(architecture)
 
     def trainer_for(self, candidate: Candidate, state: dict[str, Any] | None = None) -> Trainer:

@@ -29,7 +29,8 @@ PYTHON_MODEL_PREFIX = "python:"
 # Settings that define what a run directory holds; the others may change on resume.
 _IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
                   "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "pretrain_epochs", "reward",
-                  "pretrain_seed", "agent_options", "exclude", "search", "size", "bops")
+                  "pretrain_seed", "agent_options", "exclude", "search", "size", "bops", "reconstruct",
+                  "calibration_size")
 
 
 @dataclass
@@ -158,7 +159,17 @@ def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
         "seed": config.seed,
         # 250 images per forward pass scored about twice as fast as 1000 on these CPUs (cache-sized batches).
         "eval_batch_size": 250,
+        "calibration": calibration_data(config, base),
+        "reconstruct": config.reconstruct,
     }
+
+
+def calibration_data(config: SearchConfig, base: BaseModel) -> Any:
+    """The training images (and labels) data-driven criteria and reconstruction see: a seeded subset."""
+    from automl_prune.calibration import Calibration
+
+    train = base.splits.train
+    return Calibration.from_split(train.images, train.labels, samples=config.calibration_size, seed=config.seed)
 
 
 def make_evaluator(config: SearchConfig, base: BaseModel) -> Any:
@@ -278,8 +289,10 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     """
 
     from agents import SEARCHERS
+    from automl_prune.criteria import get_criterion
 
     SEARCHERS.get(config.agent)  # fail on a bad name before any work
+    get_criterion(config.criterion)
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is an existing file; give a directory (new or a run to resume)")
@@ -294,7 +307,8 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     budget = space.flops_budget(config.flops)
     from automl_prune.compress import channel_order
 
-    channel_order(base.model, space.graph, config.criterion)  # a criterion that cannot score a group: refused now
+    # A criterion that cannot score a group, or an unknown name, is refused now.
+    channel_order(base.model, space.graph, config.criterion, calibration=calibration_data(config, base))
     evaluator = make_evaluator(config, base)
     options: dict[str, Any] = dict(config.agent_options)
     options.update(bit_budgets(config, space))
@@ -438,6 +452,7 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
         return chosen, model, None, evaluate_accuracy(model, base.splits.val, batch_size=250)[0]
     rungs = plan_rungs(recipe.total_steps(base.splits), config.rerank_rungs, config.rerank_eta)
     job = LadderJob(run_dir, base.model, space, base.splits, recipe, rungs, criterion=config.criterion,
+                    calibration=calibration_data(config, base), reconstruct=config.reconstruct,
                     bn_batches=config.bn_batches)
     try:
         ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
