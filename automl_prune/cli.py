@@ -216,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--episodes", type=int, help="architectures to evaluate")
             p.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
             p.add_argument("--finetune-epochs", type=float)
+            p.add_argument("--distill", action="store_true", default=None,
+                           help="fine-tune with knowledge distillation from the base model")
+            p.add_argument("--distill-temperature", type=float, help="softmax temperature of --distill (4)")
+            p.add_argument("--distill-weight", type=float, help="weight of the distillation term in [0, 1] (0.5)")
             p.add_argument("--criterion", help="which channels a group keeps: l1 (default), l2, bn_scale, fpgm, "
                            "l1-std, taylor, ezcrop, similarity, reap, ccp")
             p.add_argument("--reconstruct", action="store_true", default=None,

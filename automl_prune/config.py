@@ -30,6 +30,9 @@ class SearchConfig:
     pretrain_epochs: float = 3.0
     finetune_epochs: float = 1.0
     finetune_lr: float = 0.01
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_weight: float = 0.5
     criterion: str = "l1"
     reconstruct: bool = False
     calibration_size: int = 512
@@ -87,6 +90,10 @@ class SearchConfig:
             raise ConfigError(f"`reward` must be one of ['acc_flops_log', 'accuracy'], but got {self.reward!r}")
         if not 0.0 < self.min_keep_ratio <= 1.0:
             raise ConfigError(f"`min_keep_ratio` must be in (0, 1], but got {self.min_keep_ratio}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"`distill_temperature` must be > 0, but got {self.distill_temperature}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"`distill_weight` must be in [0, 1], but got {self.distill_weight}")
         if self.calibration_size < 1:
             raise ConfigError(f"`calibration_size` must be >= 1 image, but got {self.calibration_size}")
         if self.round_to < 1:

@@ -38,7 +38,8 @@ class FineTuneRecipe:
 
     SGD with Nesterov momentum 0.9, weight decay 5e-4, batch 128, a linear warm-up over 5% of the steps and a
     cosine decay to zero over the whole fine-tune: the recipe the base model was trained with, at a tenth of
-    its peak learning rate because the weights start close to a good solution.
+    its peak learning rate because the weights start close to a good solution. With ``distill`` the loss blends
+    in knowledge distillation from the base model (temperature, weight: `automl_prune.training.Trainer`).
 
     Pruned models train in the default (contiguous) memory format, not ``channels_last``: with one torch
     thread, oneDNN's channels-last convolution backward corrupted the heap ("free(): invalid next size") on
@@ -51,11 +52,17 @@ class FineTuneRecipe:
     batch_size: int = 128
     label_smoothing: float = 0.0
     seed: int = 0
+    distill: bool = False
+    distill_temperature: float = 4.0
+    distill_weight: float = 0.5
 
-    def trainer(self, model: nn.Module, splits: Splits) -> Trainer:
-        """A `Trainer` for ``model`` planned over the whole fine-tune."""
+    def trainer(self, model: nn.Module, splits: Splits, teacher: nn.Module | None = None) -> Trainer:
+        """A `Trainer` for ``model`` planned over the whole fine-tune (distilling from ``teacher`` when the
+        recipe says so)."""
         return Trainer(model, splits, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
-                       label_smoothing=self.label_smoothing, channels_last=False)
+                       label_smoothing=self.label_smoothing, channels_last=False,
+                       teacher=teacher if self.distill else None, distill_temperature=self.distill_temperature,
+                       distill_weight=self.distill_weight)
 
     def total_steps(self, splits: Splits) -> int:
         """Optimizer steps of the whole fine-tune."""
@@ -116,7 +123,7 @@ class LadderJob:
 
     def trainer_for(self, candidate: Candidate, state: dict[str, Any] | None = None) -> Trainer:
         """A `Trainer` of the candidate, continued from ``state`` when given."""
-        trainer = self.recipe.trainer(self.build(candidate.architecture), self.splits)
+        trainer = self.recipe.trainer(self.build(candidate.architecture), self.splits, teacher=self.model)
         if state is not None:
             trainer.load_state_dict(state)
         return trainer

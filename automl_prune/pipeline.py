@@ -7,6 +7,7 @@ a run directory that already holds a search with the same settings is resumed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -444,7 +445,9 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
     )
     if hasattr(evaluator, "close"):
         evaluator.close()  # the evaluation workers hand their CPUs to the fine-tune trials
-    recipe = FineTuneRecipe(epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed)
+    recipe = FineTuneRecipe(epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed,
+                            distill=config.distill, distill_temperature=config.distill_temperature,
+                            distill_weight=config.distill_weight)
     if config.finetune_epochs <= 0:
         # No fine-tune: the proxy is all there is; still never worse than uniform by it.
         chosen = max(candidates, key=lambda c: (c.proxy_accuracy or 0.0, -candidates.index(c)))
@@ -454,17 +457,24 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
     job = LadderJob(run_dir, base.model, space, base.splits, recipe, rungs, criterion=config.criterion,
                     calibration=calibration_data(config, base), reconstruct=config.reconstruct,
                     bn_batches=config.bn_batches)
+    recipe_record = {"recipe": dataclasses.asdict(recipe)}
+    recipe_path = run_dir / "rerank_recipe.json"
+    same_recipe = not recipe_path.exists() or json.loads(recipe_path.read_text()) == recipe_record
     try:
+        if not same_recipe:
+            raise ConfigError("the fine-tune recipe changed")
         ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
     except ConfigError:
         # More evaluations or other fine-tune/re-rank settings than the recorded ladder: its results do not apply.
-        _log("the re-ranking settings or candidates changed since the last run: re-ranking afresh")
+        _log("the re-ranking settings, the fine-tune recipe or the candidates changed since the last run: "
+             "re-ranking afresh")
         import shutil
 
         for stale in ("ladder.json", "rerank", "tune/rerank"):
             path = run_dir / stale
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
+    _write_json(recipe_path, recipe_record)
     workers = config.resolved_workers
     _log(f"re-ranking {len(candidates)} candidates ({', '.join(c.origin for c in candidates)}) over fine-tune "
          f"rungs {list(rungs)} steps, keeping 1/{config.rerank_eta} per rung, "

@@ -10,6 +10,7 @@ a core, OpenMP's spinning barriers made every elementwise op ~40x slower here (a
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -103,6 +104,9 @@ class Trainer:
         label_smoothing: float = 0.0,
         augment: bool = False,
         channels_last: bool | None = None,
+        teacher: nn.Module | None = None,
+        distill_temperature: float = 4.0,
+        distill_weight: float = 0.5,
     ) -> None:
         split, spec = (data.train, data.spec) if isinstance(data, Splits) else (data, None)
         _check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
@@ -128,6 +132,17 @@ class Trainer:
                                          weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(self.total_steps))
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        if teacher is not None:
+            if distill_temperature <= 0 or not 0.0 <= distill_weight <= 1.0:
+                raise ConfigError(f"distillation needs a temperature > 0 and a weight in [0, 1], but got "
+                                  f"{distill_temperature} and {distill_weight}")
+            # A private copy: the caller's model (the base model, which others trace) is left exactly as it was.
+            teacher = copy.deepcopy(teacher).to(self.device).eval()
+            for parameter in teacher.parameters():
+                parameter.requires_grad_(False)
+        self.teacher = teacher
+        self.distill_temperature = distill_temperature
+        self.distill_weight = distill_weight
         self.step = 0
         self.images = 0
         self.seconds = 0.0
@@ -178,7 +193,7 @@ class Trainer:
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             y = y.to(self.device, non_blocking=True)
             logits = self.model(x)
-            loss = self.loss_fn(logits, y)
+            loss = self._loss(logits, x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -194,6 +209,19 @@ class Trainer:
         if bar is not None:
             bar.close()
         self._last_epoch_stats = (loss_sum, correct, seen)
+
+    def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, blended with distillation from ``teacher`` when there is one (Hinton et al. 2015):
+        ``(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))``."""
+        loss = self.loss_fn(logits, y)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            target = self.teacher(x)
+        t = self.distill_temperature
+        soft = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1),
+                                    nn.functional.softmax(target / t, dim=1), reduction="batchmean") * (t * t)
+        return (1.0 - self.distill_weight) * loss + self.distill_weight * soft
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: weights, optimizer, schedule, step, RNG."""

@@ -177,3 +177,16 @@ def test_yaml_syntax_error_is_one_line_with_file_line_and_column(capsys, tmp_pat
     assert code == 2
     assert f"{bad}:3:9: not valid YAML" in _one_error_line(err)
     assert not (tmp_path / "run").exists()
+
+
+def test_distilled_fine_tune_runs_and_a_changed_recipe_re_ranks_afresh(capsys, tmp_path) -> None:
+    args = ["search", "--model", "tiny-cnn", *TINY, *SEARCH_IN_PROCESS, "--cache-dir", str(tmp_path / "cache"),
+            "--agent", "random", "--episodes", "2", "--flops", "0.5", "--finetune-epochs", "0.1",
+            "--rerank-top-k", "0", "--out", str(tmp_path / "run"), "--distill"]
+    assert main(args) == 0
+    recipe = json.loads((tmp_path / "run" / "rerank_recipe.json").read_text())["recipe"]
+    assert recipe["distill"] is True and recipe["distill_weight"] == 0.5
+    capsys.readouterr()
+    assert main([*args, "--distill-weight", "0.9"]) == 0
+    assert "re-ranking afresh" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "rerank_recipe.json").read_text())["recipe"]["distill_weight"] == 0.9

@@ -145,3 +145,26 @@ def test_training_leaves_the_global_rng_alone(splits) -> None:  # type: ignore[n
     torch.manual_seed(123)
     train(model, splits, epochs=1, lr=0.05, batch_size=64, seed=7, progress=False, max_steps=2)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_distillation_weight_zero_is_plain_training_and_a_teacher_changes_the_result() -> None:
+    from automl_prune.data import load_dataset
+    from automl_prune.models import build_model
+    from automl_prune.training import Trainer
+
+    splits = load_dataset("synthetic", seed=0)
+
+    def trained(**kwargs) -> dict:
+        torch.manual_seed(0)
+        model = build_model("tiny-cnn", 1, 10, 16)
+        Trainer(model, splits, epochs=1, lr=0.05, max_steps=5, seed=1, **kwargs).run(progress=False)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    torch.manual_seed(3)
+    teacher = build_model("tiny-cnn", 1, 10, 16).eval()
+    plain = trained()
+    weight_zero = trained(teacher=teacher, distill_weight=0.0)
+    distilled = trained(teacher=teacher, distill_weight=0.7, distill_temperature=2.0)
+    assert all(torch.equal(plain[k], weight_zero[k]) for k in plain)
+    assert any(not torch.equal(plain[k], distilled[k]) for k in plain)
+    assert all(p.requires_grad for p in teacher.parameters())  # the caller's teacher is left as it was
