@@ -30,6 +30,8 @@ __all__ = ["FineTuneRecipe", "LadderJob", "local_executor"]
 
 #: Test hook: a path; the first rung run that finds no file there creates it and raises midway.
 FAIL_ONCE_ENV = "AUTOML_PRUNE_TEST_FAIL_ONCE"
+#: Test hook: a path; while a file is there, every rung run raises midway (a trial that keeps failing).
+FAIL_WHILE_ENV = "AUTOML_PRUNE_TEST_FAIL_WHILE"
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,9 @@ class LadderJob:
         done = self.finished(candidate.id, rung)
         if done is not None:
             return done
+        broken = _fail_while_marker()
+        if broken is not None and broken.exists():
+            raise RuntimeError(f"injected failure in {candidate.id} rung {rung} (test hook)")
         start = time.perf_counter()
         if progress_state is not None:
             state = progress_state
@@ -199,6 +204,13 @@ def _fail_once_marker() -> Path | None:
     import os
 
     value = os.environ.get(FAIL_ONCE_ENV)
+    return Path(value) if value else None
+
+
+def _fail_while_marker() -> Path | None:
+    import os
+
+    value = os.environ.get(FAIL_WHILE_ENV)
     return Path(value) if value else None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from automl_prune.ladder_job import FAIL_ONCE_ENV
+from automl_prune.ladder_job import FAIL_ONCE_ENV, FAIL_WHILE_ENV
 
 # 14 steps per epoch on the synthetic set: 60 epochs = 840 steps, rungs (93, 280, 840); the last rung saves
 # progress every 100 steps (rung 1 at 193, rung 2 at 380, 480, ...), so a trial can fail or be killed midway.
@@ -59,6 +59,24 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path) -> N
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     assert (run / "best" / "arch.json").exists() and (run / "ladder.png").stat().st_size > 0
+    _nothing_outside(tmp_path)
+
+
+def test_a_run_whose_trials_failed_for_good_resumes_to_the_end(tmp_path: Path) -> None:
+    run, cache, marker = tmp_path / "r", tmp_path / "c", tmp_path / "broken"
+    marker.write_text("every rung fails while this file exists\n")
+    env = _env(tmp_path, **{FAIL_WHILE_ENV: str(marker)})
+    search = [*SEARCH[:SEARCH.index("--finetune-epochs")], "--finetune-epochs", "20", "--workers", "2",
+              "--no-progress", "--out", str(run), "--cache-dir", str(cache)]
+    failed = subprocess.run(_cli(*search), env=env, capture_output=True, text=True, timeout=600)
+    assert failed.returncode != 0 and "re-ranking failed" in failed.stderr, failed.stderr[-3000:]
+    marker.unlink()  # the cause is fixed
+    done = subprocess.run(_cli("resume", str(run)), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Tune restores a search that stopped on a failure as finished: the rest goes on in a new experiment.
+    assert "going on in a new Tune experiment" in done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     _nothing_outside(tmp_path)
 
 

@@ -170,8 +170,9 @@ class TuneLadderExecutor:
         )
         start = time.perf_counter()
         callbacks = [_TrialLines(self, candidates, start)] if self.verbose else []
+        restored = tune.Tuner.can_restore(str(self.path))
         with scoped_environ(RAY_ENV):
-            if tune.Tuner.can_restore(str(self.path)):
+            if restored:
                 self._log(f"restoring the re-ranking experiment {self.path}")
                 tuner = tune.Tuner.restore(str(self.path), trainable=trainable, resume_unfinished=True,
                                            resume_errored=True)
@@ -195,6 +196,17 @@ class TuneLadderExecutor:
         errors = [r.error for r in grid if r.error is not None]
         # The records on disk are the truth (the searcher in a restored experiment is a copy).
         ladder = Ladder(ladder.path, ladder.candidates, ladder.rungs, ladder.eta)
+        pending = any(ladder.pending(rung) for rung in range(len(ladder.rungs)))
+        if pending and not errors and restored and all((r.metrics or {}).get("done") for r in grid):
+            # The experiment had stopped on a trial that failed for good: Tune restores its search as finished,
+            # so it re-runs the failed trials (from their checkpoints) but schedules nothing after them. The
+            # ladder's records hold every finished rung: go on in a new experiment.
+            print("the restored re-ranking experiment has nothing left to schedule (it had stopped on a failed "
+                  "trial): going on in a new Tune experiment; finished rungs are kept", file=sys.stderr, flush=True)
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)
+            return self.run(ladder)
         for rung in range(len(ladder.rungs)):
             missing = [c.id for c in ladder.pending(rung)]
             if missing and not errors:
