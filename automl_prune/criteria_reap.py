@@ -43,17 +43,30 @@ class _SiteState:
 
     def __init__(self, module: nn.Module, gram: Tensor, site: Site, size: int, ridge: float) -> None:
         weight = flat_weight(module).double().cpu()  # (D, O)
-        dim = weight.shape[0]
-        block = dim // (module.in_channels if isinstance(module, nn.Conv2d) else module.in_features)
+        channels = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+        taps = weight.shape[0] // channels
         lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
-        factor = torch.linalg.cholesky(gram + lam * torch.eye(dim, dtype=gram.dtype))
-        self.inverse = torch.cholesky_inverse(factor)
-        self.weight = weight
-        self.energy = float(torch.einsum("do,de,eo->", weight, gram, weight).clamp_min(1e-12))
         layer = torch.empty(size, dtype=torch.long)
         layer[site.root_idxs] = site.layer_idxs
-        self.rows = layer[:, None] * block + torch.arange(block)[None, :]  # (size, block) global rows
-        self.position = torch.arange(dim)  # global row -> row of ``inverse``/``weight`` (-1 once removed)
+        # Kernel taps that only ever see padding (all but the centre on a 1x1 map) have all-zero rows in
+        # ``A``: they are decoupled from the rest, and removing a channel costs ``lam |W|^2`` there. Leaving
+        # them out of the elimination is exact and makes it up to ``taps^3`` times cheaper.
+        seen = gram.diagonal().view(channels, taps).sum(0) > 0
+        if not bool(seen.any()):
+            seen[:] = True
+        unseen_weight = weight.view(channels, taps, -1)[:, ~seen].square().sum((1, 2))
+        fixed = lam * unseen_weight[layer]
+        active = torch.nonzero(seen).flatten()
+        rows = (torch.arange(channels)[:, None] * taps + active[None, :]).flatten()
+        gram, weight = gram[rows][:, rows], weight[rows]
+        self.energy = float(((gram @ weight) * weight).sum().clamp_min(1e-12))  # tr(W^T A W): unseen rows add 0
+        factor = torch.linalg.cholesky(gram + lam * torch.eye(rows.numel(), dtype=gram.dtype))
+        self.inverse = torch.cholesky_inverse(factor)
+        self.weight = weight
+        self.fixed_error = fixed / self.energy  # (size,)
+        block = active.numel()
+        self.rows = layer[:, None] * block + torch.arange(block)[None, :]  # (size, block) rows of the reduced problem
+        self.position = torch.arange(rows.numel())  # reduced row -> row of ``inverse``/``weight`` (-1 once removed)
 
     def errors(self, channels: Tensor) -> Tensor:
         """Relative reconstruction error of removing each of ``channels`` alone, with the rest re-fit."""
@@ -61,7 +74,7 @@ class _SiteState:
         blocks = self.inverse[rows[:, :, None], rows[:, None, :]]
         w = self.weight[rows]  # (n, block, O)
         solved = torch.linalg.solve(blocks, w)
-        return (w * solved).sum((1, 2)) / self.energy
+        return (w * solved).sum((1, 2)) / self.energy + self.fixed_error[channels]
 
     def remove(self, channels: Tensor) -> None:
         """Remove ``channels`` jointly and re-fit the remaining rows."""
