@@ -112,7 +112,7 @@ class ActivationCriterion(Criterion):
         stats["samples"] += x.shape[0]
         if x.shape[1] <= _MAX_GRAM_CHANNELS:
             flat = channels_last_flat(x).double()
-            gram = flat @ flat.T
+            gram = (flat @ flat.T).cpu()
             stats["gram"] = gram if "gram" not in stats else stats["gram"] + gram
         self.observe(stats, module, x, gate_grad)
 
@@ -211,10 +211,10 @@ class L1Std(ActivationCriterion):
         x = x.double()
         if x.ndim > 2:
             std = x.flatten(2).std(dim=2, unbiased=False).sum(0)
-            stats["std_sum"] = stats.get("std_sum", 0) + std
+            stats["std_sum"] = stats.get("std_sum", 0) + std.cpu()
         else:
-            stats["sum"] = stats.get("sum", 0) + x.sum(0)
-            stats["sumsq"] = stats.get("sumsq", 0) + (x * x).sum(0)
+            stats["sum"] = stats.get("sum", 0) + x.sum(0).cpu()
+            stats["sumsq"] = stats.get("sumsq", 0) + (x * x).sum(0).cpu()
 
     def _std(self, stats: dict[str, Any]) -> Tensor:
         n = stats["samples"]
