@@ -555,7 +555,10 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
     table = format_table(["", "base", "compressed"], rows)
     atomic_write_text(run_dir / "summary.md", table + "\n")
     print(table)
-    pictures = "widths.png" + (", ../ladder.png" if ladder is not None else "")
+    from automl_prune.run_report import write_report
+
+    write_report(run_dir)
+    pictures = "widths.png" + (", ../ladder.png" if ladder is not None else "") + ", ../report.md"
     print(f"\nexported to {run_dir / 'best'} (arch.json, weights.pt, {pictures})")
     return summary
 
