@@ -187,12 +187,22 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write RUN_DIR/report.md and a self-contained RUN_DIR/report.html of a finished search."""
+    from automl_prune.run_report import write_report
+
+    md, page = write_report(args.run_dir)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "pretrain": (cmd_pretrain, "train or load the base model; print its accuracy and FLOPs"),
     "search": (cmd_search, "search channel widths under a FLOPs budget, fine-tune, export"),
     "export": (cmd_export, "prune the base model to an architecture JSON and export it"),
     "info": (cmd_info, "show a model's channel groups and FLOPs"),
     "resume": (cmd_resume, "finish an interrupted search (search, re-rank, fine-tune, export) from its run directory"),
+    "report": (cmd_report, "write report.md and a self-contained report.html of a finished search's run directory"),
 }
 
 
@@ -256,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "resume":
             p.add_argument("run_dir", help="the run directory of a search that was interrupted")
             p.add_argument("--workers", type=int, help="parallel workers for what is left (default: as before)")
+        if name == "report":
+            p.add_argument("run_dir", help="the run directory of a finished search")
         if name == "export":
             p.add_argument("--arch", required=True, help="architecture JSON ({'widths': {...}} or an arch.json)")
             p.add_argument("--out", required=True, help="output folder")
