@@ -73,7 +73,8 @@ def _draw_panel(ax: Any, panel: TradeoffPanel) -> None:
         ax.scatter(*zip(*outside, strict=True), s=18, color=_OVER, marker="x", alpha=0.7,
                    label="evaluated, over a budget", zorder=2)
     front = pareto_front(list(zip(panel.costs, pct, strict=True)))
-    right = max([*panel.costs, panel.budget or 0.0, 1.0])
+    marked = [panel.budget or 0.0, panel.chosen[0] if panel.chosen else 0.0]
+    right = 1.08 * max([*panel.costs, *marked]) or 1.0  # zoomed to the points: bits make size and BOPs tiny
     if front:
         xs = [c for c, _ in front] + [right]
         ys = [a for _, a in front] + [front[-1][1]]
@@ -99,7 +100,7 @@ def _draw_panel(ax: Any, panel: TradeoffPanel) -> None:
                        linewidths=0.8, label="chosen architecture", zorder=6)
     ax.set_xlabel(panel.cost_label)
     ax.set_ylabel("proxy validation accuracy (%)")
-    ax.set_xlim(0.0, right * 1.05)
+    ax.set_xlim(0.0, right)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
 
@@ -135,6 +136,7 @@ def plot_search_curve(accuracies: Sequence[float], within: Sequence[bool], path:
         best.append(running)
     shown = [(n, b) for n, b in zip(numbers, best, strict=True) if b is not None]
     if shown:
+        shown.append((len(numbers) + 0.5, shown[-1][1]))  # the last best holds to the end of the axis
         ax.step(*zip(*shown, strict=True), where="post", color=_FRONT, linewidth=2.0,
                 label="best within budget so far")
     from matplotlib.ticker import MaxNLocator
@@ -144,7 +146,7 @@ def plot_search_curve(accuracies: Sequence[float], within: Sequence[bool], path:
     ax.set_ylabel("proxy validation accuracy (%)")
     ax.set_xlim(0.5, max(len(numbers), 1) + 0.5)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best", framealpha=0.85)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
