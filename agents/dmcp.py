@@ -193,6 +193,8 @@ class DMCPSearcher(Searcher):
         run_dir: Where ``history.jsonl`` and periodic checkpoints (``dmcp/dmcp.pt``) go; ``None``: memory only.
         history: An existing history to append to.
         config: A `DMCPConfig`; keyword ``options`` override its fields (``steps=50``, ...).
+        search, size_budget_bits, bops_budget: As `Searcher`; this searcher decides widths only, so any search
+            but ``"widths"`` (and any size or BOPs budget) is refused with a `ConfigError`.
         device: Default ``evaluator.device`` (else CUDA when present).
     """
 

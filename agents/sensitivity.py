@@ -73,6 +73,8 @@ class SensitivitySearcher(Searcher):
             minimum. ``None`` (default) adapts to the evaluation budget (see the module docstring).
         profile_factor: With ``steps=None``, the profile may cost at most this many times the evaluations
             asked for.
+        search, size_budget_bits, bops_budget: As `Searcher`; this searcher decides widths only, so any search
+            but ``"widths"`` (and any size or BOPs budget) is refused with a `ConfigError`.
     """
 
     name: ClassVar[str] = "sensitivity"

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from agents import SEARCHERS, Searcher, SearchHistory, project_bits, uniform_bits_architecture
+from agents import (
+    SEARCHERS,
+    Searcher,
+    SearchHistory,
+    project_bits,
+    uniform_architecture,
+    uniform_bits_architecture,
+)
 from agents.base import HistoryEntry
 from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.models import build_model
@@ -117,8 +124,6 @@ def test_uniform_takes_the_highest_uniform_bits_that_fit(space: SearchSpace) -> 
     assert result.best == space.uniform_bits(max(fitting))
     both = _make(space, "uniform", "both", (0.5, None, None)).search(1)
     assert both.best == space.uniform_bits(max(space.bit_choices), architecture=Architecture(both.best.widths))
-    from agents import uniform_architecture
-
     assert both.best.widths == uniform_architecture(space, space.flops_budget(0.5)).widths
 
 
