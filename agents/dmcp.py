@@ -283,7 +283,8 @@ class DMCPSearcher(Searcher):
         ranking `compress` uses (every group scored on the unpruned base), so both keep the same channels."""
         model = copy.deepcopy(base).cpu().eval()
         orders = channel_order(model, self.space.graph, getattr(self.evaluator, "criterion", "l1"),
-                               [d.name for d in self.space.decisions])
+                               [d.name for d in self.space.decisions],
+                               calibration=getattr(self.evaluator, "calibration", None))
         ranks = {}
         for d in self.space.decisions:
             rank = torch.empty(d.size, dtype=torch.long)

@@ -437,8 +437,11 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
         widths = space.full() if options["search"] == "bits" else uniform
         uniform = uniform_bits_architecture(space, widths, options.get("size_budget_bits"),
                                             options.get("bops_budget"))
+    size_budget, bops_budget = options.get("size_budget_bits"), options.get("bops_budget")
     ranked = [(space.complete(e.architecture), e.metrics["accuracy"], e.metrics["flops"]) for e in result.history
-              if e.metrics["flops"] <= budget]
+              if e.metrics["flops"] <= budget
+              and (size_budget is None or space.size_bits(e.architecture) <= size_budget)
+              and (bops_budget is None or space.bops(e.architecture) <= bops_budget)]
     candidates = select_candidates(
         ranked, top_k=config.rerank_top_k,
         uniform=(uniform, evaluator.evaluate(uniform).accuracy, space.flops(uniform)), widened=widened,

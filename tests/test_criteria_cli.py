@@ -35,3 +35,12 @@ def test_unknown_criterion_lists_the_valid_ones_and_writes_nothing(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'l1-std'" in err and "ccp" in err
     assert not run.exists()
+
+
+def test_dmcp_ranks_channels_with_a_data_criterion(tmp_path, capsys) -> None:
+    code = main(["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "0.3",
+                 "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--criterion", "l1-std",
+                 "--calibration-size", "64", "--workers", "0", "--agent", "dmcp", "--agent-option", "steps=5",
+                 "--episodes", "2", "--flops", "0.5", "--finetune-epochs", "0.05", "--rerank-top-k", "0",
+                 "--out", str(tmp_path / "run")])
+    assert code == 0, capsys.readouterr().err
