@@ -221,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--bops", type=float, help="bit-operations budget, fraction of the 32/32-bit model")
             p.add_argument("--search", help="what is decided: widths, bits, both, or auto (default: widths, plus "
                            "bits when --size or --bops is given)")
-            p.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, uniform, random "
-                           "(default ddpg)")
+            p.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, global, uniform, "
+                           "random (default ddpg)")
             p.add_argument("--episodes", type=int, help="architectures to evaluate")
             p.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
             p.add_argument("--finetune-epochs", type=float)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from automl_prune.calibration import Calibration
     from search_spaces import Architecture
 
-__all__ = ["channel_order", "compress", "compress_widths"]
+__all__ = ["channel_order", "channel_scores", "compress", "compress_widths"]
 
 
 def _full_group(dg: tp.DependencyGraph, model: nn.Module, name: str, size: int) -> tp.Group:
@@ -105,6 +105,31 @@ def channel_order(
             ranking = [c for c in ranking if c in chosen] + [c for c in ranking if c not in chosen]
         orders[name] = ranking
     return orders
+
+
+def channel_scores(
+    model: nn.Module,
+    graph: NetworkGraph,
+    criterion: str | Criterion = "l1",
+    groups: list[str] | None = None,
+    *,
+    calibration: Calibration | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every channel's importance score per group (higher: more worth keeping), scored on ``model`` as it is.
+
+    Raises:
+        ConfigError: The criterion chooses sets rather than scoring channels (``ccp``, ``reap``), or cannot
+            score a group.
+    """
+    crit = get_criterion(criterion)
+    if _selects(crit):
+        raise ConfigError(f"criterion {type(crit).__name__} chooses a set of channels per width rather than scoring "
+                          "each channel; a global threshold needs per-channel scores (e.g. 'l1-std' or 'l1')")
+    names = [g.name for g in graph.groups] if groups is None else groups
+    dg = build_dependency_graph(model, _example(model, graph))
+    crit.prepare(model, calibration)
+    return {name: _scores(crit, _full_group(dg, model, name, graph.group(name).size), name, graph.group(name).size)
+            for name in names}
 
 
 def compress_widths(

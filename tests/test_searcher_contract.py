@@ -20,7 +20,7 @@ from search_spaces import SearchSpace
 
 N = 3  # evaluations before the save; the resumed search goes on to 2 * N
 FILLS_THE_BUDGET = {"ddpg", "ppo", "uniform"}
-SINGLE_SHOT = {"uniform"}  # searchers whose whole search is one evaluation
+SINGLE_SHOT = {"uniform", "global"}  # searchers whose whole search is one evaluation
 # Searchers whose resumed search cannot repeat an uninterrupted one, each with the reason. Everything not
 # listed here must continue exactly: same architectures, same order.
 NOT_EXACT_ON_RESUME: dict[str, str] = {}
