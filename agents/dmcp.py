@@ -1,7 +1,7 @@
 """DMCP: Differentiable Markov Channel Pruning (Guo et al., CVPR 2020), over our dependency-aware groups.
 
 Per channel group (one search-space decision), channels are ranked by the evaluator's importance criterion on
-the base model (the same ranking `automl_prune.compress` uses, so the kept prefix is what compression keeps).
+the base model (the same ranking `automl_prune.pruning` uses, so the kept prefix is what compression keeps).
 The first ``min_keep`` ranked channels are always kept; the rest are split into ``K`` near-equal sub-groups
 whose boundaries are valid widths of the decision. Learnable ``alpha_k`` give the Markov keep probabilities
 ``P(keep k | keep k-1) = sigmoid(alpha_k)``; the marginals ``m_k = prod_{j<=k} sigmoid(alpha_j)`` scale each
@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from agents.base import EvaluatorLike, Searcher, SearchHistory, SearchResult
 from agents.budget import fill_budget, project_to_budget
 from automl_prune.atomic import atomic_write, atomic_write_text
-from automl_prune.compress import channel_order
+from automl_prune.pruning import channel_order
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["DMCPConfig", "DMCPSearcher", "flops_loss"]

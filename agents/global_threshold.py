@@ -42,7 +42,7 @@ class GlobalThresholdSearcher(Searcher):
                               "chooses a set of channels per width; use e.g. --criterion l1-std (the paper's) or l1")
 
     def _normalised_scores(self) -> dict[str, np.ndarray]:
-        from automl_prune.compress import channel_scores
+        from automl_prune.pruning import channel_scores
 
         model = getattr(self.evaluator, "model", None)
         if model is None:

@@ -148,8 +148,8 @@ def compress(
     """
     import json
 
-    from automl_prune.compress import compress_widths
     from automl_prune.graph import analyze
+    from automl_prune.pruning import compress_widths
 
     if isinstance(widths, (str, Path)):
         widths = json.loads(Path(widths).read_text())["widths"]

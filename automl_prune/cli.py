@@ -127,11 +127,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Prune the base model to an architecture JSON and export it (arch.json, weights.pt, optional ONNX)."""
     config = _config_from(args)
     _setup(config)
-    from automl_prune.compress import compress
     from automl_prune.errors import InvalidArchitectureError
     from automl_prune.evaluate import accuracy_and_loss, recalibrate_batch_norm
     from automl_prune.export import export
     from automl_prune.pipeline import load_base
+    from automl_prune.pruning import compress
     from search_spaces import Architecture
 
     path = Path(args.arch)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from automl_prune.calibration import Calibration
-from automl_prune.compress import channel_order, compress_widths
 from automl_prune.criteria import Criterion, get_criterion
+from automl_prune.pruning import channel_order, compress_widths
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["Evaluator", "Metrics", "recalibrate_batch_norm"]

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from automl_prune.atomic import atomic_write, atomic_write_text
-from automl_prune.compress import compress_widths
 from automl_prune.errors import CheckpointError, InvalidArchitectureError
 from automl_prune.graph import analyze
+from automl_prune.pruning import compress_widths
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["ARCH_SCHEMA_VERSION", "export", "load", "read_arch_json"]

@@ -306,7 +306,7 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
         _check_base_identity(run_dir, identity)
     space = base.space
     budget = space.flops_budget(config.flops)
-    from automl_prune.compress import channel_order
+    from automl_prune.pruning import channel_order
 
     # A criterion that cannot score a group, or an unknown name, is refused now.
     channel_order(base.model, space.graph, config.criterion, calibration=calibration_data(config, base))

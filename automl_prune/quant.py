@@ -18,7 +18,7 @@ Quantizers, per layer (``bits[name] = (weight_bits, activation_bits)``; 32 means
 - Gradients: a straight-through estimator. Weights: ``w + (w_hat - w).detach()`` (identity gradient; the scale
   is treated as a constant). Activations: identity inside ``[lo, hi]``, zero where the input was clipped.
 
-Width pruning and quantization compose: compress first (`automl_prune.compress`), then quantize the smaller
+Width pruning and quantization compose: compress first (`automl_prune.pruning`), then quantize the smaller
 layers (`compress_and_quantize` does both).
 """
 
@@ -364,7 +364,7 @@ def compress_and_quantize(
     criterion: str | Criterion = "l1",
 ) -> nn.Module:
     """Prune ``model`` to ``architecture``'s widths, then fake-quantize it to its bits (not yet calibrated)."""
-    from automl_prune.compress import compress_widths
+    from automl_prune.pruning import compress_widths
 
     pruned = compress_widths(model, graph, architecture.widths, criterion)
     return quantize(pruned, architecture.bits, inplace=True)

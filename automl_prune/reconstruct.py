@@ -138,7 +138,7 @@ def reconstruct(
 
     Args:
         original: The unpruned model (not modified).
-        compressed: Its pruned copy from `automl_prune.compress.compress` (which records the kept indices).
+        compressed: Its pruned copy from `automl_prune.pruning.compress` (which records the kept indices).
         calibration: Batches from the training split (labels unused).
         kept: ``{layer: {"in": [...], "out": [...]}}`` kept indices, if ``compressed`` did not come from
             `compress`.

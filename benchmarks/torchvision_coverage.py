@@ -28,8 +28,8 @@ def check(name: str) -> str:
     import torch
     import torchvision
 
-    from automl_prune.compress import compress
     from automl_prune.graph import measure_flops
+    from automl_prune.pruning import compress
     from automl_prune.runtime import configure_torch
     from search_spaces import SearchSpace
 

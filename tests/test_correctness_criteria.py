@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from automl_prune.compress import channel_order
 from automl_prune.errors import ConfigError
+from automl_prune.pruning import channel_order
 from search_spaces import SearchSpace
 
 

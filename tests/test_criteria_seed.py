@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from automl_prune.calibration import Calibration
-from automl_prune.compress import channel_order, compress, compress_widths
 from automl_prune.criteria import get_criterion
 from automl_prune.criteria_ccp import CCP, ccp_objective, solve_ccp
 from automl_prune.errors import ConfigError, UnknownNameError
 from automl_prune.graph import build_dependency_graph
 from automl_prune.models import build_model
+from automl_prune.pruning import channel_order, compress, compress_widths
 from automl_prune.reconstruct import kept_channels, reconstruct
 from search_spaces import SearchSpace
 

@@ -10,10 +10,10 @@ import torch
 
 from agents import SEARCHERS, uniform_architecture
 from agents.dmcp import DMCPConfig, DMCPSearcher, flops_loss
-from automl_prune.compress import compress
 from automl_prune.data import Splits, load_dataset
 from automl_prune.evaluate import Evaluator
 from automl_prune.models import build_model
+from automl_prune.pruning import compress
 from automl_prune.training import train
 from search_spaces import SearchSpace
 

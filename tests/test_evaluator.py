@@ -6,8 +6,8 @@ import copy
 
 import torch
 
-from automl_prune.compress import compress
 from automl_prune.evaluate import Evaluator, accuracy_and_loss
+from automl_prune.pruning import compress
 from tests.helpers import trained
 
 

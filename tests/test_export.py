@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import automl_prune
-from automl_prune.compress import compress
 from automl_prune.errors import CheckpointError, InvalidArchitectureError
 from automl_prune.export import export
 from automl_prune.graph import measure_flops
 from automl_prune.models import build_model
+from automl_prune.pruning import compress
 from search_spaces import SearchSpace
 
 

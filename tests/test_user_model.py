@@ -233,3 +233,13 @@ def test_time_limit_ends_the_search_and_the_run_still_finishes(tmp_path, capsys)
     assert main(["search", "--model", "tiny-cnn", "--dataset", "synthetic", "--time-limit", "soon",
                  "--out", str(tmp_path / "other")]) == 2
     assert "90s, 30m, 2h" in _one_error_line(capsys.readouterr().err)
+
+
+def test_compress_is_the_public_function_whatever_was_imported(user_search) -> None:
+    import automl_prune.pruning  # a submodule import must not shadow the function
+
+    model, _, loaders, result = user_search
+    x = next(iter(loaders["val"]))[0][:2]
+    small = automl_prune.compress(model, result.architecture, x)
+    assert callable(automl_prune.compress)
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())

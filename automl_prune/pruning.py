@@ -1,4 +1,7 @@
-"""Physical channel pruning: a new, smaller model with exactly the requested width per group."""
+"""Physical channel pruning: a new, smaller model with exactly the requested width per group.
+
+Named `pruning`, not `compress`, so that `automl_prune.compress` stays the public function of `automl_prune.api`.
+"""
 
 from __future__ import annotations
 
