@@ -550,6 +550,8 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
     export(run_dir / "best", model=model, space=space, architecture=best, model_name=config.model,
            in_channels=base.meta["in_channels"], num_classes=base.meta["num_classes"], dataset=config.dataset,
            base_checkpoint_sha256=base.meta.get("sha256"), metrics=summary["compressed"], onnx=config.onnx)
+    if best.bits:
+        summary["int8"] = _int8_realisation(model, base, best, run_dir / "best")
     _draw(config, space, best, costs.flops / full.flops, ladder, run_dir)
     _write_json(run_dir / "summary.json", summary)
     rows = summary_rows(summary)
@@ -564,6 +566,43 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
     pictures = "widths.png" + (", ../ladder.png" if ladder is not None else "") + ", ../report.md"
     print(f"\nexported to {run_dir / 'best'} (arch.json, weights.pt, {pictures})")
     return summary
+
+
+def _int8_realisation(model: torch.nn.Module, base: BaseModel, best: Any, out: Path) -> dict[str, Any]:
+    """The layers at 8/8 bits as real int8 kernels (ONNX Runtime), with measured latency next to the same graph
+    in float; layers below 8 bits have no CPU kernel, stay float there, and no speed-up is claimed for them."""
+    try:
+        from automl_prune.int8 import export_int8_onnx, int8_layers_from_bits, int8_node_counts, measure_latency
+    except ImportError as exc:
+        return {"skipped": f"needs the onnx extra (pip install 'automl-prune[onnx]'): {exc}"}
+    layers = int8_layers_from_bits(best.bits)
+    below = sorted(name for name, (w, a) in best.bits.items() if min(w, a) < 8)
+    record: dict[str, Any] = {"int8_layers": layers, "layers_without_a_cpu_kernel": below,
+                              "note": "latency of the int8 layers only; layers below 8 bits run in float here, "
+                                      "their size counts as packed and their cost as BOPs, no speed-up claimed"}
+    if not layers:
+        record["skipped"] = "no layer at 8/8 bits: no int8 kernel applies"
+        return record
+    train = base.splits.train.images
+    batches = [train[i:i + 64] for i in range(0, min(len(train), 512), 64)]
+    path = export_int8_onnx(model, batches, out / "model.int8.onnx", int8_layers=layers)
+    float_path = path.with_name(path.name.replace(".int8.onnx", ".int8.float.onnx"))
+    if not float_path.exists():
+        float_path = next(p for p in out.glob("*.float.onnx"))
+    shape = tuple(train.shape[1:])
+    float_latency = measure_latency(float_path, shape, batch_sizes=(1, 64), threads=1)
+    int8_latency = measure_latency(path, shape, batch_sizes=(1, 64), threads=1)
+    record.update({
+        "int8_nodes": int8_node_counts(path),
+        "threads": 1,
+        "latency_ms": {str(b): {"float_onnxruntime": float_latency["batches"][b]["median_ms"],
+                                "int8_onnxruntime": int8_latency["batches"][b]["median_ms"]} for b in (1, 64)},
+        "files": [path.name, float_path.name],
+    })
+    _log("int8 realisation: " + ", ".join(
+        f"batch {b}: {v['float_onnxruntime']:.2f} ms float -> {v['int8_onnxruntime']:.2f} ms int8"
+        for b, v in record["latency_ms"].items()) + " (ONNX Runtime, 1 thread, median)")
+    return record
 
 
 def _draw(config: SearchConfig, space: Any, best: Any, ratio: float, ladder: Any, run_dir: Path) -> None:

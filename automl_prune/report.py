@@ -49,6 +49,11 @@ def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
             ["BOPs", f"{base['bops']:,}", f"{comp['bops']:,} ({comp['bops'] / base['bops']:.4f}x)"],
         ]
         rows.append(["accuracy of the quantized model", "-", "simulated (fake-quantized on float kernels)"])
+    latency = (summary.get("int8") or {}).get("latency_ms")
+    if latency:
+        for batch, value in latency.items():
+            rows.append([f"latency, batch {batch} (ONNX Runtime, 1 thread)", f"{value['float_onnxruntime']:.2f} ms "
+                         "float", f"{value['int8_onnxruntime']:.2f} ms with the 8/8-bit layers in int8"])
     return rows
 
 

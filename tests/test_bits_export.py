@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import automl_prune
@@ -82,3 +83,16 @@ def test_cli_flops_and_size_search_both(tmp_path, capsys) -> None:
                  "--out", str(tmp_path / "bad")]) == 2
     assert "1.5MB" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_eight_bit_layers_are_realised_in_int8_with_measured_latency(tmp_path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    summary = _search(tmp_path, "--size", "0.3", "--agent", "uniform")
+    out = capsys.readouterr().out
+    int8 = summary["int8"]
+    assert int8["int8_layers"] and not int8["layers_without_a_cpu_kernel"]  # uniform 8 bits fits 0.3
+    assert int8["int8_nodes"].get("QLinearConv", 0) > 0
+    for batch in ("1", "64"):
+        assert int8["latency_ms"][batch]["int8_onnxruntime"] > 0 and int8["latency_ms"][batch]["float_onnxruntime"] > 0
+    assert "latency, batch 64" in out
+    assert (tmp_path / "run" / "best" / "model.int8.onnx").exists()
