@@ -164,3 +164,17 @@ def test_search_joins_an_existing_ray_cluster(tmp_path: Path) -> None:
         os.killpg(head.pid, signal.SIGTERM)  # exactly the cluster this test started
         head.wait(timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_search_in_process_leaves_the_ctrl_c_handler_as_it_was(tmp_path: Path) -> None:
+    import signal as signals
+
+    from automl_prune.cli import main
+
+    before = signals.getsignal(signals.SIGINT)
+    code = main(["search", "--model", "tiny-cnn", "--dataset", "synthetic", "--pretrain-epochs", "0.3",
+                 "--flops", "0.5", "--agent", "random", "--episodes", "2", "--finetune-epochs", "0.2",
+                 "--workers", "1", "--rerank-top-k", "1", "--no-progress", "--out", str(tmp_path / "r"),
+                 "--cache-dir", str(tmp_path / "c")])
+    assert code == 0
+    assert signals.getsignal(signals.SIGINT) is before  # Ctrl-C still interrupts the next search here

@@ -15,8 +15,10 @@ unfinished trials continuing from their checkpoints; finished ones are never re-
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -192,7 +194,15 @@ class TuneLadderExecutor:
                         verbose=0,
                     ),
                 )
-            grid = tuner.fit()
+            # Tune installs its own Ctrl-C handler and leaves it behind: a later search in this process (the
+            # Python API, a benchmark) would then swallow Ctrl-C. Put the caller's back.
+            main_thread = threading.current_thread() is threading.main_thread()
+            previous = signal.getsignal(signal.SIGINT) if main_thread else None
+            try:
+                grid = tuner.fit()
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
         errors = [r.error for r in grid if r.error is not None]
         # The records on disk are the truth (the searcher in a restored experiment is a copy).
         ladder = Ladder(ladder.path, ladder.candidates, ladder.rungs, ladder.eta)
