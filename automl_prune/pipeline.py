@@ -92,13 +92,15 @@ def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str
 
 
 def exclude_layers(space: Any, patterns: tuple[str, ...]) -> Any:
-    """The space without the width decisions of groups whose channels a matching layer outputs (kept full).
+    """The space without the width decisions of groups whose channels a matching layer outputs (kept full), and
+    with every matching conv/linear layer pinned to float (32 bits) when bits are searched.
 
     A pattern matches a module path exactly, as a prefix (``layer1`` matches ``layer1.0.conv1``) or as a glob
     (``features.*``). A pattern that matches no prunable layer is an error that lists some of them.
     """
     from fnmatch import fnmatchcase
 
+    from automl_prune.quant import FLOAT_BITS
     from search_spaces import SearchSpace
 
     def matches(layer: str, pattern: str) -> bool:
@@ -111,11 +113,14 @@ def exclude_layers(space: Any, patterns: tuple[str, ...]) -> Any:
             shown = sorted({layer for layers in producers.values() for layer in layers})[:8]
             raise ConfigError(f"--exclude {pattern!r} matches no prunable layer; prunable layers include {shown}")
     kept = [d for d in space.decisions if not any(matches(layer, p) for layer in producers[d.name] for p in patterns)]
+    float_layers = [name for name in space.quantizable_layers if any(matches(name, p) for p in patterns)]
     if not kept:
         raise ConfigError(f"--exclude {list(patterns)} leaves no channel group to prune")
-    _log(f"excluded from pruning (kept at full width): {len(space.decisions) - len(kept)} of "
-         f"{len(space.decisions)} channel groups")
-    return SearchSpace(space.graph, kept, model_name=space.model_name)
+    _log(f"excluded from compression (full width, float): {len(space.decisions) - len(kept)} of "
+         f"{len(space.decisions)} channel groups, {len(float_layers)} layers")
+    pinned = {**space.pinned_bits, **{name: FLOAT_BITS for name in float_layers}}
+    return SearchSpace(space.graph, kept, model_name=space.model_name, bit_choices=space.bit_choices,
+                       pinned_bits=pinned)
 
 
 def _base_from_weights(config: SearchConfig, splits: Any) -> tuple[torch.nn.Module, dict[str, Any]]:

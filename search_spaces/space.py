@@ -116,7 +116,8 @@ class SearchSpace:
         for name, value in self.pinned_bits.items():
             if name not in layers:
                 raise InvalidBitsError(f"pinned bits name layer {name!r}, which is not a conv or linear layer")
-            _check_bit_choices([value])
+            if value != FLOAT_BITS:  # pinned to 32: kept float (a layer excluded from compression)
+                _check_bit_choices([value])
         self.bit_decisions = [
             BitDecision(name, (self.pinned_bits[name],) if name in self.pinned_bits else self.bit_choices)
             for name in layers

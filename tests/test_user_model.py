@@ -243,3 +243,18 @@ def test_compress_is_the_public_function_whatever_was_imported(user_search) -> N
     small = automl_prune.compress(model, result.architecture, x)
     assert callable(automl_prune.compress)
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_excluded_layers_stay_float_when_bits_are_searched(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    code = main(["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "0.2",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--no-progress", "--workers", "0",
+                 "--agent", "random", "--episodes", "3", "--flops", "0.6", "--size", "0.2", "--search", "both",
+                 "--finetune-epochs", "0.1", "--exclude", "stem"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["bits"] and not any(name.startswith("stem") for name in summary["bits"])  # float
+    assert not any(name.startswith("stem") for name in summary["architecture"])  # not searched: full width
+    assert summary["compressed"]["size_bits"] <= 0.2 * summary["base"]["size_bits"]
+    for line in (run / "history.jsonl").read_text().splitlines():
+        assert not any(name.startswith("stem") for name in json.loads(line)["architecture"].get("bits", {}))
