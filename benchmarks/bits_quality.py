@@ -1,0 +1,179 @@
+"""Issue 10's benchmark: uniform bits against searched mixed precision at the same size, and uniform width +
+uniform bits against the joint search at the same FLOPs and size (not run by CI; hours of CPU).
+
+For each model and seed, with the same fine-tune (the pipeline's ladder and recipe) for every row:
+
+- ``bits/uniform`` and ``bits/<agent>``: full width; the size budget is the size of the model with every layer
+  at ``--uniform-bits`` (4), so the uniform answer is exactly that model and the searcher must find a mixed
+  precision of the same size;
+- ``joint/uniform`` and ``joint/<agent>``: FLOPs budget ``--flops`` (0.5) and the size of the uniform-width
+  architecture of that budget at ``--uniform-bits`` bits; the searcher decides widths and bits together.
+
+Every row is the real pipeline (`automl_prune.pipeline.run_search`) in ``OUT/<model>/<kind>/<agent>/seed<k>``;
+finished rows are appended to ``OUT/results.jsonl`` and skipped on a rerun (as `benchmarks/quality.py`).
+Accuracies of quantized models are simulated (fake-quantized), as the pipeline's summary says.
+
+    nohup .venv/bin/python benchmarks/bits_quality.py > runs/bench/bits_quality.log 2>&1 &
+    .venv/bin/python benchmarks/bits_quality.py --report-only
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a script owns its process (see benchmarks/quality.py)
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `quality` when run as a script
+
+from quality import append_result, read_results
+
+from automl_prune.config import SearchConfig
+from automl_prune.report import format_table
+
+KINDS = ("bits", "joint")
+
+
+def size_fraction(config: SearchConfig, kind: str, flops: float, bits: int) -> float:
+    """The size budget of a row: the uniform-bits model (full width, or the uniform width of ``flops``)."""
+    from agents import uniform_architecture
+    from automl_prune.pipeline import load_base
+
+    space = load_base(config).space
+    widths = space.full() if kind == "bits" else uniform_architecture(space, space.flops_budget(flops))
+    uniform = space.uniform_bits(bits, bits, widths)
+    return space.size_bits(uniform) / space.full_size_bits
+
+
+def row_config(args: argparse.Namespace, model: str, kind: str, agent: str, seed: int, size: float,
+               out: Path) -> SearchConfig:
+    return SearchConfig(model=model, dataset=args.dataset, data_root=args.data_root, agent=agent,
+                        episodes=args.episodes, out=str(out), cache_dir=args.cache_dir, seed=seed,
+                        progress=not args.quiet, pretrain_seed=args.pretrain_seed,
+                        flops=1.0 if kind == "bits" else args.flops, size=f"{size:.6f}",
+                        search="bits" if kind == "bits" else "both")
+
+
+def run_row(args: argparse.Namespace, model: str, kind: str, agent: str, seed: int) -> dict[str, Any]:
+    from automl_prune.pipeline import run_search
+
+    probe = SearchConfig(model=model, dataset=args.dataset, data_root=args.data_root, cache_dir=args.cache_dir,
+                         pretrain_seed=args.pretrain_seed, progress=not args.quiet)
+    size = size_fraction(probe, kind, args.flops, args.uniform_bits)
+    out = Path(args.out) / model / kind / agent / f"seed{seed}"
+    summary = run_search(row_config(args, model, kind, agent, seed, size, out))
+    comp, base = summary["compressed"], summary["base"]
+    return {"test_acc": comp["test_acc"], "flops_ratio": comp["flops"] / base["flops"],
+            "size_ratio": comp["size_bits"] / base["size_bits"], "size_budget": size,
+            "bops_ratio": comp["bops"] / base["bops"], "search_seconds": summary["search_seconds"],
+            "rerank_seconds": summary.get("rerank_seconds", 0.0), "bits": summary.get("bits"),
+            "architecture": summary.get("architecture")}
+
+
+def report(out_dir: Path) -> str:
+    """Mean +- std over seeds per (model, kind, agent), as Markdown (also written to ``OUT/bits_quality.md``)."""
+    rows = read_results(out_dir / "results.jsonl")
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["kind"], row["agent"]), []).append(row)
+    table = []
+    for (model, kind, agent), items in sorted(groups.items()):
+        acc = np.array([100 * r["test_acc"] for r in items])
+        table.append([model, kind, agent, f"{acc.mean():.2f} +- {acc.std():.2f}", len(items),
+                      f"{np.mean([r['size_ratio'] for r in items]):.4f}",
+                      f"{np.mean([r['flops_ratio'] for r in items]):.3f}",
+                      f"{np.mean([r['bops_ratio'] for r in items]):.4f}"])
+    text = format_table(["model", "kind", "agent", "test acc % (mean +- std)", "seeds", "size ratio",
+                         "FLOPs ratio", "BOPs ratio"], table)
+    (out_dir / "bits_quality.md").write_text(text + "\n")
+    _plot(groups, out_dir / "bits_quality.png")
+    return text
+
+
+def _plot(groups: dict[tuple[str, str, str], list[dict[str, Any]]], path: Path) -> None:
+    """Test accuracy per (model, kind), one bar per agent with the spread over seeds as error bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not groups:
+        return
+    cells = sorted({(m, k) for m, k, _ in groups})
+    agents = sorted({a for _, _, a in groups})
+    fig = Figure(figsize=(max(6.0, 1.6 * len(cells) + 2), 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(agents)
+    for j, agent in enumerate(agents):
+        means, spreads = [], []
+        for cell in cells:
+            acc = np.array([100 * r["test_acc"] for r in groups.get((*cell, agent), [])] or [np.nan])
+            means.append(float(np.nanmean(acc)))
+            spreads.append(float(np.nanstd(acc)))
+        ax.bar(np.arange(len(cells)) + j * width - 0.4 + width / 2, means, width, yerr=spreads, capsize=3,
+               label=agent)
+    ax.set_xticks(range(len(cells)))
+    ax.set_xticklabels([f"{m}\n{'bits, full width' if k == 'bits' else 'joint widths + bits'}" for m, k in cells])
+    ax.set_ylabel("test accuracy (%, simulated quantization)")
+    ax.set_title("uniform bits vs searched at the same size budget\n(mean and spread over seeds)", fontsize=10)
+    finite = [100 * r["test_acc"] for items in groups.values() for r in items]
+    ax.set_ylim(max(0.0, min(finite) - 5), min(100.0, max(finite) + 3))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg-small", "resnet20"])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--agents", nargs="+", default=["uniform", "ddpg"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--uniform-bits", type=int, default=4)
+    parser.add_argument("--flops", type=float, default=0.5, help="FLOPs budget of the joint rows")
+    parser.add_argument("--episodes", type=int, default=40)
+    parser.add_argument("--pretrain-seed", type=int, default=0)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--cache-dir", default="runs/cache")
+    parser.add_argument("--out", default="runs/bench/bits_quality")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    if not args.report_only:
+        done = {r["key"] for r in read_results(out_dir / "results.jsonl")}
+        plan = [(s, m, k, a) for s in args.seeds for m in args.models for k in args.kinds for a in args.agents]
+        todo = [p for p in plan if f"{p[1]}|{p[2]}|{p[3]}|{p[0]}" not in done]
+        print(f"{len(plan)} rows planned, {len(plan) - len(todo)} done, {len(todo)} to run", flush=True)
+        for index, (seed, model, kind, agent) in enumerate(todo, 1):
+            key = f"{model}|{kind}|{agent}|{seed}"
+            print(f"[{index}/{len(todo)}] {key}", flush=True)
+            start = time.perf_counter()
+            try:
+                metrics = run_row(args, model, kind, agent, seed)
+            except KeyboardInterrupt:
+                raise
+            except Exception:
+                traceback.print_exc()
+                print(f"[{index}/{len(todo)}] FAILED {key}; continuing", flush=True)
+                continue
+            append_result(out_dir / "results.jsonl", {"key": key, "model": model, "kind": kind, "agent": agent,
+                                                      "seed": seed, **metrics,
+                                                      "wall_seconds": time.perf_counter() - start})
+            print(f"[{index}/{len(todo)}] done {key}: test {100 * metrics['test_acc']:.2f}%, size "
+                  f"{metrics['size_ratio']:.4f} (budget {metrics['size_budget']:.4f}), FLOPs "
+                  f"{metrics['flops_ratio']:.3f}", flush=True)
+    print(report(out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
