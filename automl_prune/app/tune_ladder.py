@@ -71,7 +71,10 @@ def _ladder_trial(config: dict[str, Any], job: list[Any], candidates: dict[str, 
                 progress_state = torch.load(file, map_location="cpu", weights_only=True)
 
     def save_progress(state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as folder:
+        # In the run directory, not the system temp folder: a worker killed mid-save leaves nothing outside it.
+        scratch = job.folder(candidate.id)
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch, prefix=".checkpoint-") as folder:
             torch.save(state, Path(folder) / _TRAINER_FILE)
             tune.report({"steps": int(state["step"]), "done": False},
                         checkpoint=tune.Checkpoint.from_directory(folder))
