@@ -1,5 +1,8 @@
 """The benchmark issue 7 is judged on: every searcher against uniform and Torch-Pruning, same fine-tune, 3 seeds.
 
+A ``uniform`` row is the naive answer: the one uniform width that fits the budget, fine-tuned with the same
+recipe (``fill_budget`` off, so it is not widened into the leftover budget and picked by validation).
+
 Default plan (``--models``, ``--budgets``, ``--agents``, ``--seeds`` narrow it):
   - vgg-small at 50%, 25% and 10% FLOPs: uniform, random, ddpg, ppo, optuna, dmcp, sensitivity, tp-global;
   - resnet20 at 25% and 10% FLOPs: uniform, the default searcher (``--default-agent``, the config's default
@@ -9,9 +12,10 @@ Default plan (``--models``, ``--budgets``, ``--agents``, ``--seeds`` narrow it):
 A searcher row is the real pipeline, `automl_prune.pipeline.run_search`, writing to
 ``OUT/<model>/<budget>/<agent>/seed<k>`` (its own resume applies); it reads the run's ``summary.json``.
 A ``tp-global`` row prunes the same base model with `benchmarks.tp_global.tp_global_prune` (Torch-Pruning's
-global magnitude pruning, ratio bisected onto the budget), fine-tunes it with `automl_prune.training.train` at
-the pipeline's ``finetune_epochs`` / ``finetune_lr`` and the row's seed, and measures test accuracy with
-`automl_prune.evaluate.accuracy_and_loss`; its "search s" is the bisection's wall time.
+global magnitude pruning, ratio bisected onto the budget), fine-tunes it with the pipeline's own recipe
+(`automl_prune.ladder_job.FineTuneRecipe`: ``finetune_epochs``, ``finetune_lr``, distillation) and the row's
+seed, and measures test accuracy with `automl_prune.evaluate.accuracy_and_loss`;
+its "search s" is the bisection's wall time.
 
 Each finished row is appended to ``OUT/results.jsonl`` (one flushed, fsynced line; a torn last line is
 ignored on read), and a rerun skips the rows already there, so the benchmark can run in the background across
@@ -129,9 +133,14 @@ def base_config(args: argparse.Namespace, row: Row, out: Path) -> SearchConfig:
     if _HAS_PRETRAIN_SEED:
         extra["pretrain_seed"] = args.pretrain_seed
     # else TODO(issue 7): without `SearchConfig.pretrain_seed` each seed pretrains (and uses) its own base model.
+    if row.agent == "uniform":
+        # The naive answer is one uniform width, fine-tuned: not widened into the leftover budget and picked
+        # from two by validation, which is what the product's own uniform searcher does.
+        extra["fill_budget"] = False
     return SearchConfig(model=row.model, dataset=args.dataset, data_root=args.data_root, flops=row.budget,
                         agent=row.agent if row.agent != TP_GLOBAL else "uniform", episodes=args.episodes,
-                        out=str(out), cache_dir=args.cache_dir, seed=row.seed, progress=not args.quiet, **extra)
+                        out=str(out), cache_dir=args.cache_dir, seed=row.seed, progress=not args.quiet,
+                        workers=args.workers, threads=args.threads, **extra)
 
 
 def run_searcher_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str, Any]:
@@ -169,8 +178,8 @@ def run_tp_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str, Any]:
     from tp_global import count_flops, tp_global_prune
 
     from automl_prune.evaluate import accuracy_and_loss
+    from automl_prune.ladder_job import FineTuneRecipe
     from automl_prune.pipeline import load_base
-    from automl_prune.training import train
 
     config = base_config(args, row, out)
     base = load_base(config)
@@ -180,8 +189,11 @@ def run_tp_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str, Any]:
     prune_seconds = time.perf_counter() - start
     full, flops = count_flops(base.model, example), count_flops(pruned, example)
     start = time.perf_counter()
-    train(pruned, base.splits, epochs=config.finetune_epochs, lr=config.finetune_lr, seed=row.seed,
-          progress=config.progress)
+    # The pipeline's own recipe (and its contiguous memory format: see FineTuneRecipe), teacher and all.
+    recipe = FineTuneRecipe(epochs=config.finetune_epochs, lr=config.finetune_lr, seed=row.seed,
+                            distill=config.distill, distill_temperature=config.distill_temperature,
+                            distill_weight=config.distill_weight)
+    recipe.trainer(pruned, base.splits, teacher=base.model).run(progress=config.progress)
     finetune_seconds = time.perf_counter() - start
     pruned = pruned.to("cpu", memory_format=torch.contiguous_format).eval()
     val_acc, _ = accuracy_and_loss(pruned, base.splits.val.images, base.splits.val.labels, 1000)
@@ -352,6 +364,10 @@ def main() -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--out", default="runs/bench/quality")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="Ray workers per row (0: in process; default: the pipeline's); with two benchmark "
+                             "processes side by side give each --workers 0 --threads 1")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process (default: pipeline's)")
     parser.add_argument("--quiet", action="store_true", help="no per-run progress bars (row lines stay)")
     parser.add_argument("--report-only", action="store_true", help="write the table and figure; run nothing")
     args = parser.parse_args()

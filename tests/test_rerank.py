@@ -71,6 +71,27 @@ def test_promotes_the_best_third_each_rung_and_picks_the_best_at_the_top(tmp_pat
     assert data["promoted"] == [["c4", "c2"], ["c2"]] and data["winner"] == "c2"
 
 
+def test_uniform_climbs_every_rung_even_when_an_early_rung_ranks_it_last(tmp_path: Path) -> None:
+    candidates = [*_candidates(5), Candidate("c5", _arch(9), "uniform", 0.1, 100)]
+    scores = {  # uniform is last at rung 0, below c2 at rung 1 and at the top
+        "c0": [0.60, 0, 0], "c1": [0.50, 0, 0], "c2": [0.70, 0.80, 0.84],
+        "c3": [0.40, 0, 0], "c4": [0.75, 0.78, 0.90], "c5": [0.30, 0.70, 0.82],
+    }
+    fake = FakeFineTune(scores)
+    ladder = Ladder(tmp_path / "ladder.json", candidates, rungs=(10, 30, 90), eta=3)
+    winner = ladder.run(fake)
+    assert [c.id for c in ladder.entrants(1)] == ["c4", "c2", "c5"]  # the best ceil(6 / 3) = 2, then uniform
+    assert [c.id for c in ladder.entrants(2)] == ["c2", "c5"]  # the best ceil(3 / 3) = 1, then uniform
+    assert winner.id == "c2"  # c4 (0.90) never reached the top: c2 beat it at rung 1
+    scores["c5"][2] = 0.95
+    other = Ladder(tmp_path / "other.json", candidates, rungs=(10, 30, 90), eta=3)
+    assert other.run(FakeFineTune(scores)).id == "c5"  # the search's pick loses to uniform: uniform is handed back
+    # A merged entrant ("search #3 = uniform") is uniform too; without uniform nothing extra climbs.
+    merged = [Candidate("c0", _arch(1), "search #0", 0.5, 1), Candidate("c1", _arch(2), "search #3 = uniform", 0.4, 1)]
+    assert Ladder(tmp_path / "m.json", merged, rungs=(10, 20), eta=2).always_climb == {"c1"}
+    assert Ladder(tmp_path / "n.json", _candidates(3), rungs=(10, 20), eta=2).always_climb == frozenset()
+
+
 def test_winner_is_the_best_at_the_highest_rung_reached(tmp_path: Path) -> None:
     scores = {"c0": [0.9, 0.5], "c1": [0.8, 0.6], "c2": [0.1, 0.0], "c3": [0.2, 0.0]}
     ladder = Ladder(tmp_path / "ladder.json", _candidates(4), rungs=(10, 20), eta=2)

@@ -136,7 +136,8 @@ class LadderSearcher(Searcher):  # type: ignore[misc]
     def restore(self, checkpoint_path: str) -> None:
         """Continue: reread the records, keep the trials in flight (Tune resumes them)."""
         self.live = {k: (v[0], int(v[1])) for k, v in json.loads(Path(checkpoint_path).read_text())["live"].items()}
-        self.ladder = Ladder(self.ladder.path, self.ladder.candidates, self.ladder.rungs, self.ladder.eta)
+        self.ladder = Ladder(self.ladder.path, self.ladder.candidates, self.ladder.rungs, self.ladder.eta,
+                             self.ladder.always_climb)
         self.failed = []
 
 
@@ -208,7 +209,7 @@ class TuneLadderExecutor:
                     signal.signal(signal.SIGINT, previous)
         errors = [r.error for r in grid if r.error is not None]
         # The records on disk are the truth (the searcher in a restored experiment is a copy).
-        ladder = Ladder(ladder.path, ladder.candidates, ladder.rungs, ladder.eta)
+        ladder = Ladder(ladder.path, ladder.candidates, ladder.rungs, ladder.eta, ladder.always_climb)
         pending = any(ladder.pending(rung) for rung in range(len(ladder.rungs)))
         if pending and not errors and restored and all((r.metrics or {}).get("done") for r in grid):
             # The experiment had stopped on a trial that failed for good: Tune restores its search as finished,
