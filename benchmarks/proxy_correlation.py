@@ -13,7 +13,8 @@ sit at the same FLOPs), measure:
 Reports, per budget and fidelity: Spearman's rho against the truth (with a bootstrap 90% interval over the
 architectures), seconds per architecture, rho per second, and the regret of picking the proxy's favourite
 (truth of the best architecture minus truth of the proxy's pick). With two or more truth seeds it also
-reports the noise ceiling: rho between the truths of two seeds, the best any proxy can hope for.
+reports the noise ceiling: rho between the truths of two seeds, the best any proxy can hope for. The last
+column marks the fidelity the search uses by default at that budget (`automl_prune.fidelity_rule`).
 Writes ``proxy_correlation.{md,json,png}`` under ``--out``.
 
     .venv/bin/python benchmarks/proxy_correlation.py --flops 0.25 0.1 --archs 12 --truth-seeds 2
@@ -42,6 +43,7 @@ from agents import project_to_budget, uniform_architecture
 from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
 from automl_prune.evaluate import Evaluator, accuracy_and_loss
+from automl_prune.fidelity_rule import default_search_fidelity
 from automl_prune.pipeline import BaseModel, load_base
 from automl_prune.report import format_table
 from automl_prune.runtime import configure_torch
@@ -191,10 +193,12 @@ def markdown(summary: list[dict[str, Any]], header: str) -> str:
             f"{100 * s['regret']:.2f}", f"{100 * s['proxy_min']:.1f}-{100 * s['proxy_max']:.1f}",
             f"{100 * s['truth_min']:.2f}-{100 * s['truth_max']:.2f}",
             "-" if s["noise_ceiling"] is None else f"{s['noise_ceiling']:.3f}",
+            "yes" if default_search_fidelity(s["flops_budget"]) == s["steps"] else "",
         ])
     table = format_table(
         ["FLOPs", "fidelity", "Spearman rho vs truth", "90% bootstrap", "s / arch", "rho / s",
-         "regret of pick (pts)", "proxy acc % range", "truth acc % range", "truth noise ceiling"],
+         "regret of pick (pts)", "proxy acc % range", "truth acc % range", "truth noise ceiling",
+         "search default"],
         rows,
     )
     return f"{header}\n\n{table}\n"
