@@ -59,7 +59,9 @@ def row_config(args: argparse.Namespace, model: str, kind: str, agent: str, seed
                         episodes=args.episodes, out=str(out), cache_dir=args.cache_dir, seed=seed,
                         progress=not args.quiet, pretrain_seed=args.pretrain_seed,
                         flops=1.0 if kind == "bits" else args.flops, size=f"{size:.6f}",
-                        search="bits" if kind == "bits" else "both")
+                        search="bits" if kind == "bits" else "both", workers=args.workers, threads=args.threads,
+                        # the naive answer, as in benchmarks/quality.py: not widened into the leftover budget
+                        fill_budget=agent != "uniform")
 
 
 def run_row(args: argparse.Namespace, model: str, kind: str, agent: str, seed: int) -> dict[str, Any]:
@@ -144,6 +146,8 @@ def main() -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--out", default="runs/bench/bits_quality")
+    parser.add_argument("--workers", type=int, default=None, help="Ray workers per row (0: in process)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
