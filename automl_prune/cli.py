@@ -230,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="fine-tune with knowledge distillation from the base model")
             p.add_argument("--distill-temperature", type=float, help="softmax temperature of --distill (4)")
             p.add_argument("--distill-weight", type=float, help="weight of the distillation term in [0, 1] (0.5)")
+            p.add_argument("--regularize", help="before each candidate's fine-tune, train the full-width base model "
+                           "with a penalty driving the channels it removes to zero, then cut them: none (default), "
+                           "group-lasso, growing-l2")
+            p.add_argument("--regularize-steps", type=int,
+                           help=f"steps of that regularized phase ({DEFAULTS.regularize_steps})")
+            p.add_argument("--regularize-strength", type=float,
+                           help="group lasso's coefficient, or growing L2's ceiling "
+                           f"({DEFAULTS.regularize_strength:g})")
             p.add_argument("--criterion", help="which channels a group keeps: l1 (default), l2, bn_scale, fpgm, "
                            "l1-std, taylor, ezcrop, similarity, reap, ccp")
             p.add_argument("--reconstruct", action="store_true", default=None,

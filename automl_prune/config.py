@@ -10,7 +10,8 @@ from typing import Any
 
 from automl_prune.errors import ConfigError, did_you_mean
 
-__all__ = ["DEFAULTS", "SEARCH_MODES", "SearchConfig", "load_config_file", "parse_duration", "parse_size"]
+__all__ = ["DEFAULTS", "REGULARIZERS", "SEARCH_MODES", "SearchConfig", "load_config_file", "parse_duration",
+           "parse_size"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class SearchConfig:
     distill: bool = False
     distill_temperature: float = 4.0
     distill_weight: float = 0.5
+    regularize: str = "none"
+    regularize_steps: int = 200
+    regularize_strength: float = 1.0
     criterion: str = "l1"
     reconstruct: bool = False
     calibration_size: int = 512
@@ -90,6 +94,13 @@ class SearchConfig:
             raise ConfigError(f"`reward` must be one of ['acc_flops_log', 'accuracy'], but got {self.reward!r}")
         if not 0.0 < self.min_keep_ratio <= 1.0:
             raise ConfigError(f"`min_keep_ratio` must be in (0, 1], but got {self.min_keep_ratio}")
+        if self.regularize not in REGULARIZERS:
+            hint = did_you_mean(self.regularize, REGULARIZERS)
+            raise ConfigError(f"`regularize` must be one of {list(REGULARIZERS)}, but got {self.regularize!r}"
+                              + (f" (did you mean {hint!r}?)" if hint else ""))
+        if self.regularize_steps < 1 or not self.regularize_strength > 0:
+            raise ConfigError(f"`regularize_steps` must be >= 1 and `regularize_strength` > 0, but got "
+                              f"{self.regularize_steps} and {self.regularize_strength}")
         if self.distill_temperature <= 0:
             raise ConfigError(f"`distill_temperature` must be > 0, but got {self.distill_temperature}")
         if not 0.0 <= self.distill_weight <= 1.0:
@@ -156,6 +167,8 @@ class SearchConfig:
 
 
 SEARCH_MODES = ("auto", "widths", "bits", "both")
+#: Sparsity penalties of the pre-pruning phase (`automl_prune.sparsity`); ``none``: one-shot pruning.
+REGULARIZERS = ("none", "group-lasso", "growing-l2")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)$")
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 

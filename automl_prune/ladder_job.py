@@ -47,6 +47,10 @@ class FineTuneRecipe:
     thread, oneDNN's channels-last convolution backward corrupted the heap ("free(): invalid next size") on
     pruned tiny-resnets with widths such as 6/4/13/12 here (torch 2.14.1, CPU); contiguous tensors, or
     channels-last with oneDNN off, ran clean. Contiguous measured 20-35% slower per step on vgg-small.
+
+    With ``regularize`` (``group-lasso`` or ``growing-l2``: `automl_prune.sparsity`), a candidate's fine-tune is
+    preceded by ``regularize_steps`` steps of the full-width base model with that penalty (``regularize_strength``)
+    on the channels the candidate removes; they are cut afterwards, when they hold almost nothing.
     """
 
     epochs: float = 1.0
@@ -57,6 +61,9 @@ class FineTuneRecipe:
     distill: bool = False
     distill_temperature: float = 4.0
     distill_weight: float = 0.5
+    regularize: str = "none"
+    regularize_steps: int = 200
+    regularize_strength: float = 1.0
 
     def trainer(self, model: nn.Module, splits: Splits, teacher: nn.Module | None = None) -> Trainer:
         """A `Trainer` for ``model`` planned over the whole fine-tune (distilling from ``teacher`` when the
@@ -113,19 +120,36 @@ class LadderJob:
         """The result of ``rung``, written once its state is safely on disk."""
         return self.folder(candidate_id) / f"rung{rung}.json"
 
-    def build(self, architecture: Architecture) -> nn.Module:
-        """The candidate as its fine-tune starts: compressed, batch-norm statistics recalibrated."""
+    def build(self, architecture: Architecture, *, regularize: bool = False) -> nn.Module:
+        """The candidate as its fine-tune starts: compressed, batch-norm statistics recalibrated.
+
+        With ``regularize`` and a recipe that has one, the base model is first trained with the sparsity penalty
+        on the channels this candidate removes (`automl_prune.sparsity.regularized_start`); only rung 0 needs
+        that, later rungs load their weights over the built model.
+        """
         from automl_prune.evaluate import Evaluator
 
-        evaluator = Evaluator(self.model, self.space, self.splits.train.images, self.splits.val.images[:1],
-                              self.splits.val.labels[:1], criterion=self.criterion, bn_batches=self.bn_batches,
+        model, criterion, reconstruct = self.model, self.criterion, self.reconstruct
+        if regularize and self.recipe.regularize != "none":
+            from automl_prune.criteria import get_criterion
+            from automl_prune.sparsity import regularized_start
+
+            reconstruct = reconstruct or get_criterion(self.criterion).reconstructs
+            model, criterion = regularized_start(
+                self.model, self.space.graph, architecture.widths, self.criterion, self.splits,
+                method=self.recipe.regularize, steps=self.recipe.regularize_steps,
+                strength=self.recipe.regularize_strength, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
+                seed=self.recipe.seed, calibration=self.calibration)
+        evaluator = Evaluator(model, self.space, self.splits.train.images, self.splits.val.images[:1],
+                              self.splits.val.labels[:1], criterion=criterion, bn_batches=self.bn_batches,
                               seed=self.recipe.seed, device="cpu" if not torch.cuda.is_available() else None,
-                              calibration=self.calibration, reconstruct=self.reconstruct)
+                              calibration=self.calibration, reconstruct=reconstruct)
         return evaluator.build(architecture)
 
     def trainer_for(self, candidate: Candidate, state: dict[str, Any] | None = None) -> Trainer:
         """A `Trainer` of the candidate, continued from ``state`` when given."""
-        trainer = self.recipe.trainer(self.build(candidate.architecture), self.splits, teacher=self.model)
+        trainer = self.recipe.trainer(self.build(candidate.architecture, regularize=state is None), self.splits,
+                                      teacher=self.model)
         if state is not None:
             trainer.load_state_dict(state)
         return trainer

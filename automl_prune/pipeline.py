@@ -455,7 +455,8 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
         evaluator.close()  # the evaluation workers hand their CPUs to the fine-tune trials
     recipe = FineTuneRecipe(epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed,
                             distill=config.distill, distill_temperature=config.distill_temperature,
-                            distill_weight=config.distill_weight)
+                            distill_weight=config.distill_weight, regularize=config.regularize,
+                            regularize_steps=config.regularize_steps, regularize_strength=config.regularize_strength)
     if config.finetune_epochs <= 0:
         # No fine-tune: the proxy is all there is; still never worse than uniform by it.
         chosen = max(candidates, key=lambda c: (c.proxy_accuracy or 0.0, -candidates.index(c)))

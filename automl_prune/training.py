@@ -14,6 +14,7 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -107,6 +108,7 @@ class Trainer:
         teacher: nn.Module | None = None,
         distill_temperature: float = 4.0,
         distill_weight: float = 0.5,
+        penalty: Callable[[nn.Module, int], torch.Tensor] | None = None,
     ) -> None:
         split, spec = (data.train, data.spec) if isinstance(data, Splits) else (data, None)
         _check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
@@ -143,6 +145,8 @@ class Trainer:
         self.teacher = teacher
         self.distill_temperature = distill_temperature
         self.distill_weight = distill_weight
+        # A regularizer added to every step's loss, called with the model and the step (`automl_prune.sparsity`).
+        self.penalty = penalty
         self.step = 0
         self.images = 0
         self.seconds = 0.0
@@ -194,6 +198,8 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             logits = self.model(x)
             loss = self._loss(logits, x, y)
+            if self.penalty is not None:
+                loss = loss + self.penalty(self.model, self.step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
