@@ -1,0 +1,304 @@
+"""Issue 12, acceptance 4: every criterion, with and without reconstruction and sparsity regularization.
+
+The same architectures (uniform widths at each FLOPs budget, `agents.uniform_architecture`) are compressed from
+one base model per model with every criterion (``--criteria``), each with and without least-squares
+reconstruction (``--reconstruct``) and with and without the sparsity-regularized phase (``--regularizers``:
+`automl_prune.sparsity`, ``--regularize-steps`` on the full-width model before the cut). For each one it
+records:
+
+- ``val_before``: validation accuracy right after the cut and batch-norm recalibration (no fine-tune);
+- ``test_plain`` and ``test_distill``: test accuracy after the same short fine-tune
+  (`automl_prune.ladder_job.FineTuneRecipe`, ``--finetune-epochs`` at the pipeline's lr), without and with
+  distillation from the base model;
+- ``compress_seconds`` (scoring, regularized phase, cut, reconstruction) and the fine-tune seconds.
+
+Not in this skeleton: the default searcher's best architecture per budget (the issue's fourth column); pass
+its widths by extending `plan` once a search run per budget exists.
+
+Rows are appended to ``OUT/results.jsonl`` as they finish (`quality.append_result`: one fsynced line), and a
+rerun skips the rows already there; ``OUT/criteria.md`` (with the best configuration per budget) and
+``OUT/criteria.png`` are written at the end, or at any time with ``--report-only``.
+
+Full run (hours of CPU; under nohup):
+
+    nohup .venv/bin/python benchmarks/criteria.py --models resnet20 vgg-small > runs/bench/criteria.log 2>&1 &
+
+Smoke test (seconds):
+
+    .venv/bin/python benchmarks/criteria.py --models tiny-resnet --dataset synthetic --pretrain-epochs 0.3 \
+        --budgets 0.5 --criteria l1 taylor --finetune-epochs 0.1 --regularize-steps 5 --out /tmp/criteria_smoke
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a script owns its process (see benchmarks/quality.py)
+
+import argparse
+import copy
+import dataclasses
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `quality` when run as a script
+
+from quality import append_result, read_results
+
+from automl_prune.config import DEFAULTS, SearchConfig
+from automl_prune.report import format_table
+
+RESULTS = "results.jsonl"
+ALL_CRITERIA = ["l1", "l2", "bn_scale", "fpgm", "l1-std", "taylor", "ezcrop", "similarity", "reap", "ccp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One compression: a criterion on a model's uniform architecture at a budget, with or without extras."""
+
+    model: str
+    budget: float
+    criterion: str
+    reconstruct: bool
+    regularize: str
+    seed: int
+
+    def key(self) -> str:
+        """Identity in the results file."""
+        return f"{self.model}|{self.budget:g}|{self.criterion}|{int(self.reconstruct)}|{self.regularize}|{self.seed}"
+
+    @property
+    def variant(self) -> str:
+        """``plain``, ``+rec``, ``+<regularizer>`` or both."""
+        parts = (["+rec"] if self.reconstruct else []) + ([f"+{self.regularize}"] if self.regularize != "none"
+                                                          else [])
+        return "".join(parts) or "plain"
+
+
+def plan(args: argparse.Namespace) -> list[Row]:
+    """Rows in run order: the cheap variants of every criterion first, so a partial run already compares them."""
+    rows = []
+    for seed in args.seeds:
+        for regularize in args.regularizers:
+            for reconstruct in args.reconstruct:
+                for model in args.models:
+                    for budget in args.budgets:
+                        rows += [Row(model, budget, c, reconstruct, regularize, seed) for c in args.criteria]
+    return rows
+
+
+def _config(args: argparse.Namespace, row: Row) -> SearchConfig:
+    return SearchConfig(model=row.model, dataset=args.dataset, data_root=args.data_root, flops=row.budget,
+                        cache_dir=args.cache_dir, seed=row.seed, pretrain_epochs=args.pretrain_epochs,
+                        criterion=row.criterion, reconstruct=row.reconstruct, progress=False,
+                        finetune_epochs=args.finetune_epochs, threads=args.threads)
+
+
+_BASES: dict[str, Any] = {}
+
+
+def run_row(args: argparse.Namespace, row: Row) -> dict[str, Any]:
+    """Compress, measure before fine-tune, then fine-tune a copy without and one with distillation."""
+    import torch
+
+    from agents import uniform_architecture
+    from automl_prune.criteria import get_criterion
+    from automl_prune.evaluate import accuracy_and_loss, recalibrate_batch_norm
+    from automl_prune.ladder_job import FineTuneRecipe
+    from automl_prune.pipeline import calibration_data, load_base
+    from automl_prune.pruning import compress
+
+    config = _config(args, row)
+    if row.model not in _BASES:
+        _BASES[row.model] = load_base(config)
+    base = _BASES[row.model]
+    space, splits = base.space, base.splits
+    arch = uniform_architecture(space, int(row.budget * space.full_flops))
+    calibration = calibration_data(config, base)
+    start = time.perf_counter()
+    model, criterion, reconstruct = base.model, row.criterion, row.reconstruct
+    if row.regularize != "none":
+        from automl_prune.sparsity import regularized_start
+
+        reconstruct = reconstruct or get_criterion(row.criterion).reconstructs
+        model, criterion = regularized_start(base.model, space.graph, arch.widths, row.criterion, splits,
+                                             method=row.regularize, steps=args.regularize_steps,
+                                             strength=args.regularize_strength, lr=config.finetune_lr,
+                                             seed=row.seed, calibration=calibration)
+    pruned = compress(model, space.graph, arch, criterion, calibration=calibration, reconstruct=reconstruct)
+    compress_seconds = time.perf_counter() - start
+    generator = torch.Generator().manual_seed(row.seed)
+    index = torch.randperm(len(splits.train), generator=generator)[:1280]
+    recalibrate_batch_norm(pruned, [splits.train.images[index[i:i + 128]] for i in range(0, len(index), 128)])
+    val_before, _ = accuracy_and_loss(pruned, splits.val.images, splits.val.labels, 1000)
+    metrics: dict[str, Any] = {"val_before": val_before, "compress_seconds": compress_seconds,
+                               "flops_ratio": space.flops(arch) / space.full_flops, "widths": arch.widths,
+                               "base_test_acc": base.meta.get("test_acc")}
+    for distill in (False, True):
+        recipe = FineTuneRecipe(epochs=args.finetune_epochs, lr=config.finetune_lr, seed=row.seed, distill=distill)
+        tuned = copy.deepcopy(pruned)
+        start = time.perf_counter()
+        recipe.trainer(tuned, splits, teacher=base.model).run(progress=False)
+        name = "distill" if distill else "plain"
+        metrics[f"finetune_seconds_{name}"] = time.perf_counter() - start
+        tuned = tuned.to("cpu", memory_format=torch.contiguous_format).eval()
+        metrics[f"test_{name}"] = accuracy_and_loss(tuned, splits.test.images, splits.test.labels, 1000)[0]
+    return metrics
+
+
+def best_per_budget(results: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
+    """The row with the highest test accuracy after the plain fine-tune, per (model, budget), mean over seeds."""
+    means: dict[tuple[str, float, str, str], list[float]] = {}
+    for r in results:
+        means.setdefault((r["model"], r["budget"], r["criterion"], r["variant"]), []).append(r["test_plain"])
+    best: dict[tuple[str, float], dict[str, Any]] = {}
+    for (model, budget, criterion, variant), accs in means.items():
+        acc = sum(accs) / len(accs)
+        if (model, budget) not in best or acc > best[(model, budget)]["test_plain"]:
+            best[(model, budget)] = {"criterion": criterion, "variant": variant, "test_plain": acc, "n": len(accs)}
+    return best
+
+
+def markdown(results: list[dict[str, Any]], header: str) -> str:
+    """One line per finished row (seeds listed separately), then the best configuration per budget."""
+    ordered = sorted(results, key=lambda r: (r["model"], -r["budget"], ALL_CRITERIA.index(r["criterion"])
+                                             if r["criterion"] in ALL_CRITERIA else 99, r["variant"], r["seed"]))
+    rows = [[r["model"], f"{r['budget']:g}", r["criterion"], r["variant"], r["seed"], f"{100 * r['val_before']:.2f}",
+             f"{100 * r['test_plain']:.2f}", f"{100 * r['test_distill']:.2f}", f"{r['compress_seconds']:.1f}",
+             f"{r['finetune_seconds_plain']:.0f}"] for r in ordered]
+    table = format_table(["model", "FLOPs", "criterion", "variant", "seed", "val % before FT", "test % FT",
+                          "test % FT+distill", "compress s", "FT s"], rows)
+    best = best_per_budget(results)
+    lines = [f"- {model} at {budget:g} FLOPs: {b['criterion']} {b['variant']} ({100 * b['test_plain']:.2f}% test "
+             f"after the plain fine-tune, n={b['n']})" for (model, budget), b in sorted(best.items())]
+    return f"{header}\n\n{table}\n\nBest per budget:\n\n" + "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """A panel per (model, budget): test accuracy after the plain fine-tune per criterion, a bar per variant;
+    hollow markers: validation accuracy before the fine-tune."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = sorted({(r["model"], r["budget"]) for r in results}, key=lambda p: (p[0], -p[1]))
+    variants = sorted({r["variant"] for r in results}, key=lambda v: (v != "plain", v))
+    criteria = [c for c in ALL_CRITERIA if any(r["criterion"] == c for r in results)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.1 * len(criteria) * len(variants) / 2 + 3),
+                                                      3.2 * len(panels)), squeeze=False)
+    width = 0.8 / len(variants)
+    for ax, (model, budget) in zip(axes[:, 0], panels, strict=True):
+        for j, variant in enumerate(variants):
+            xs, test, val = [], [], []
+            for i, criterion in enumerate(criteria):
+                rows = [r for r in results if (r["model"], r["budget"], r["criterion"], r["variant"])
+                        == (model, budget, criterion, variant)]
+                if rows:
+                    xs.append(i + (j - (len(variants) - 1) / 2) * width)
+                    test.append(100 * np.mean([r["test_plain"] for r in rows]))
+                    val.append(100 * np.mean([r["val_before"] for r in rows]))
+            color = plt.get_cmap("tab10")(j % 10)
+            ax.bar(xs, test, width=width, color=color, label=f"{variant}: test after FT")
+            ax.scatter(xs, val, facecolors="none", edgecolors=color, marker="o", zorder=3)
+        ax.set_xticks(range(len(criteria)))
+        ax.set_xticklabels(criteria)
+        ax.set_ylabel("accuracy %")
+        ax.set_title(f"{model} at {budget:g} FLOPs (bars: test after fine-tune; circles: val before)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_ylim(0, 1.3 * max(ax.get_ylim()[1], 1.0))  # room for the legend above the bars
+        ax.legend(fontsize=7, ncol=len(variants), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(args: argparse.Namespace, out_dir: Path) -> None:
+    """Write (and print) the table and the figure from every row in the results file."""
+    from automl_prune.atomic import atomic_write_text
+
+    results = read_results(out_dir / RESULTS)
+    if not results:
+        print(f"no finished rows in {out_dir / RESULTS} yet")
+        return
+    header = (f"Uniform architectures per FLOPs budget, compressed with each criterion; val accuracy right after "
+              f"the cut (BN recalibrated), test accuracy after the same {args.finetune_epochs:g}-epoch fine-tune "
+              f"(lr {DEFAULTS.finetune_lr:g}) without and with distillation; regularized variants train the "
+              f"full-width model {args.regularize_steps} steps first (strength {args.regularize_strength:g}).\n"
+              f"Command: .venv/bin/python benchmarks/criteria.py {' '.join(sys.argv[1:])}".rstrip())
+    text = markdown(results, header)
+    atomic_write_text(out_dir / "criteria.md", text)
+    plot(results, out_dir / "criteria.png")
+    print(text)
+    print(f"wrote {out_dir / 'criteria.md'} and {out_dir / 'criteria.png'}")
+
+
+def main() -> int:
+    """Run the missing rows, then write the table and the figure. Exit code 1 if a row failed."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["resnet20", "vgg-small"])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25, 0.1])
+    parser.add_argument("--criteria", nargs="+", default=ALL_CRITERIA)
+    parser.add_argument("--reconstruct", type=lambda v: v.lower() in ("1", "true", "yes"), nargs="+",
+                        default=[False, True], help="reconstruction variants (default: false true)")
+    parser.add_argument("--regularizers", nargs="+", default=["none", "group-lasso"],
+                        help="sparsity variants: none, group-lasso, growing-l2 (default: none group-lasso)")
+    parser.add_argument("--regularize-steps", type=int, default=DEFAULTS.regularize_steps)
+    parser.add_argument("--regularize-strength", type=float, default=DEFAULTS.regularize_strength)
+    parser.add_argument("--finetune-epochs", type=float, default=DEFAULTS.finetune_epochs)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--pretrain-epochs", type=float, default=DEFAULTS.pretrain_epochs)
+    parser.add_argument("--cache-dir", default="runs/cache")
+    parser.add_argument("--out", default="runs/bench/criteria")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--report-only", action="store_true", help="write the table and figure; run nothing")
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MPLCONFIGDIR", str((out_dir / ".cache" / "matplotlib").resolve()))
+    if args.report_only:
+        report(args, out_dir)
+        return 0
+    from automl_prune.runtime import configure_torch
+
+    configure_torch(args.threads)
+    rows = plan(args)
+    results_path = out_dir / RESULTS
+    done = {r["key"] for r in read_results(results_path)}
+    todo = [r for r in rows if r.key() not in done]
+    print(f"{len(rows)} rows planned, {len(rows) - len(todo)} already in {results_path}, {len(todo)} to run",
+          flush=True)
+    failed = []
+    for i, row in enumerate(todo):
+        start = time.perf_counter()
+        try:
+            metrics = run_row(args, row)
+        except Exception:  # one broken criterion must not stop the others
+            traceback.print_exc()
+            failed.append(row)
+            print(f"[{i + 1}/{len(todo)}] FAILED {row.key()}; continuing", flush=True)
+            continue
+        wall = time.perf_counter() - start
+        append_result(results_path, {"key": row.key(), **dataclasses.asdict(row), "variant": row.variant, **metrics,
+                                     "wall_seconds": wall, "finetune_epochs": args.finetune_epochs,
+                                     "regularize_steps": args.regularize_steps, "dataset": args.dataset,
+                                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        print(f"[{i + 1}/{len(todo)}] {row.key()}: val before {100 * metrics['val_before']:.2f}%, test "
+              f"{100 * metrics['test_plain']:.2f}% / {100 * metrics['test_distill']:.2f}% (distill), compress "
+              f"{metrics['compress_seconds']:.1f} s, wall {wall:.0f} s", flush=True)
+    report(args, out_dir)
+    if failed:
+        print(f"{len(failed)} row(s) failed: {', '.join(r.key() for r in failed)}; rerun the same command to retry",
+              flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
