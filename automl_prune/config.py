@@ -121,6 +121,8 @@ class SearchConfig:
                               f"but got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"`threads` must be >= 1, but got {self.threads}")
+        if self.storage is not None:
+            check_storage(self.storage, self.agent)
 
     @property
     def search_finetune_steps(self) -> int:
@@ -191,6 +193,27 @@ def parse_size(text: str | float) -> tuple[str, float]:
     if not 0.0 < fraction <= 1.0:
         raise ConfigError(f"`size` as a fraction of the float32 model must be in (0, 1], but got {text!r}")
     return "fraction", fraction
+
+
+#: Agents that keep their trials in an Optuna storage (``storage``).
+STORAGE_AGENTS = ("optuna", "optuna-mo")
+
+
+def check_storage(url: str, agent: str) -> None:
+    """`ConfigError` unless ``url`` is a database URL that SQLAlchemy parses and ``agent`` uses a storage."""
+    if agent not in STORAGE_AGENTS:
+        raise ConfigError(f"`storage` is the Optuna study's database, used only by agents {list(STORAGE_AGENTS)}; "
+                          f"agent {agent!r} keeps its state in the run directory, so drop --storage {url!r}")
+    from sqlalchemy.dialects import registry
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        registry.load(parsed.drivername.replace("+", "."))
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise ConfigError(f"`storage` must be a database URL such as sqlite:///study.db or "
+                          f"postgresql://user@host/db, but got {url!r}") from None
 
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")

@@ -159,7 +159,16 @@ def test_settings_that_fail_leave_no_run_directory(capsys, tmp_path) -> None:
     code, _, err = _run(capsys, "search", "--model", "tiny-cnn", *TINY, *SEARCH_IN_PROCESS, "--cache-dir",
                         str(tmp_path / "cache"), "--agent-option", "no_such_option=1", "--out", str(run))
     assert code == 2 and "no_such_option" in _one_error_line(err)
+    for bad, named in ((["--threads", "0"], "`threads`"), (["--agent", "optuna", "--storage", "bad://x"], "bad://x"),
+                       (["--storage", "sqlite:///s.db"], "drop --storage")):
+        code, _, err = _run(capsys, "search", "--model", "tiny-cnn", *TINY, *SEARCH_IN_PROCESS, "--cache-dir",
+                            str(tmp_path / "cache"), *bad, "--out", str(run))
+        assert code == 2 and named in _one_error_line(err)
     assert not run.exists(), "a refused command must not create or touch the run directory"
+    (tmp_path / "a-file").write_text("not a directory")
+    code, _, err = _run(capsys, "search", "--model", "tiny-cnn", *TINY, "--out", str(tmp_path / "a-file"))
+    assert code == 2 and "existing file" in _one_error_line(err)
+    assert (tmp_path / "a-file").read_text() == "not a directory"
 
 
 def test_resume_with_other_agent_options_is_refused(searched: Path, capsys) -> None:
