@@ -54,7 +54,7 @@ def search(
     val: Any,
     *,
     test: Any | None = None,
-    flops: float = 0.5,
+    flops: float | None = None,
     agent: str = "ddpg",
     out: str | Path = "runs/search",
     **settings: Any,
@@ -67,7 +67,8 @@ def search(
             model expects. Fine-tunes and batch-norm recalibration use it.
         val: Validation data (same forms), held out from ``train``: every candidate is scored on it.
         test: Test data, measured once on the final model; without it the summary has no test accuracy.
-        flops: The budget, a fraction of the model's FLOPs in (0, 1].
+        flops: The budget, a fraction of the model's FLOPs in (0, 1] (default 0.5; none when ``latency=`` is
+            given: ``latency=0.5`` is a budget of half the model's latency measured on this device).
         agent: The searcher (``ddpg``, ``ppo``, ``optuna``, ``random``, ``dmcp``, ``sensitivity``, ...).
         out: The run directory; calling again with the same settings, model and data resumes it.
         **settings: Any other `SearchConfig` field (``episodes``, ``criterion``, ``workers``, ``finetune_epochs``,
@@ -78,6 +79,8 @@ def search(
     """
     from automl_prune.pipeline import PYTHON_MODEL_PREFIX
 
+    if flops is None:
+        flops = 1.0 if settings.get("latency") is not None else 0.5
     config = _config(model, flops=flops, agent=agent, out=str(out), settings=settings,
                      prefix=PYTHON_MODEL_PREFIX)
     # Tracing, fine-tunes and model building draw from torch's global generator: the caller's stream is restored.

@@ -39,8 +39,8 @@ def _config_from(args: argparse.Namespace) -> SearchConfig:
         flag = getattr(args, key, None)
         if flag is not None and key != "agent_options":
             values[key] = flag
-    if ("size" in values or "bops" in values) and "flops" not in values:
-        values["flops"] = 1.0  # a size or BOPs budget alone constrains bits, not FLOPs
+    if ("size" in values or "bops" in values or "latency" in values) and "flops" not in values:
+        values["flops"] = 1.0  # a size, BOPs or latency budget alone does not constrain FLOPs
     for item in getattr(args, "agent_option", None) or []:
         values.setdefault("agent_options", {})
         values["agent_options"] = {**values["agent_options"], **_parse_option(item)}
@@ -219,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--size", help="model size budget: a fraction of the float32 model (0.125 = 4 bits on "
                            "average) or a size such as 1.5MB")
             p.add_argument("--bops", type=float, help="bit-operations budget, fraction of the 32/32-bit model")
+            p.add_argument("--latency", type=float, help="latency budget, fraction of the base model's latency "
+                           "measured on this device (replaces --flops; a per-layer latency table is measured once "
+                           "and cached in --cache-dir)")
+            p.add_argument("--latency-batch-size", type=int,
+                           help=f"batch size the latency budget is measured at ({DEFAULTS.latency_batch_size})")
             p.add_argument("--search", help="what is decided: widths, bits, both, or auto (default: widths, plus "
                            "bits when --size or --bops is given)")
             p.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, global, uniform, "

@@ -63,6 +63,8 @@ class SearchConfig:
     search: str = "auto"
     size: str | None = None
     bops: float | None = None
+    latency: float | None = None
+    latency_batch_size: int = 1
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -83,6 +85,18 @@ class SearchConfig:
                               "--search bits or both (or auto)")
         if not 0.0 < self.flops <= 1.0:
             raise ConfigError(f"`flops` must be a fraction of the base FLOPs in (0, 1], but got {self.flops}")
+        if self.latency is not None:
+            if not 0.0 < self.latency <= 1.0:
+                raise ConfigError(f"`latency` must be a fraction of the base model's measured latency in (0, 1], "
+                                  f"but got {self.latency}")
+            if self.flops < 1.0:
+                raise ConfigError(f"a latency budget replaces the FLOPs budget: give `latency` or `flops`, not both "
+                                  f"(got latency {self.latency} and flops {self.flops}; flops 1 means none)")
+            if self.search == "bits":
+                raise ConfigError("`search bits` keeps every channel, and bits do not change the float model's "
+                                  "latency, so a latency budget cannot be met by it; use --search widths or both")
+        if self.latency_batch_size < 1:
+            raise ConfigError(f"`latency_batch_size` must be >= 1, but got {self.latency_batch_size}")
         if self.episodes < 1:
             raise ConfigError(f"`episodes` must be >= 1, but got {self.episodes}")
         for name in ("pretrain_epochs", "finetune_epochs"):
@@ -133,7 +147,7 @@ class SearchConfig:
             return self.proxy_finetune_steps
         from automl_prune.fidelity_rule import default_search_fidelity
 
-        return default_search_fidelity(self.flops)
+        return default_search_fidelity(self.flops if self.latency is None else min(self.flops, self.latency))
 
     @property
     def resolved_workers(self) -> int:
@@ -145,12 +159,12 @@ class SearchConfig:
     @property
     def resolved_search(self) -> str:
         """What the search decides: ``auto`` is widths without a size/BOPs budget, bits with one and no FLOPs
-        budget (``flops`` 1), both with both."""
+        budget (``flops`` 1) or latency budget, both with both."""
         if self.search != "auto":
             return self.search
         if self.size is None and self.bops is None:
             return "widths"
-        return "bits" if self.flops >= 1.0 else "both"
+        return "bits" if self.flops >= 1.0 and self.latency is None else "both"
 
     @property
     def time_limit_seconds(self) -> float | None:
@@ -265,6 +279,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     expected: type = type(default) if default is not None else str
     if "int | None" in str(kind):
         expected = int
+    if "float | None" in str(kind):
+        expected = float
     try:
         if expected is bool:
             if not isinstance(value, bool):

@@ -37,6 +37,7 @@ def export(
     base_checkpoint_sha256: str | None = None,
     metrics: dict[str, Any] | None = None,
     onnx: bool = False,
+    latency: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``arch.json`` and ``weights.pt`` (and ``model.onnx`` if asked) into ``out_dir``.
 
@@ -54,14 +55,16 @@ def export(
         base_checkpoint_sha256: Identifies the base weights the architecture was found on.
         metrics: Anything measured (accuracies, timings).
         onnx: Also export ONNX (needs the ``onnx`` extra).
+        latency: Measured latency of the base and the compressed model (`automl_prune.pipeline`'s summary
+            ``latency``), written as ``latency``.
 
     Returns:
         The path of ``arch.json``.
     """
     out = Path(out_dir)
     architecture = space.complete(space.validate(architecture))
-    costs = space.costs(architecture)
-    full = space.cost_model.full
+    costs = space.true_costs(architecture)  # FLOPs even when the search budgeted predicted latency
+    full = space.flops_model.full
     record = {
         "schema_version": ARCH_SCHEMA_VERSION,
         "model": model_name,
@@ -80,6 +83,8 @@ def export(
         "flops_ratio": costs.flops / full.flops,
         "metrics": metrics or {},
     }
+    if latency is not None:
+        record["latency"] = latency
     if architecture.bits:
         from automl_prune.packing import save_packed
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -31,7 +32,7 @@ PYTHON_MODEL_PREFIX = "python:"
 _IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
                   "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "pretrain_epochs", "reward",
                   "pretrain_seed", "agent_options", "exclude", "search", "size", "bops", "reconstruct",
-                  "calibration_size")
+                  "calibration_size", "latency", "latency_batch_size")
 
 
 @dataclass
@@ -309,8 +310,14 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     identity = _base_identity(base)
     if resuming:
         _check_base_identity(run_dir, identity)
+    if config.latency is not None:
+        from automl_prune.latency import latency_budget
+
+        base = with_latency_cost(config, base)
+        budget = latency_budget(base.space, config.latency)
+    else:
+        budget = base.space.flops_budget(config.flops)
     space = base.space
-    budget = space.flops_budget(config.flops)
     from automl_prune.pruning import channel_order
 
     # A criterion that cannot score a group, or an unknown name, is refused now.
@@ -360,10 +367,11 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
         _log(f"resuming {run_dir}: {done} of {config.episodes} evaluations already done")
     steps = config.search_finetune_steps
     proxy = f"{steps} fine-tune steps + adaptive BN" if steps else "adaptive BN"
-    _log(
-        f"searching {config.model} on {config.dataset} with {config.agent}: {len(space)} channel groups, "
-        f"budget {budget:,} FLOPs ({config.flops:g} of {space.full_flops:,}), candidates scored by {proxy}"
-    )
+    what = (f"budget {budget / 1e3:,.1f} us of predicted latency ({config.latency:g} of {space.full_flops / 1e3:,.1f} "
+            f"us at batch {config.latency_batch_size})" if config.latency is not None
+            else f"budget {budget:,} FLOPs ({config.flops:g} of {space.full_flops:,})")
+    _log(f"searching {config.model} on {config.dataset} with {config.agent}: {len(space)} channel groups, {what}, "
+         f"candidates scored by {proxy}")
 
     bar = tqdm(total=config.episodes, initial=min(done, config.episodes), desc=f"search ({config.agent})",
                unit="eval", disable=not config.progress, file=sys.stderr, dynamic_ncols=True,
@@ -522,7 +530,7 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
         test_acc, _ = accuracy_and_loss(model, base.splits.test.images, base.splits.test.labels, 250)
     else:
         _log("no test data was given: the summary has no test accuracy")
-    costs, full = space.costs(best), space.cost_model.full
+    costs, full = space.true_costs(best), space.flops_model.full  # FLOPs even under a latency budget
     finetune_seconds = 0.0
     if ladder is not None:
         finetune_seconds = sum(r.seconds for (cid, _), r in ladder.results.items() if cid == chosen.id)
@@ -553,14 +561,25 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
         **({"rerank": ladder.to_dict()} if ladder is not None else {}),
         **({"pareto_front": result.extra["pareto_front"]} if "pareto_front" in result.extra else {}),
     }
+    if config.latency is not None:
+        summary["latency"] = measure_final_latency(config, base, model, best)
     export(run_dir / "best", model=model, space=space, architecture=best, model_name=config.model,
            in_channels=base.meta["in_channels"], num_classes=base.meta["num_classes"], dataset=config.dataset,
-           base_checkpoint_sha256=base.meta.get("sha256"), metrics=summary["compressed"], onnx=config.onnx)
+           base_checkpoint_sha256=base.meta.get("sha256"), metrics=summary["compressed"], onnx=config.onnx,
+           latency=summary.get("latency"))
     if best.bits:
         summary["int8"] = _int8_realisation(model, base, best, run_dir / "best")
     _draw(config, space, best, costs.flops / full.flops, ladder, run_dir)
     _write_json(run_dir / "summary.json", summary)
     rows = summary_rows(summary)
+    if "latency" in summary:
+        lat = summary["latency"]
+        for batch, pair in lat["measured_ms"].items():
+            rows.append([f"latency, batch {batch} ({lat['threads']} threads, median)",
+                         f"{pair['base']['median_ms']:.3f} ms", f"{pair['compressed']['median_ms']:.3f} ms"])
+        rows.append([f"latency budget ({lat['budget']:g}, batch {lat['batch_size']})", f"{lat['budget_ms']:.3f} ms",
+                     f"{'met' if lat['met'] else 'met within noise' if lat['met_within_noise'] else 'NOT met'} "
+                     f"({lat['ratio']:.3f}x, noise +/-{lat['noise_ms']:.3f} ms)"])
     rows.append(["chosen by re-ranking", "-", f"{chosen.id} ({chosen.origin})"])
     rows.append(["re-rank time (incl. fine-tune)", "-", f"{rerank_seconds:.1f} s"])
     table = format_table(["", "base", "compressed"], rows)
@@ -572,6 +591,74 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
     pictures = "widths.png" + (", ../ladder.png" if ladder is not None else "") + ", ../report.md"
     print(f"\nexported to {run_dir / 'best'} (arch.json, weights.pt, {pictures})")
     return summary
+
+
+def with_latency_cost(config: SearchConfig, base: BaseModel) -> BaseModel:
+    """``base`` with a search space whose width cost is the predicted latency (ns) at ``latency_batch_size``, from
+    the per-layer latency table of this device (`automl_prune.latency`; measured once, cached in ``cache_dir``)."""
+    from automl_prune.latency import LatencyCostModel, latency_table
+
+    space = base.space
+    table, path = latency_table(base.model, space.graph, {d.name: d.choices() for d in space.decisions},
+                                config.cache_dir, batch_size=config.latency_batch_size, log=_log)
+    table.meta["file"] = str(path)
+    return dataclasses.replace(base, space=space.with_width_cost(LatencyCostModel(space.graph, table)))
+
+
+def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn.Module, best: Any,
+                          rounds: int = 21) -> dict[str, Any]:
+    """Measured latency of the base and the compressed model at batch 1 and ``latency_batch_size``, interleaved,
+    and whether the compressed one meets the latency budget, strictly and within the measured noise.
+
+    Noise is half the compressed model's interquartile range plus the budget fraction times half the base
+    model's (the uncertainty of both medians the check compares). A model with bits is timed as its float
+    realisation (the simulated quantization is not a deployment).
+    """
+    from automl_prune.latency import compare_latency, device_name
+
+    space = base.space
+    compressed = model
+    if best.bits:
+        from automl_prune.int8 import _as_float_model
+
+        compressed = _as_float_model(model)
+    batch = config.latency_batch_size
+    batches = sorted({1, batch})
+    _log(f"measuring the latency of the base and the compressed model ({rounds} interleaved rounds, batch "
+         f"{', '.join(map(str, batches))}, {torch.get_num_threads()} threads)")
+    measured = compare_latency({"base": base.model, "compressed": compressed}, tuple(space.graph.input_shape[1:]),
+                               batches, rounds=rounds)
+    b, c = measured[batch]["base"], measured[batch]["compressed"]
+    budget_ms = config.latency * b["median_ms"]
+    noise_ms = 0.5 * c["iqr_ms"] + config.latency * 0.5 * b["iqr_ms"]
+    table = getattr(space.cost_model, "table", None)
+    record: dict[str, Any] = {
+        "budget": config.latency,
+        "batch_size": batch,
+        "threads": torch.get_num_threads(),
+        "device": device_name(next(model.parameters()).device),
+        "statistic": f"median of {rounds} interleaved rounds (base and compressed alternate, one forward pass or "
+                     "more per round lasting >= 1 ms); noise = half the compressed model's IQR + budget x half "
+                     "the base model's IQR",
+        "measured_ms": {str(bs): measured[bs] for bs in batches},
+        "ratio": c["median_ms"] / b["median_ms"],
+        "ratio_of_minimums": c["min_ms"] / b["min_ms"],
+        "budget_ms": budget_ms,
+        "noise_ms": noise_ms,
+        "met": c["median_ms"] <= budget_ms,
+        "met_within_noise": c["median_ms"] <= budget_ms + noise_ms,
+        "predicted_ms": {"base": space.full_flops / 1e6, "compressed": space.flops(best) / 1e6,
+                         "budget": math.floor(config.latency * space.full_flops) / 1e6},
+    }
+    if table is not None:
+        record["table"] = {"file": table.meta.get("file"), "fit": table.meta.get("fit"), "device": table.device,
+                           "threads": table.threads, "batch_size": table.batch_size}
+    verdict = ("met" if record["met"] else "met within the measured noise" if record["met_within_noise"]
+               else "NOT met")
+    _log(f"latency at batch {batch}: base {b['median_ms']:.3f} ms, compressed {c['median_ms']:.3f} ms "
+         f"({record['ratio']:.3f}x; budget {config.latency:g}, {budget_ms:.3f} ms, noise +/-{noise_ms:.3f} ms): "
+         f"{verdict}")
+    return record
 
 
 def _int8_realisation(model: torch.nn.Module, base: BaseModel, best: Any, out: Path) -> dict[str, Any]:

@@ -87,6 +87,10 @@ class BitDecision:
 class SearchSpace:
     """Width decisions over a network's channel groups, in the order the network runs them, and bit decisions.
 
+    Width cost: `flops` (and `full_flops`, `min_flops`, `flops_budget`, `costs`, `cost_model`) is the analytic FLOPs
+    count, or, in a space made by `with_width_cost`, another additive cost of the widths (predicted latency in
+    nanoseconds), which every searcher then budgets unchanged; `true_costs` is always FLOPs and params.
+
     Bit decisions: one per conv and linear layer (`quantizable_layers`, execution order), weight and input
     activation bits each from ``bit_choices`` (or 32, float); a layer in ``pinned_bits`` may only take its pinned
     value (or 32). An architecture without bits is a float model and always valid.
@@ -100,6 +104,7 @@ class SearchSpace:
         *,
         bit_choices: Sequence[int] = DEFAULT_BIT_CHOICES,
         pinned_bits: Mapping[str, int] | None = None,
+        width_cost: CostModel | None = None,
     ):
         self.graph = graph
         self.decisions = decisions
@@ -108,8 +113,13 @@ class SearchSpace:
         unknown = set(self._by_name) - set(graph.group_index)
         if unknown:
             raise InvalidArchitectureError(f"decisions name groups the network does not have: {sorted(unknown)}")
-        self.cost_model = CostModel(graph)
-        self.quant_cost_model = QuantCostModel(self.cost_model)
+        self.flops_model = CostModel(graph)
+        if width_cost is not None and width_cost.layer_names != self.flops_model.layer_names:
+            raise ConfigError("the width cost model was built for another network (its layers differ)")
+        # What searchers see as "FLOPs" (`flops`, `full_flops`, `flops_budget`, `cost_model`): the analytic FLOPs,
+        # or a pluggable width cost such as predicted latency (`automl_prune.latency.LatencyCostModel`).
+        self.cost_model = self.flops_model if width_cost is None else width_cost
+        self.quant_cost_model = QuantCostModel(self.flops_model)
         self.bit_choices = _check_bit_choices(bit_choices)
         self.pinned_bits = {str(k): int(v) for k, v in (pinned_bits or {}).items()}
         layers = self.quant_cost_model.layer_names
@@ -178,6 +188,16 @@ class SearchSpace:
                 "or an attention matmul), so FLOPs budgets would not be exact; this model is not supported"
             )
         return space
+
+    def with_width_cost(self, width_cost: CostModel | None) -> SearchSpace:
+        """The same space whose width cost (what `flops` returns) is ``width_cost`` (``None``: FLOPs)."""
+        return SearchSpace(self.graph, list(self.decisions), model_name=self.model_name, bit_choices=self.bit_choices,
+                           pinned_bits=self.pinned_bits, width_cost=width_cost)
+
+    @property
+    def width_cost_unit(self) -> str:
+        """What `flops` counts: ``"FLOPs"``, or the width cost's ``unit`` (``"ns"`` for predicted latency)."""
+        return str(getattr(self.cost_model, "unit", "FLOPs")) if self.cost_model is not self.flops_model else "FLOPs"
 
     # access ----------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -360,12 +380,17 @@ class SearchSpace:
 
     # costs -----------------------------------------------------------------------------------------------
     def costs(self, architecture: Architecture | Mapping[str, int]) -> Costs:
-        """FLOPs and params of an architecture, analytically."""
+        """FLOPs (the width cost) and params of an architecture, analytically."""
         widths = architecture.widths if isinstance(architecture, Architecture) else architecture
         return self.cost_model.costs(widths)
 
+    def true_costs(self, architecture: Architecture | Mapping[str, int]) -> Costs:
+        """Analytic FLOPs and params, whatever the width cost."""
+        widths = architecture.widths if isinstance(architecture, Architecture) else architecture
+        return self.flops_model.costs(widths)
+
     def flops(self, architecture: Architecture | Mapping[str, int]) -> int:
-        """FLOPs per sample."""
+        """FLOPs per sample (the width cost: predicted latency in a `with_width_cost` space)."""
         return self.costs(architecture).flops
 
     @property
