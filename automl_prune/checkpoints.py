@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from automl_prune.atomic import atomic_write
 from automl_prune.data import Splits
 from automl_prune.errors import CheckpointError
+from automl_prune.streaming import LazyImages
 
 __all__ = [
     "FORMAT_VERSION",
@@ -148,7 +149,9 @@ def data_fingerprint(splits: Splits) -> str:
 
     Covers the training and validation images and labels (so the data root's content, the validation size and
     the seed of the split) and the dataset spec (normalization, input size). Two folders with identical
-    content share a fingerprint, which is right: they give the same weights.
+    content share a fingerprint, which is right: they give the same weights. Streamed images
+    (`automl_prune.streaming.LazyImages`) are not read: their file names, sizes and modification times stand
+    for their content.
     """
     digest = hashlib.blake2b(digest_size=8)
     spec = splits.spec
@@ -157,6 +160,9 @@ def data_fingerprint(splits: Splits) -> str:
     for split in (splits.train, splits.val):
         for tensor in (split.images, split.labels):
             digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
+            if isinstance(tensor, LazyImages):  # streamed from disk: its files (names, sizes, times) and transform
+                digest.update(tensor.fingerprint().encode())
+                continue
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 

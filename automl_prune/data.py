@@ -1,4 +1,7 @@
-"""Datasets from local files, held in memory as normalized tensors, with a validation split from train.
+"""Datasets from local files, as normalized tensors in memory, with a validation split from train.
+
+A large ``imagefolder`` is streamed from disk instead (`automl_prune.streaming.LazyImages` in place of the
+images tensor, read in batches by DataLoader workers); the choice is automatic and logged in one line.
 
 The search scores architectures on ``val`` (held out from the training set with a fixed seed) and never
 sees ``test``. Parsed arrays are cached in this process only; nothing is ever written or downloaded.
@@ -10,6 +13,7 @@ Fashion-MNIST included: runs here are 1-5 epochs, where augmentation costs accur
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import pickle
@@ -23,6 +27,7 @@ from torch import Tensor
 
 from automl_prune.errors import ConfigError, DatasetNotFoundError
 from automl_prune.registry import Registry
+from automl_prune.streaming import ImageFolderFiles, ImageTransform, LazyImages
 
 __all__ = [
     "DATASETS",
@@ -55,9 +60,13 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class Split:
-    """One split in memory: ``images`` float32 normalized NCHW, ``labels`` int64."""
+    """One split: ``images`` float32 normalized NCHW, ``labels`` int64 (in memory).
 
-    images: Tensor
+    ``images`` is a tensor, or for a streamed image folder a `LazyImages` that decodes only what is indexed:
+    read it in batches (`iterate_batches`, ``images[a:b]``, ``images[index]``), never as a whole.
+    """
+
+    images: Tensor | LazyImages
     labels: Tensor
 
     def __len__(self) -> int:
@@ -102,8 +111,14 @@ def load_dataset(
     seed: int = 0,
     subset: int | None = None,
     input_size: int | None = None,
+    resize: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    stream: bool | None = None,
+    stream_limit_bytes: int | None = None,
+    loader_workers: int | None = None,
 ) -> Splits:
-    """Load a dataset into memory, normalized, with a validation split held out from the training set.
+    """Load a dataset, normalized, with a validation split held out from the training set.
 
     Args:
         name: ``fashion-mnist``, ``cifar10``, ``imagefolder``, ``synthetic`` (1x16x16) or
@@ -117,9 +132,19 @@ def load_dataset(
         subset: Keep only this many training images (chosen at random with ``seed``) for quick runs;
             validation and test are not reduced.
         input_size: Side images are resized to; only ``imagefolder`` uses it (default 32).
+        resize: ``imagefolder``: the shorter side is resized to this before the center crop of ``input_size``
+            (default ``input_size``: a square image is resized whole).
+        mean, std: ``imagefolder``: per-channel normalization; by default measured on the training images
+            (all of them in memory, a seeded sample of 512 when streamed).
+        stream: ``imagefolder``: stream from disk (True), decode into memory (False), or decide by the
+            decoded size (None, also ``AUTOML_PRUNE_STREAM``); see `automl_prune.streaming`.
+        stream_limit_bytes: Decoded size above which ``imagefolder`` is streamed (default
+            `automl_prune.streaming.stream_limit_bytes`).
+        loader_workers: DataLoader worker processes of a streamed folder (default
+            `automl_prune.streaming.default_loader_workers`).
 
     Returns:
-        The `Splits`; ``val`` and ``train`` are disjoint.
+        The `Splits`; ``val`` and ``train`` are disjoint. A streamed folder's splits hold `LazyImages`.
 
     Raises:
         UnknownNameError: Unknown ``name``.
@@ -127,17 +152,25 @@ def load_dataset(
         ConfigError: A ``val_size`` or ``subset`` that does not fit the training set.
     """
     loader = DATASETS.get(name)
-    raw = _load_raw_cached(loader, str(root) if root is not None else None, input_size)
-    n_train = len(raw.train_labels)
-    val_size = raw.default_val_size if val_size is None else val_size
-    if not 0 <= val_size < n_train:
-        raise ConfigError(f"`0 <= val_size < {n_train}` must hold for {name!r}, but got val_size={val_size}")
-    order = np.random.default_rng(seed).permutation(n_train)
-    val_idx, train_idx = order[:val_size], order[val_size:]
-    if subset is not None:
-        if subset < 1:
-            raise ConfigError(f"`subset` must be a positive number of images, but got {subset}")
-        train_idx = train_idx[:subset]
+    root_text = str(root) if root is not None else None
+    if name == "imagefolder":
+        from automl_prune.streaming import choose_streaming, scan_imagefolder
+
+        if (mean is None) != (std is None):
+            raise ConfigError(f"give both `mean` and `std` or neither, but got mean={mean}, std={std}")
+        if mean is not None and std is not None:
+            mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        size = input_size or 32
+        transform = ImageTransform(size, resize or size, *(() if mean is None or std is None else (mean, std)))
+        files = scan_imagefolder(root_text)
+        if choose_streaming(files, size, stream=stream, limit_bytes=stream_limit_bytes, workers=loader_workers):
+            return _streamed_imagefolder(files, transform, val_size, seed, subset, mean, std, loader_workers)
+        raw = _load_raw_cached(loader, root_text, size, transform.resize)
+        if mean is not None and std is not None:
+            raw = dataclasses.replace(raw, spec=dataclasses.replace(raw.spec, mean=mean, std=std))
+    else:
+        raw = _load_raw_cached(loader, root_text, input_size)
+    val_idx, train_idx = _partition(len(raw.train_labels), raw.default_val_size, name, val_size, seed, subset)
     spec = raw.spec
 
     def make(images: np.ndarray, labels: np.ndarray) -> Split:
@@ -147,6 +180,61 @@ def load_dataset(
         train=make(raw.train_images[np.sort(train_idx)], raw.train_labels[np.sort(train_idx)]),
         val=make(raw.train_images[np.sort(val_idx)], raw.train_labels[np.sort(val_idx)]),
         test=make(raw.test_images, raw.test_labels),
+        spec=spec,
+    )
+
+
+def _partition(
+    n_train: int, default_val_size: int, name: str, val_size: int | None, seed: int, subset: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(val, train)`` indices of the training files: a seeded permutation, validation first."""
+    val_size = default_val_size if val_size is None else val_size
+    if not 0 <= val_size < n_train:
+        raise ConfigError(f"`0 <= val_size < {n_train}` must hold for {name!r}, but got val_size={val_size}")
+    order = np.random.default_rng(seed).permutation(n_train)
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if subset is not None:
+        if subset < 1:
+            raise ConfigError(f"`subset` must be a positive number of images, but got {subset}")
+        train_idx = train_idx[:subset]
+    return val_idx, train_idx
+
+
+def _streamed_imagefolder(
+    files: ImageFolderFiles,
+    transform: ImageTransform,
+    val_size: int | None,
+    seed: int,
+    subset: int | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    workers: int | None,
+) -> Splits:
+    """`Splits` of an image folder whose images stay on disk (the same partition as the in-memory path)."""
+    from automl_prune.streaming import sample_mean_std
+
+    n_train = len(files.train_paths)
+    val_idx, train_idx = _partition(n_train, max(1, n_train // 10), "imagefolder", val_size, seed, subset)
+    train_root, test_root = str(Path(files.root) / "train"), str(Path(files.root) / "test")
+    if mean is None or std is None:
+        every = LazyImages(train_root, files.train_paths, dataclasses.replace(transform, mean=(0.0,) * 3,
+                                                                              std=(1.0,) * 3), workers)
+        transform = dataclasses.replace(transform, **dict(zip(("mean", "std"), sample_mean_std(every, seed=seed),
+                                                              strict=True)))
+
+    def make(root: str, paths: tuple[str, ...], labels: np.ndarray, index: np.ndarray | None) -> Split:
+        if index is not None:
+            index = np.sort(index)
+            paths, labels = tuple(paths[i] for i in index), labels[index]
+        return Split(LazyImages(root, paths, transform, workers), torch.from_numpy(labels.astype(np.int64)))
+
+    size = transform.size
+    spec = DatasetSpec("imagefolder", 3, len(files.classes), size, transform.mean, transform.std,
+                       crop_padding=size // 8, hflip=True)
+    return Splits(
+        train=make(train_root, files.train_paths, files.train_labels, train_idx),
+        val=make(train_root, files.train_paths, files.train_labels, val_idx),
+        test=make(test_root, files.test_paths, files.test_labels, None),
         spec=spec,
     )
 
@@ -161,7 +249,7 @@ def iterate_batches(
     spec: DatasetSpec | None = None,
     drop_last: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(images, labels)`` batches from an in-memory split, without DataLoader workers.
+    """Yield ``(images, labels)`` batches: slices of an in-memory split, or DataLoader batches of a streamed one.
 
     Args:
         split: The split to iterate.
@@ -190,6 +278,12 @@ def iterate_batches(
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else None
     stop = n - n % batch_size if drop_last else n
+    if isinstance(split.images, LazyImages):
+        index_batches = [order[s : s + batch_size] if order is not None else torch.arange(s, min(s + batch_size, n))
+                         for s in range(0, stop, batch_size)]
+        for index, x in zip(index_batches, split.images.iter_batches(index_batches), strict=True):
+            yield (_augment(x, spec, generator) if augment and spec is not None else x), split.labels[index]
+        return
     for start in range(0, stop, batch_size):
         if order is None:
             x, y = split.images[start : start + batch_size], split.labels[start : start + batch_size]
@@ -229,9 +323,10 @@ def _normalize(images: np.ndarray, spec: DatasetSpec) -> Tensor:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_raw_cached(loader: Callable[..., RawDataset], root: str | None, input_size: int | None) -> RawDataset:
+def _load_raw_cached(loader: Callable[..., RawDataset], root: str | None, input_size: int | None,
+                     *extra: object) -> RawDataset:
     """Parse a dataset's files once per process (in memory only)."""
-    return loader(root, input_size)
+    return loader(root, input_size, *extra)
 
 
 # ---------------------------------------------------------------------------------------------------- loaders
@@ -325,44 +420,31 @@ def _load_cifar10(root: str | None, input_size: int | None = None) -> RawDataset
 
 
 @DATASETS.register("imagefolder")
-def _load_imagefolder(root: str | None, input_size: int | None = None) -> RawDataset:
-    """RGB images in ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*``, resized to ``input_size``."""
-    if root is None or not (Path(root) / "train").is_dir() or not (Path(root) / "test").is_dir():
-        raise DatasetNotFoundError(
-            f"imagefolder needs `--data-root PATH` with train/ and test/ folders of class subfolders, but got {root!r}"
-        )
-    from torchvision import datasets, transforms
+def _load_imagefolder(root: str | None, input_size: int | None = None, resize: int | None = None) -> RawDataset:
+    """RGB images in ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*``, decoded into memory: the shorter
+    side resized to ``resize`` (default ``input_size``), center-cropped to ``input_size`` (default 32), the
+    transform of the streamed path (`automl_prune.streaming.ImageTransform`)."""
+    from automl_prune.streaming import read_rgb, scan_imagefolder
 
+    files = scan_imagefolder(root)
     size = input_size or 32
-    transform = transforms.Compose([transforms.Resize((size, size)), transforms.PILToTensor()])
-    loaded = []
-    for part in ("train", "test"):
-        folder = datasets.ImageFolder(str(Path(root) / part), transform=transform, loader=_rgb_loader)
-        images = np.stack([folder[i][0].numpy() for i in range(len(folder))]).astype(np.uint8)
-        loaded.append((folder.classes, images, np.asarray(folder.targets, dtype=np.int64)))
-    if loaded[0][0] != loaded[1][0]:
-        raise DatasetNotFoundError(
-            f"imagefolder {root}: train/ classes {loaded[0][0]} differ from test/ classes {loaded[1][0]}"
-        )
-    train = loaded[0][1].astype(np.float64) / 255.0
+    pil = ImageTransform(size, resize or size).pil()
+    loaded = [
+        np.stack([pil(read_rgb(str(Path(files.root) / part / p))).numpy() for p in paths]).astype(np.uint8)
+        for part, paths in (("train", files.train_paths), ("test", files.test_paths))
+    ]
+    train = loaded[0].astype(np.float64) / 255.0
     mean = tuple(float(v) for v in train.mean(axis=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in train.std(axis=(0, 2, 3)))
-    spec = DatasetSpec("imagefolder", 3, len(loaded[0][0]), size, mean, std, crop_padding=size // 8, hflip=True)
+    spec = DatasetSpec("imagefolder", 3, len(files.classes), size, mean, std, crop_padding=size // 8, hflip=True)
     return RawDataset(
-        loaded[0][1],
-        loaded[0][2],
-        loaded[1][1],
-        loaded[1][2],
+        loaded[0],
+        files.train_labels,
+        loaded[1],
+        files.test_labels,
         spec,
         default_val_size=max(1, len(train) // 10),
     )
-
-
-def _rgb_loader(path: str) -> object:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def _synthetic(name: str, channels: int, size: int, num_classes: int = 10) -> RawDataset:

@@ -19,7 +19,9 @@ from torch import nn
 
 from automl_prune.calibration import Calibration
 from automl_prune.criteria import Criterion, get_criterion
+from automl_prune.data import Split, iterate_batches
 from automl_prune.pruning import channel_order, compress_widths
+from automl_prune.streaming import LazyImages
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["Evaluator", "Metrics", "recalibrate_batch_norm"]
@@ -73,15 +75,17 @@ def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> Non
 
 @torch.no_grad()
 def accuracy_and_loss(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+    model: nn.Module, images: torch.Tensor | LazyImages, labels: torch.Tensor, batch_size: int
 ) -> tuple[float, float]:
-    """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on the given tensors."""
+    """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on the given tensors (or streamed images:
+    read in batches, each moved to the model's device)."""
     model.eval()
     correct = 0
     loss_sum = 0.0
-    for start in range(0, len(labels), batch_size):
-        x = images[start : start + batch_size]
-        y = labels[start : start + batch_size]
+    device = next((p.device for p in model.parameters()), None)
+    for x, y in iterate_batches(Split(images, labels), batch_size, shuffle=False, seed=0):
+        if device is not None and x.device != device:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
@@ -111,8 +115,8 @@ class Evaluator:
         self,
         model: nn.Module,
         space: SearchSpace,
-        train_images: torch.Tensor,
-        val_images: torch.Tensor,
+        train_images: torch.Tensor | LazyImages,
+        val_images: torch.Tensor | LazyImages,
         val_labels: torch.Tensor,
         *,
         criterion: str | Criterion = "l1",
@@ -152,14 +156,19 @@ class Evaluator:
             for i in range(0, n_calib, bn_batch_size)
         ]
         self._finetune: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._finetune_index: torch.Tensor | None = None  # streamed images: batches read at each fine-tune
         if finetune_steps > 0 and train_labels is not None:
             ft_idx = torch.randint(
                 len(train_images), (finetune_steps, finetune_batch_size), generator=generator
             )
-            self._finetune = [
-                (train_images[idx].to(self.device), train_labels[idx].to(self.device)) for idx in ft_idx
-            ]
-        self.val_images = val_images.to(self.device)
+            if isinstance(train_images, LazyImages):
+                self._finetune_index = ft_idx
+            else:
+                self._finetune = [
+                    (train_images[idx].to(self.device), train_labels[idx].to(self.device)) for idx in ft_idx
+                ]
+        # Streamed validation images stay on disk; `accuracy_and_loss` moves each batch to the device.
+        self.val_images = val_images if isinstance(val_images, LazyImages) else val_images.to(self.device)
         self.val_labels = val_labels.to(self.device)
         self._cache: dict[str, Metrics] = {}
         self.evaluations = 0  # evaluations actually computed (cache misses)
@@ -173,7 +182,7 @@ class Evaluator:
             pruned = compress_widths(self.model, self.space.graph, architecture.widths, self.criterion,
                                      self._channel_order(), calibration=self.calibration,
                                      reconstruct=self.reconstruct).to(self.device)
-            if self._finetune:
+            if self._finetune or self._finetune_index is not None:
                 self._short_finetune(pruned)
             recalibrate_batch_norm(pruned, self._calibration)
             if architecture.bits:
@@ -195,7 +204,12 @@ class Evaluator:
     def _short_finetune(self, model: nn.Module) -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
         model.train()
-        for x, y in self._finetune:
+        batches: Any = self._finetune
+        if self._finetune_index is not None and isinstance(self.train_images, LazyImages):
+            labels: Any = self.train_labels  # not None: checked in __init__
+            batches = ((x.to(self.device), labels[idx].to(self.device)) for idx, x in
+                       zip(self._finetune_index, self.train_images.iter_batches(self._finetune_index), strict=True))
+        for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(x), y).backward()
             optimizer.step()
