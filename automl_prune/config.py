@@ -1,14 +1,45 @@
-"""`SearchConfig`: every setting of a search, built once (CLI flags over a YAML file over defaults)."""
+"""`SearchConfig`: every setting of a search, built once (CLI flags over a YAML file over defaults).
+
+The YAML file, the flags and the Python API all end in one `SearchConfig`, and its types are checked by one
+typed model: each field's annotation is validated by pydantic (strict: a YAML ``flops: "0.5"`` or
+``episodes: 2.5`` is refused, not guessed at) when the object is built, and again key by key when a YAML file is
+read so that the error names the file. Cross-field rules (a latency budget replaces the FLOPs budget, ...) follow
+in ``__post_init__``. Every failure is one `ConfigError` line naming the setting, the value and what is valid.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
 from automl_prune.errors import ConfigError, did_you_mean
+
+
+def _as_patterns(value: Any) -> Any:
+    """One pattern or a list of them -> a tuple (YAML and the API give lists, the CLI a list, users a string)."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _number_as_text(value: Any) -> Any:
+    """``size: 0.125`` and ``time_limit: 90`` in YAML or Python arrive as numbers; the field keeps text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+#: Module path patterns (``--exclude``, repeatable).
+Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_patterns)]
+#: A setting written as text that may be given as a number (``size``, ``time_limit``).
+NumberOrText = Annotated[str | None, BeforeValidator(_number_as_text)]
 
 __all__ = ["DEFAULTS", "REGULARIZERS", "SEARCH_MODES", "SearchConfig", "load_config_file", "parse_duration",
            "parse_size"]
@@ -58,25 +89,26 @@ class SearchConfig:
     rerank_eta: int = 3
     workers: int | None = None
     address: str | None = None
-    exclude: tuple[str, ...] = ()
-    time_limit: str | None = None
+    exclude: Patterns = ()
+    time_limit: NumberOrText = None
     search: str = "auto"
-    size: str | None = None
+    size: NumberOrText = None
     bops: float | None = None
     latency: float | None = None
     latency_batch_size: int = 1
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.exclude, str):
-            object.__setattr__(self, "exclude", (self.exclude,))
-        object.__setattr__(self, "exclude", tuple(str(p) for p in self.exclude))
+        for item in fields(self):
+            value = getattr(self, item.name)
+            checked = check_setting(item.name, value)
+            if checked is not value:
+                object.__setattr__(self, item.name, checked)
         if self.time_limit is not None:
             parse_duration(self.time_limit)
         if self.search not in SEARCH_MODES:
             raise ConfigError(f"`search` must be one of {list(SEARCH_MODES)}, but got {self.search!r}")
         if self.size is not None:
-            object.__setattr__(self, "size", str(self.size))
             parse_size(self.size)
         if self.bops is not None and not 0.0 < self.bops <= 1.0:
             raise ConfigError(f"`bops` must be a fraction of the 32/32-bit model's BOPs in (0, 1], but got {self.bops}")
@@ -253,48 +285,39 @@ def parse_duration(text: str | float | int) -> float:
     return seconds
 
 
+@functools.cache
+def _adapters() -> dict[str, TypeAdapter[Any]]:
+    """A strict pydantic validator per field, from `SearchConfig`'s annotations."""
+    hints = typing.get_type_hints(SearchConfig, include_extras=True)
+    return {f.name: TypeAdapter(hints[f.name], config=ConfigDict(strict=True)) for f in fields(SearchConfig)}
+
+
+_EXPECTED = {"float_type": "a number", "int_type": "an integer", "bool_type": "true or false",
+             "string_type": "text", "dict_type": "a mapping of option -> value", "tuple_type": "a list of text"}
+
+
+def check_setting(key: str, value: Any, source: str | None = None) -> Any:
+    """``value`` validated (and normalised: a list of patterns -> a tuple) for field ``key``, else one
+    `ConfigError` line naming ``source`` (a file) when given, the key, the value and the expected type."""
+    try:
+        return _adapters()[key].validate_python(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = f"{source}: " if source else ""
+        kinds = {e["type"] for e in exc.errors()}
+        optional = "none_required" in kinds or "None" in str(SearchConfig.__dataclass_fields__[key].type)
+        wanted = next((_EXPECTED[k] for k in (error["type"], *kinds) if k in _EXPECTED), None)
+        if wanted is None:
+            raise ConfigError(f"{where}`{key}`: {error['msg'].lower()}, but got {value!r}") from None
+        if value is None and not optional:
+            raise ConfigError(f"{where}`{key}` must not be empty") from None
+        what = f"items of `{key}`" if error["loc"] else f"`{key}`"
+        raise ConfigError(f"{where}{what} must be {wanted}{' (or empty)' if optional else ''}, "
+                          f"but got {value!r}") from None
+
+
 DEFAULTS = SearchConfig()
 _TYPES = {f.name: f.type for f in fields(SearchConfig)}
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    default = getattr(DEFAULTS, key)
-    kind = _TYPES[key]
-    if value is None:
-        if "None" in str(kind):
-            return None
-        raise ConfigError(f"{source}: `{key}` must not be empty")
-    if key == "exclude":
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-            raise ConfigError(f"{source}: `exclude` must be a module path pattern or a list of them, but got "
-                              f"{value!r}")
-        return tuple(items)
-    if key in ("time_limit", "size") and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if key == "agent_options":
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: `agent_options` must be a mapping of option -> value, but got {value!r}")
-        return {str(k): v for k, v in value.items()}
-    expected: type = type(default) if default is not None else str
-    if "int | None" in str(kind):
-        expected = int
-    if "float | None" in str(kind):
-        expected = float
-    try:
-        if expected is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if expected is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if expected is str and isinstance(value, str):
-            return value
-    except TypeError:
-        pass
-    raise ConfigError(f"{source}: `{key}` must be a {expected.__name__}, but got {value!r}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -322,5 +345,5 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             hint = did_you_mean(key, _TYPES)
             suggestion = f" (did you mean {hint!r}?)" if hint else ""
             raise ConfigError(f"{path}: unknown key {raw_key!r}{suggestion}; valid keys are {sorted(_TYPES)}")
-        values[key] = _coerce(key, value, str(path))
+        values[key] = check_setting(key, value, str(path))
     return values
