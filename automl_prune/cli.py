@@ -23,6 +23,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         "the base model, no pretraining")
     parser.add_argument("--dataset", help=f"fashion-mnist, cifar10, imagefolder, synthetic ({DEFAULTS.dataset})")
     parser.add_argument("--data-root", help="folder with the dataset's files")
+    parser.add_argument("--input-size", type=int, help="imagefolder: side in pixels images are resized and "
+                        "center-cropped to (default 32)")
+    parser.add_argument("--stream", help="imagefolder: read batches from disk (on), decode into memory (off), or "
+                        "stream when the decoded folder is over a quarter of the memory (auto, default)")
+    parser.add_argument("--loader-workers", type=int, help="imagefolder streaming: DataLoader worker processes "
+                        "(default min(4, CPUs - 1))")
     parser.add_argument("--cache-dir", help=f"where base models are cached (default {DEFAULTS.cache_dir})")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--pretrain-epochs", type=float, help=f"default {DEFAULTS.pretrain_epochs:g}")
@@ -177,7 +183,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from automl_prune.report import format_table
     from search_spaces import SearchSpace
 
-    spec = load_dataset(config.dataset, config.data_root, val_size=config.val_size).spec
+    spec = load_dataset(config.dataset, config.data_root, **config.dataset_options).spec
     model = build_model(config.model, spec.in_channels, spec.num_classes, spec.input_size)
     space = SearchSpace.from_model(model, torch.zeros(1, spec.in_channels, spec.input_size, spec.input_size),
                                    min_keep_ratio=config.min_keep_ratio, round_to=config.round_to)

@@ -53,6 +53,9 @@ class SearchConfig:
     weights: str | None = None
     dataset: str = "fashion-mnist"
     data_root: str | None = None
+    input_size: int | None = None
+    stream: str = "auto"
+    loader_workers: int | None = None
     flops: float = 0.5
     agent: str = "ddpg"
     episodes: int = 100
@@ -104,6 +107,12 @@ class SearchConfig:
             checked = check_setting(item.name, value)
             if checked is not value:
                 object.__setattr__(self, item.name, checked)
+        if self.input_size is not None and self.input_size < 8:
+            raise ConfigError(f"`input_size` must be >= 8 pixels, but got {self.input_size}")
+        if self.stream not in STREAM_MODES:
+            raise ConfigError(f"`stream` must be one of {list(STREAM_MODES)}, but got {self.stream!r}")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise ConfigError(f"`loader_workers` must be >= 0 (0: read in this process), but got {self.loader_workers}")
         if self.time_limit is not None:
             parse_duration(self.time_limit)
         if self.search not in SEARCH_MODES:
@@ -182,6 +191,12 @@ class SearchConfig:
         return default_search_fidelity(self.flops if self.latency is None else min(self.flops, self.latency))
 
     @property
+    def dataset_options(self) -> dict[str, Any]:
+        """Keyword arguments of `automl_prune.data.load_dataset` that come from the config (image folders)."""
+        return {"input_size": self.input_size, "stream": {"auto": None, "on": True, "off": False}[self.stream],
+                "loader_workers": self.loader_workers, "val_size": self.val_size}
+
+    @property
     def resolved_workers(self) -> int:
         """Parallel workers: ``workers``, or one per CPU of this machine."""
         import os
@@ -215,6 +230,9 @@ class SearchConfig:
 
 
 SEARCH_MODES = ("auto", "widths", "bits", "both")
+#: ``stream``: ``auto`` streams an image folder from disk when its decoded size is over the limit
+#: (`automl_prune.streaming`), ``on`` always, ``off`` never.
+STREAM_MODES = ("auto", "on", "off")
 #: Sparsity penalties of the pre-pruning phase (`automl_prune.sparsity`); ``none``: one-shot pruning.
 REGULARIZERS = ("none", "group-lasso", "growing-l2")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)$")

@@ -62,7 +62,7 @@ def load_base(config: SearchConfig) -> BaseModel:
 
         check_weights_path(config.weights)
     # The split belongs to the base model: its validation images must be ones it never trained on.
-    splits = load_dataset(config.dataset, config.data_root, seed=config.pretrain_seed, val_size=config.val_size)
+    splits = load_dataset(config.dataset, config.data_root, seed=config.pretrain_seed, **config.dataset_options)
     if config.weights is not None:
         model, meta = _base_from_weights(config, splits)
     else:

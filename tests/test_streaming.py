@@ -161,8 +161,7 @@ def test_loader_does_not_hold_the_folder_in_memory(folder) -> None:
 
 
 def test_search_runs_end_to_end_on_a_streamed_folder(folder, tmp_path, capsys, monkeypatch) -> None:
-    monkeypatch.setenv("AUTOML_PRUNE_STREAM", "1")
-    monkeypatch.setenv("AUTOML_PRUNE_LOADER_WORKERS", "0")
+    """Streaming, the input size and the loader workers come from the config (here its flags)."""
     largest = {"load": 0}
     original = LazyImages.__getitem__
 
@@ -176,16 +175,21 @@ def test_search_runs_end_to_end_on_a_streamed_folder(folder, tmp_path, capsys, m
     code = main(["search", "--model", "tiny-cnn", "--dataset", "imagefolder", "--data-root", str(folder),
                  "--pretrain-epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(run),
                  "--no-progress", "--workers", "0", "--agent", "random", "--episodes", "2", "--flops", "0.5",
-                 "--finetune-epochs", "0.1", "--rerank-top-k", "1", "--calibration-size", "64"])
+                 "--finetune-epochs", "0.1", "--rerank-top-k", "1", "--calibration-size", "64",
+                 "--stream", "on", "--input-size", "40", "--loader-workers", "0"])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "streaming from disk" in err
+    assert "streaming from disk" in err and "3x40x40" in err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["dataset"] == "imagefolder" and summary["compressed"]["test_acc"] is not None
     assert summary["compressed"]["flops"] <= 0.5 * summary["base"]["flops"]
     assert (run / "best" / "arch.json").is_file()
     # Images were only ever read a batch at a time: never the 270 training images at once.
     assert 0 < largest["load"] <= 128
+    code = main(["search", "--model", "tiny-cnn", "--dataset", "imagefolder", "--data-root", str(folder),
+                 "--stream", "sometimes", "--out", str(tmp_path / "refused")])
+    assert code == 2 and "`stream` must be one of ['auto', 'on', 'off']" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
 
 
 def test_evaluator_scores_streamed_and_in_memory_data_the_same(folder) -> None:
