@@ -12,8 +12,10 @@ records:
   distillation from the base model;
 - ``compress_seconds`` (scoring, regularized phase, cut, reconstruction) and the fine-tune seconds.
 
-Not in this skeleton: the default searcher's best architecture per budget (the issue's fourth column); pass
-its widths by extending `plan` once a search run per budget exists.
+With ``--searched-from DIR`` (a `benchmarks/quality.py` output folder) the default searcher's best
+architecture per budget is compressed too (``arch`` = ``searched``): the search's best by its proxy
+(``search_best`` in ``DIR/<model>/<budget>/<agent>/seed<k>/summary.json``), before the re-ranking ladder,
+which often hands back uniform itself.
 
 Rows are appended to ``OUT/results.jsonl`` as they finish (`quality.append_result`: one fsynced line), and a
 rerun skips the rows already there; ``OUT/criteria.md`` (with the best configuration per budget) and
@@ -65,17 +67,19 @@ class Row:
     reconstruct: bool
     regularize: str
     seed: int
+    arch: str = "uniform"
 
     def key(self) -> str:
         """Identity in the results file."""
-        return f"{self.model}|{self.budget:g}|{self.criterion}|{int(self.reconstruct)}|{self.regularize}|{self.seed}"
+        key = f"{self.model}|{self.budget:g}|{self.criterion}|{int(self.reconstruct)}|{self.regularize}|{self.seed}"
+        return key if self.arch == "uniform" else f"{key}|{self.arch}"
 
     @property
     def variant(self) -> str:
         """``plain``, ``+rec``, ``+<regularizer>`` or both."""
         parts = (["+rec"] if self.reconstruct else []) + ([f"+{self.regularize}"] if self.regularize != "none"
                                                           else [])
-        return "".join(parts) or "plain"
+        return ("searched " if self.arch == "searched" else "") + ("".join(parts) or "plain")
 
 
 def plan(args: argparse.Namespace) -> list[Row]:
@@ -86,8 +90,20 @@ def plan(args: argparse.Namespace) -> list[Row]:
             for reconstruct in args.reconstruct:
                 for model in args.models:
                     for budget in args.budgets:
-                        rows += [Row(model, budget, c, reconstruct, regularize, seed) for c in args.criteria]
+                        for arch in ("uniform", "searched") if args.searched_from else ("uniform",):
+                            rows += [Row(model, budget, c, reconstruct, regularize, seed, arch)
+                                     for c in args.criteria]
     return rows
+
+
+def searched_architecture(args: argparse.Namespace, row: Row) -> dict[str, int]:
+    """The default searcher's best widths (by its proxy) at the row's model and budget, from a quality run."""
+    import json
+
+    path = Path(args.searched_from) / row.model / f"{row.budget:g}" / args.searched_agent / "seed0" / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no search at {path}: run benchmarks/quality.py for that row first")
+    return {k: int(v) for k, v in json.loads(path.read_text())["search_best"]["architecture"].items()}
 
 
 def _config(args: argparse.Namespace, row: Row) -> SearchConfig:
@@ -116,7 +132,12 @@ def run_row(args: argparse.Namespace, row: Row) -> dict[str, Any]:
         _BASES[row.model] = load_base(config)
     base = _BASES[row.model]
     space, splits = base.space, base.splits
-    arch = uniform_architecture(space, int(row.budget * space.full_flops))
+    if row.arch == "searched":
+        from search_spaces import Architecture
+
+        arch = space.complete(Architecture(searched_architecture(args, row)))
+    else:
+        arch = uniform_architecture(space, int(row.budget * space.full_flops))
     calibration = calibration_data(config, base)
     start = time.perf_counter()
     model, criterion, reconstruct = base.model, row.criterion, row.reconstruct
@@ -257,6 +278,9 @@ def main() -> int:
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--out", default="runs/bench/criteria")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--searched-from", default=None,
+                        help="a benchmarks/quality.py output folder: also compress its default searcher's best")
+    parser.add_argument("--searched-agent", default=DEFAULTS.agent, help="whose best (with --searched-from)")
     parser.add_argument("--report-only", action="store_true", help="write the table and figure; run nothing")
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -275,6 +299,7 @@ def main() -> int:
     print(f"{len(rows)} rows planned, {len(rows) - len(todo)} already in {results_path}, {len(todo)} to run",
           flush=True)
     failed = []
+    began = time.perf_counter()
     for i, row in enumerate(todo):
         start = time.perf_counter()
         try:
@@ -291,7 +316,8 @@ def main() -> int:
                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         print(f"[{i + 1}/{len(todo)}] {row.key()}: val before {100 * metrics['val_before']:.2f}%, test "
               f"{100 * metrics['test_plain']:.2f}% / {100 * metrics['test_distill']:.2f}% (distill), compress "
-              f"{metrics['compress_seconds']:.1f} s, wall {wall:.0f} s", flush=True)
+              f"{metrics['compress_seconds']:.1f} s, wall {wall:.0f} s; ETA "
+              f"{(time.perf_counter() - began) / (i + 1) * (len(todo) - i - 1) / 60:.0f} min", flush=True)
     report(args, out_dir)
     if failed:
         print(f"{len(failed)} row(s) failed: {', '.join(r.key() for r in failed)}; rerun the same command to retry",
