@@ -49,9 +49,16 @@ class Run:
         value = self.config.get("bops")
         return None if value is None else float(value)
 
+    @property
+    def latency(self) -> dict[str, Any] | None:
+        """The latency budget's record in the summary (``--latency`` runs only). In such a run the search's
+        width cost, ``flops``/``flops_ratio`` in the history, is the predicted latency, not FLOPs."""
+        return self.summary.get("latency")
+
     def within_budget(self, metrics: dict[str, Any]) -> bool:
         """Whether an evaluation met every budget of the run."""
-        if metrics.get("flops_ratio", 0.0) > self.summary["flops_budget"] + _EPS:
+        width_budget = self.latency["budget"] if self.latency else self.summary["flops_budget"]
+        if metrics.get("flops_ratio", 0.0) > width_budget + _EPS:
             return False
         size, bops = self.size_budget, self.bops_budget
         if size is not None and metrics.get("size_ratio", 0.0) > size + _EPS:
@@ -126,6 +133,12 @@ def _title(run: Run) -> str:
 
 def _budgets(run: Run) -> str:
     parts = [f"FLOPs \u2264 {run.summary['flops_budget']:g} of the base model"]
+    if run.latency:
+        lat = run.latency
+        verdict = "met" if lat.get("met") else ("met within the noise" if lat.get("met_within_noise") else "NOT met")
+        parts = [f"latency \u2264 {lat['budget']:g} of the base model's at batch {lat['batch_size']} "
+                 f"({lat['threads']} threads; the search budgets the latency table's prediction, the final model is "
+                 f"measured: {lat['ratio']:.3f}x, noise \u00b1{lat['noise_ms']:.3f} ms, {verdict})"]
     if run.size_budget is not None:
         parts.append(f"size \u2264 {run.size_budget:.4g} of the float32 model ({run.config['size']})")
     if run.bops_budget is not None:
@@ -206,7 +219,17 @@ def _tradeoff_blocks(run: Run) -> list[Block]:
     best_metrics = best["metrics"] if best is not None else None
     front = [(p["flops"] / base["flops"], p["accuracy"]) for p in s.get("pareto_front") or []
              if p.get("flops") is not None and p.get("accuracy") is not None]
-    panels = [TradeoffPanel(
+    if run.latency:
+        lat, predicted = run.latency, run.latency["predicted_ms"]
+        panels = [TradeoffPanel(
+            cost_label=f"predicted latency (fraction of the base model, batch {lat['batch_size']})",
+            costs=[m["flops_ratio"] for m in metrics], accuracies=accs, within=within, budget=lat["budget"],
+            budget_label="latency budget", chosen=(predicted["compressed"] / predicted["base"], chosen_acc),
+            search_best=(best_metrics["flops_ratio"], best_metrics["accuracy"]) if best_metrics else None,
+        )]
+    else:
+        panels = []
+    panels = panels or [TradeoffPanel(
         cost_label="FLOPs (fraction of the base model)",
         costs=[m.get("flops_ratio", m["flops"] / base["flops"]) for m in metrics], accuracies=accs, within=within,
         budget=s["flops_budget"], budget_label="FLOPs budget", chosen=(comp["flops"] / base["flops"], chosen_acc),

@@ -233,6 +233,9 @@ def test_latency_budget_end_to_end(capsys, tmp_path) -> None:
     arch = json.loads((run / "best" / "arch.json").read_text())
     assert arch["latency"] == lat and arch["base_flops"] == space.full_flops
     assert "latency budget (0.5, batch 64)" in (run / "summary.md").read_text()
+    # the report plots and states the budget the search worked to: predicted latency, not FLOPs
+    report = (run / "report.md").read_text()
+    assert "latency \u2264 0.5 of the base model's at batch 64" in report and "FLOPs \u2264" not in report
     config = json.loads((run / "config.json").read_text())
     assert config["latency"] == 0.5 and config["flops"] == 1.0
 
