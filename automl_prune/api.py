@@ -7,6 +7,13 @@
 Settings are those of `automl_prune.config.SearchConfig` (the CLI flags and YAML keys, ``_`` for ``-``), so a
 search started here behaves as one started from the command line; ``model``/``dataset``/``weights``/
 ``pretrain_*`` do not apply (the model is yours and already trained).
+
+Tasks where top-1 accuracy is not the score take a ``loss`` and a ``metric`` (`automl_prune.task.Task`):
+
+>>> def neg_brier(outputs, targets):  # module level: Ray workers receive it pickled
+...     return -float(((outputs.softmax(1) - F.one_hot(targets, outputs.shape[1])) ** 2).sum(1).mean())
+>>> result = automl_prune.search(model, train, val, flops=0.5, loss=F.cross_entropy, metric=neg_brier)
+>>> result.metrics["metric"], result.metrics["compressed"]["val_acc_after_finetune"]  # "neg_brier", its value
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from automl_prune.config import SearchConfig
 from automl_prune.errors import ConfigError, did_you_mean
+from automl_prune.task import LossFn, MetricFn, Task
 from search_spaces import Architecture
 
 __all__ = ["SearchResult", "compress", "search"]
@@ -57,6 +65,9 @@ def search(
     flops: float | None = None,
     agent: str = "ddpg",
     out: str | Path = "runs/search",
+    loss: LossFn | None = None,
+    metric: MetricFn | None = None,
+    metric_name: str | None = None,
     **settings: Any,
 ) -> SearchResult:
     """Compress a trained ``model`` to ``flops`` of its FLOPs: search, re-rank, fine-tune, export.
@@ -70,12 +81,27 @@ def search(
         flops: The budget, a fraction of the model's FLOPs in (0, 1] (default 0.5; none when ``latency=`` is
             given: ``latency=0.5`` is a budget of half the model's latency measured on this device).
         agent: The searcher (``ddpg``, ``ppo``, ``optuna``, ``random``, ``dmcp``, ``sensitivity``, ...).
-        out: The run directory; calling again with the same settings, model and data resumes it.
+        out: The run directory; calling again with the same settings, model, data, loss and metric resumes it.
+        loss: ``loss(outputs, targets) -> Tensor``, a scalar to minimise (mean over the batch) used by every
+            fine-tune of a candidate: the search's proxy fine-tune steps (``search_finetune_steps``), the
+            re-ranking rungs and the final fine-tune. ``outputs`` are the model's N x classes outputs of a batch,
+            ``targets`` its N labels. Default: cross-entropy (with the recipe's label smoothing). With
+            ``distill=True`` the distillation term is blended in as with cross-entropy.
+        metric: ``metric(outputs, targets) -> float``, higher is better, in place of top-1 accuracy wherever a
+            candidate is scored or reported: the searchers' reward, the re-ranking ladder, the base and final
+            validation and test numbers. It is called once per split with the outputs of the *whole* split
+            (N x classes, concatenated in order, on the CPU) and its N labels, so non-averaging metrics (F1,
+            AUC) are exact. The summary keeps its key names (``val_acc``, ``test_acc``, ``accuracy``) for the
+            metric's values and names it in ``summary["metric"]`` (and a custom loss in ``summary["loss"]``).
+            With ``workers`` > 0 (the default: one per CPU) both functions are pickled into Ray worker processes:
+            use module-level functions, not lambdas or nested functions (or pass ``workers=0``).
+        metric_name: The metric's name in the summary and the report (default: the function's ``__name__``).
         **settings: Any other `SearchConfig` field (``episodes``, ``criterion``, ``workers``, ``finetune_epochs``,
             ``rerank_top_k``, ``agent_options``, ...).
 
     Raises:
-        ConfigError: A bad setting or data of the wrong shape (nothing is written then).
+        ConfigError: A bad setting, data of the wrong shape, or a loss/metric that cannot work (not callable,
+            not a scalar, not picklable while ``workers`` > 0): nothing is written then.
     """
     from automl_prune.pipeline import PYTHON_MODEL_PREFIX
 
@@ -83,12 +109,15 @@ def search(
         flops = 1.0 if settings.get("latency") is not None else 0.5
     config = _config(model, flops=flops, agent=agent, out=str(out), settings=settings,
                      prefix=PYTHON_MODEL_PREFIX)
+    task = Task(loss=loss, metric=metric, metric_name=metric_name)
+    task.check(config.resolved_workers)
     # Tracing, fine-tunes and model building draw from torch's global generator: the caller's stream is restored.
     with torch.random.fork_rng():
-        return _search(model, train, val, test, config)
+        return _search(model, train, val, test, config, task)
 
 
-def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: SearchConfig) -> SearchResult:
+def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: SearchConfig,
+            task: Task) -> SearchResult:
     from automl_prune.checkpoints import state_sha256
     from automl_prune.export import load
     from automl_prune.pipeline import base_from_model, run_search
@@ -97,13 +126,16 @@ def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: Se
 
     base_model = copy.deepcopy(model).to("cpu").eval()
     splits = user_splits(base_model, train, val, test)
-    val_acc, _ = evaluate_accuracy(base_model, splits.val, batch_size=250)
-    test_acc = evaluate_accuracy(base_model, splits.test, batch_size=250)[0] if splits.test is not None else None
+    if task.loss is not None:
+        _check_loss(base_model, splits.train, task.loss)
+    val_acc, _ = evaluate_accuracy(base_model, splits.val, batch_size=250, metric=task.metric)
+    test_acc = (evaluate_accuracy(base_model, splits.test, batch_size=250, metric=task.metric)[0]
+                if splits.test is not None else None)
     spec = splits.spec
     meta = {"model": config.model, "dataset": spec.name, "in_channels": spec.in_channels,
             "num_classes": spec.num_classes, "input_size": spec.input_size, "epochs": 0, "train_seconds": 0.0,
             "val_acc": val_acc, "test_acc": test_acc, "sha256": state_sha256(base_model), "cached": False}
-    base = base_from_model(config, base_model, meta, splits)
+    base = base_from_model(config, base_model, meta, splits, task=task)
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -115,6 +147,17 @@ def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: Se
     compressed = load(run_dir / "best" / "arch.json", model=base_model)
     return SearchResult(model=compressed, architecture=Architecture(dict(summary["architecture"])),
                         metrics=summary, run_dir=run_dir)
+
+
+def _check_loss(model: nn.Module, train: Any, loss: LossFn) -> None:
+    """``loss`` on two training images must be a scalar tensor that gradients flow through (model unchanged)."""
+    x, y = train.images[:2], train.labels[:2]
+    value = loss(model.eval()(x), y)
+    if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad:
+        shown = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        raise ConfigError(f"`loss(outputs, targets)` must return a scalar tensor differentiable in `outputs`, but "
+                          f"returned {shown}" + (" without a gradient" if isinstance(value, Tensor)
+                                                 and value.numel() == 1 else ""))
 
 
 def _config(model: nn.Module, *, flops: float, agent: str, out: str, settings: Mapping[str, Any],

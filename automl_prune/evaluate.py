@@ -11,6 +11,7 @@ integer kernels.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from automl_prune.criteria import Criterion, get_criterion
 from automl_prune.data import Split, iterate_batches
 from automl_prune.pruning import channel_order, compress_widths
 from automl_prune.streaming import LazyImages
+from automl_prune.task import Task
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["Evaluator", "Metrics", "recalibrate_batch_norm"]
@@ -31,7 +33,7 @@ _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @dataclass(frozen=True)
 class Metrics:
-    """What one evaluation measured."""
+    """What one evaluation measured (``accuracy``: top-1, or the task's metric; ``loss``: cross-entropy)."""
 
     accuracy: float
     loss: float
@@ -75,13 +77,23 @@ def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> Non
 
 @torch.no_grad()
 def accuracy_and_loss(
-    model: nn.Module, images: torch.Tensor | LazyImages, labels: torch.Tensor, batch_size: int
+    model: nn.Module,
+    images: torch.Tensor | LazyImages,
+    labels: torch.Tensor,
+    batch_size: int,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
 ) -> tuple[float, float]:
     """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on the given tensors (or streamed images:
-    read in batches, each moved to the model's device)."""
+    read in batches, each moved to the model's device).
+
+    With ``metric`` the first number is ``metric(outputs, labels)`` of the whole split instead (outputs
+    concatenated in order, on the CPU: `automl_prune.task.Task`).
+    """
     model.eval()
     correct = 0
     loss_sum = 0.0
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     device = next((p.device for p in model.parameters()), None)
     for x, y in iterate_batches(Split(images, labels), batch_size, shuffle=False, seed=0):
         if device is not None and x.device != device:
@@ -89,7 +101,12 @@ def accuracy_and_loss(
         logits = model(x)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
+        if metric is not None:
+            outputs.append(logits.detach().float().cpu())
+            targets.append(y.cpu())
     n = max(1, len(labels))
+    if metric is not None:
+        return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / n
     return correct / n, loss_sum / n
 
 
@@ -109,6 +126,8 @@ class Evaluator:
         device: Defaults to CUDA when available.
         calibration: Training images (and labels) for data-driven criteria and for ``reconstruct``.
         reconstruct: Re-fit every pruned layer by least squares to the base model's outputs after compression.
+        task: The short fine-tune's loss and the score (``Metrics.accuracy``) when they are not cross-entropy and
+            top-1 accuracy (`automl_prune.task.Task`).
     """
 
     def __init__(
@@ -131,6 +150,7 @@ class Evaluator:
         device: torch.device | str | None = None,
         calibration: Calibration | None = None,
         reconstruct: bool = False,
+        task: Task | None = None,
     ) -> None:
         if finetune_steps > 0 and train_labels is None:
             raise ValueError("finetune_steps > 0 needs train_labels")
@@ -139,6 +159,7 @@ class Evaluator:
         self.criterion = criterion
         self.calibration = calibration
         self.reconstruct = reconstruct
+        self.task = task or Task()
         self._order: dict[str, list[int]] | None = None
         self.seed = seed
         self.eval_batch_size = eval_batch_size
@@ -209,9 +230,10 @@ class Evaluator:
             labels: Any = self.train_labels  # not None: checked in __init__
             batches = ((x.to(self.device), labels[idx].to(self.device)) for idx, x in
                        zip(self._finetune_index, self.train_images.iter_batches(self._finetune_index), strict=True))
+        loss_fn = self.task.loss or nn.functional.cross_entropy
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
+            loss_fn(model(x), y).backward()
             optimizer.step()
         model.eval()
 
@@ -222,7 +244,8 @@ class Evaluator:
             return self._cache[key]
         start = time.perf_counter()
         pruned = self.build(architecture)
-        acc, loss = accuracy_and_loss(pruned, self.val_images, self.val_labels, self.eval_batch_size)
+        acc, loss = accuracy_and_loss(pruned, self.val_images, self.val_labels, self.eval_batch_size,
+                                      self.task.metric)
         costs = self.space.costs(architecture)
         full = self.space.cost_model.full
         metrics = Metrics(
@@ -250,5 +273,6 @@ class Evaluator:
         return [self.evaluate(arch) for arch in architectures]
 
     def base_accuracy(self) -> float:
-        """Validation accuracy of the unpruned model with its own statistics."""
-        return accuracy_and_loss(self.model, self.val_images, self.val_labels, self.eval_batch_size)[0]
+        """Validation accuracy (or the task's metric) of the unpruned model with its own statistics."""
+        return accuracy_and_loss(self.model, self.val_images, self.val_labels, self.eval_batch_size,
+                                 self.task.metric)[0]

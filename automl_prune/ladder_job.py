@@ -23,6 +23,7 @@ from torch import nn
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.data import Splits
 from automl_prune.rerank import Candidate, RungResult
+from automl_prune.task import LossFn, Task
 from automl_prune.training import Trainer, evaluate_accuracy
 from search_spaces import Architecture, SearchSpace
 
@@ -65,13 +66,14 @@ class FineTuneRecipe:
     regularize_steps: int = 200
     regularize_strength: float = 1.0
 
-    def trainer(self, model: nn.Module, splits: Splits, teacher: nn.Module | None = None) -> Trainer:
+    def trainer(self, model: nn.Module, splits: Splits, teacher: nn.Module | None = None,
+                loss: LossFn | None = None) -> Trainer:
         """A `Trainer` for ``model`` planned over the whole fine-tune (distilling from ``teacher`` when the
-        recipe says so)."""
+        recipe says so), minimising ``loss`` (the task's: `automl_prune.task.Task`) or cross-entropy."""
         return Trainer(model, splits, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
                        label_smoothing=self.label_smoothing, channels_last=False,
                        teacher=teacher if self.distill else None, distill_temperature=self.distill_temperature,
-                       distill_weight=self.distill_weight)
+                       distill_weight=self.distill_weight, loss=loss)
 
     def total_steps(self, splits: Splits) -> int:
         """Optimizer steps of the whole fine-tune."""
@@ -91,11 +93,14 @@ class LadderJob:
         criterion, bn_batches: How candidates are compressed and recalibrated before their first step.
         calibration, reconstruct: Data for data-driven criteria and least-squares reconstruction (as the search).
         checkpoint_every: Steps between progress saves within a rung.
+        task: The fine-tune loss and the validation score when they are not cross-entropy and top-1 accuracy
+            (`automl_prune.task.Task`; its functions must pickle, since Ray workers receive the job).
     """
 
     def __init__(self, run_dir: str | Path, model: nn.Module, space: SearchSpace, splits: Splits,
                  recipe: FineTuneRecipe, rungs: tuple[int, ...], *, criterion: str = "l1", bn_batches: int = 10,
-                 checkpoint_every: int = 100, calibration: Any = None, reconstruct: bool = False) -> None:
+                 checkpoint_every: int = 100, calibration: Any = None, reconstruct: bool = False,
+                 task: Task | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.model = model
         self.space = space
@@ -107,6 +112,7 @@ class LadderJob:
         self.checkpoint_every = max(1, checkpoint_every)
         self.calibration = calibration
         self.reconstruct = reconstruct
+        self.task = task or Task()
 
     def folder(self, candidate_id: str) -> Path:
         """Where a candidate's states and results live."""
@@ -139,7 +145,7 @@ class LadderJob:
                 self.model, self.space.graph, architecture.widths, self.criterion, self.splits,
                 method=self.recipe.regularize, steps=self.recipe.regularize_steps,
                 strength=self.recipe.regularize_strength, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
-                seed=self.recipe.seed, calibration=self.calibration)
+                seed=self.recipe.seed, calibration=self.calibration, loss=self.task.loss)
         evaluator = Evaluator(model, self.space, self.splits.train.images, self.splits.val.images[:1],
                               self.splits.val.labels[:1], criterion=criterion, bn_batches=self.bn_batches,
                               seed=self.recipe.seed, device="cpu" if not torch.cuda.is_available() else None,
@@ -149,7 +155,7 @@ class LadderJob:
     def trainer_for(self, candidate: Candidate, state: dict[str, Any] | None = None) -> Trainer:
         """A `Trainer` of the candidate, continued from ``state`` when given."""
         trainer = self.recipe.trainer(self.build(candidate.architecture, regularize=state is None), self.splits,
-                                      teacher=self.model)
+                                      teacher=self.model, loss=self.task.loss)
         if state is not None:
             trainer.load_state_dict(state)
         return trainer
@@ -210,7 +216,7 @@ class LadderJob:
                     fail_marker.write_text(f"{candidate.id} rung {rung} step {trainer.step}\n")
                     raise RuntimeError(f"injected failure in {candidate.id} at step {trainer.step} (test hook)")
         model = trainer.model
-        val_acc, _ = evaluate_accuracy(model, self.splits.val, batch_size=250)
+        val_acc, _ = evaluate_accuracy(model, self.splits.val, batch_size=250, metric=self.task.metric)
         buffer = io.BytesIO()
         torch.save(trainer.state_dict(), buffer)
         atomic_write(self.state_path(candidate.id, rung), buffer.getvalue())

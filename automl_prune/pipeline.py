@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
 from automl_prune.errors import ConfigError
+from automl_prune.task import Task
 
 __all__ = ["PYTHON_MODEL_PREFIX", "BaseModel", "base_from_model", "load_base", "run_search"]
 
@@ -37,12 +38,14 @@ _IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "mi
 
 @dataclass
 class BaseModel:
-    """A trained base model with its data and search space."""
+    """A trained base model with its data and search space, and the task candidates are trained and scored on
+    (`automl_prune.task.Task`: cross-entropy and top-1 accuracy unless the Python API was given others)."""
 
     model: torch.nn.Module
     meta: dict[str, Any]
     splits: Any
     space: Any
+    task: Task = field(default_factory=Task)
 
 
 def _log(message: str) -> None:
@@ -79,8 +82,10 @@ def load_base(config: SearchConfig) -> BaseModel:
     return base_from_model(config, model, meta, splits)
 
 
-def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str, Any], splits: Any) -> BaseModel:
-    """A `BaseModel` of a trained ``model`` on ``splits`` (its search space traced on one validation image)."""
+def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str, Any], splits: Any,
+                    task: Task | None = None) -> BaseModel:
+    """A `BaseModel` of a trained ``model`` on ``splits`` (its search space traced on one validation image), with
+    ``task`` (default: cross-entropy and top-1 accuracy)."""
     from search_spaces import SearchSpace
 
     example = splits.val.images[:1]
@@ -89,7 +94,7 @@ def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str
     )
     if config.exclude:
         space = exclude_layers(space, config.exclude)
-    return BaseModel(model=model, meta=meta, splits=splits, space=space)
+    return BaseModel(model=model, meta=meta, splits=splits, space=space, task=task or Task())
 
 
 def exclude_layers(space: Any, patterns: tuple[str, ...]) -> Any:
@@ -168,6 +173,7 @@ def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
         "eval_batch_size": 250,
         "calibration": calibration_data(config, base),
         "reconstruct": config.reconstruct,
+        "task": base.task,
     }
 
 
@@ -227,12 +233,16 @@ def bit_budgets(config: SearchConfig, space: Any) -> dict[str, Any]:
 
 
 def _base_identity(base: BaseModel) -> dict[str, Any]:
-    """What makes a run's base model itself: the hash of its weights and a fingerprint of its data."""
+    """What makes a run's base model itself: the hash of its weights and a fingerprint of its data (and the
+    task's loss and metric, when they are not the defaults)."""
     from automl_prune.checkpoints import data_fingerprint, state_sha256
 
     sha = base.meta.get("sha256") or state_sha256(base.model)
     base.meta.setdefault("sha256", sha)
-    return {"sha256": sha, "data_fingerprint": data_fingerprint(base.splits)}
+    identity = {"sha256": sha, "data_fingerprint": data_fingerprint(base.splits)}
+    if base.task.custom:
+        identity["task"] = base.task.identity()
+    return identity
 
 
 def _check_base_identity(run_dir: Path, identity: dict[str, Any]) -> None:
@@ -241,7 +251,7 @@ def _check_base_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     if not path.exists():
         return  # a run from before base.json existed
     old = json.loads(path.read_text())
-    changed = [k for k in identity if old.get(k) != identity[k]]
+    changed = [k for k in {**old, **identity} if old.get(k) != identity.get(k)]
     if changed:
         raise ConfigError(f"{run_dir} was searched on another base model or other data ({', '.join(changed)} "
                           "differ); choose another --out to start a new search, or give the same model and data "
@@ -307,6 +317,7 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
 
     if base is None:
         base = load_base(config)
+    base.task.check(config.resolved_workers)  # functions Ray workers cannot receive are refused before writing
     identity = _base_identity(base)
     if resuming:
         _check_base_identity(run_dir, identity)
@@ -469,11 +480,12 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
         # No fine-tune: the proxy is all there is; still never worse than uniform by it.
         chosen = max(candidates, key=lambda c: (c.proxy_accuracy or 0.0, -candidates.index(c)))
         model = evaluator.build(chosen.architecture).to("cpu", memory_format=torch.contiguous_format).eval()
-        return chosen, model, None, evaluate_accuracy(model, base.splits.val, batch_size=250)[0]
+        return chosen, model, None, evaluate_accuracy(model, base.splits.val, batch_size=250,
+                                                      metric=base.task.metric)[0]
     rungs = plan_rungs(recipe.total_steps(base.splits), config.rerank_rungs, config.rerank_eta)
     job = LadderJob(run_dir, base.model, space, base.splits, recipe, rungs, criterion=config.criterion,
                     calibration=calibration_data(config, base), reconstruct=config.reconstruct,
-                    bn_batches=config.bn_batches)
+                    bn_batches=config.bn_batches, task=base.task)
     recipe_record = {"recipe": dataclasses.asdict(recipe)}
     recipe_path = run_dir / "rerank_recipe.json"
     same_recipe = not recipe_path.exists() or json.loads(recipe_path.read_text()) == recipe_record
@@ -527,7 +539,8 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
     best = chosen.architecture
     test_acc = None
     if base.splits.test is not None:
-        test_acc, _ = accuracy_and_loss(model, base.splits.test.images, base.splits.test.labels, 250)
+        test_acc, _ = accuracy_and_loss(model, base.splits.test.images, base.splits.test.labels, 250,
+                                        base.task.metric)
     else:
         _log("no test data was given: the summary has no test accuracy")
     costs, full = space.true_costs(best), space.flops_model.full  # FLOPs even under a latency budget
@@ -560,6 +573,9 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
            if best.bits else {}),
         **({"rerank": ladder.to_dict()} if ladder is not None else {}),
         **({"pareto_front": result.extra["pareto_front"]} if "pareto_front" in result.extra else {}),
+        # A custom task (Python API): every "acc" number above is its metric, every fine-tune used its loss.
+        **({"metric": base.task.score_name} if base.task.metric is not None else {}),
+        **({"loss": base.task.loss_name} if base.task.loss is not None else {}),
     }
     if config.latency is not None:
         summary["latency"] = measure_final_latency(config, base, model, best)

@@ -30,18 +30,25 @@ def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
     """Rows of the base-vs-compressed table printed at the end of a search."""
     base, comp = summary["base"], summary["compressed"]
 
+    # A custom metric (the Python API's ``metric=``) is named in the summary and shown as a plain number.
+    score = summary.get("metric") or "accuracy"
+
     def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.2f}%"
+        if x is None:
+            return "-"
+        return f"{100 * x:.2f}%" if "metric" not in summary else f"{x:.4g}"
 
     rows = [
         ["FLOPs", f"{base['flops']:,}", f"{comp['flops']:,} ({comp['flops'] / base['flops']:.3f}x)"],
         ["params", f"{base['params']:,}", f"{comp['params']:,} ({comp['params'] / base['params']:.3f}x)"],
-        ["val accuracy (before fine-tune)", pct(base["val_acc"]), pct(comp["val_acc_before_finetune"])],
-        ["val accuracy (after fine-tune)", pct(base["val_acc"]), pct(comp.get("val_acc_after_finetune"))],
-        ["test accuracy (after fine-tune)", pct(base["test_acc"]), pct(comp["test_acc"])],
+        [f"val {score} (before fine-tune)", pct(base["val_acc"]), pct(comp["val_acc_before_finetune"])],
+        [f"val {score} (after fine-tune)", pct(base["val_acc"]), pct(comp.get("val_acc_after_finetune"))],
+        [f"test {score} (after fine-tune)", pct(base["test_acc"]), pct(comp["test_acc"])],
         ["search time", "-", f"{summary['search_seconds']:.1f} s ({summary['evaluations']} evaluations)"],
         ["fine-tune time", "-", f"{summary['finetune_seconds']:.1f} s"],
     ]
+    if summary.get("loss"):
+        rows.append(["fine-tune loss", "-", summary["loss"]])
     if summary.get("bits") and base.get("size_bits") and comp.get("size_bits"):
         rows[2:2] = [
             ["size (bytes)", f"{base['size_bits'] / 8:,.0f}",

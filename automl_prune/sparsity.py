@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -223,11 +223,13 @@ def regularize(
     batch_size: int = 128,
     seed: int = 0,
     device: torch.device | str | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> nn.Module:
     """A copy of the full-width ``model`` trained ``steps`` steps with the penalty on the ``removed`` channels.
 
     The training is the fine-tune's (`automl_prune.training.Trainer`: SGD with Nesterov momentum, weight decay
-    5e-4, warm-up and cosine decay over the ``steps``) with `ChannelPenalty` added to the cross-entropy.
+    5e-4, warm-up and cosine decay over the ``steps``) with `ChannelPenalty` added to the cross-entropy (or to
+    ``loss``, the task's: `automl_prune.task.Task`).
     ``model`` itself is not modified. The result is on CPU, in eval mode, contiguous.
     """
     from automl_prune.training import Trainer
@@ -237,7 +239,8 @@ def regularize(
     split = data.train if hasattr(data, "train") else data
     per_epoch = max(1, len(split) // batch_size)
     trainer = Trainer(regularized, data, epochs=math.ceil(steps / per_epoch), max_steps=steps, lr=lr,
-                      batch_size=batch_size, seed=seed, device=device, channels_last=False, penalty=penalty)
+                      batch_size=batch_size, seed=seed, device=device, channels_last=False, penalty=penalty,
+                      loss=loss)
     trainer.run(progress=False)
     return regularized.to("cpu", memory_format=torch.contiguous_format).eval()
 
@@ -280,6 +283,7 @@ def regularized_start(
     seed: int = 0,
     calibration: Calibration | None = None,
     device: torch.device | str | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[nn.Module, PinnedOrder]:
     """The regularized full-width model and the criterion that cuts exactly the channels it was regularized for.
 
@@ -294,5 +298,5 @@ def regularized_start(
     if not removed:
         return copy.deepcopy(model).eval(), PinnedOrder(order)
     regularized = regularize(model, graph, removed, data, method=method, steps=steps, strength=strength, lr=lr,
-                             batch_size=batch_size, seed=seed, device=device)
+                             batch_size=batch_size, seed=seed, device=device, loss=loss)
     return regularized, PinnedOrder(order)

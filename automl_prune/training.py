@@ -87,7 +87,9 @@ class Trainer:
     The learning-rate schedule (warm-up + cosine) is planned over the whole run, so running it in segments
     (``run(until=...)`` several times, or ``state_dict`` -> a new `Trainer` -> ``load_state_dict``) gives the
     same weights as one call. The re-ranking ladder relies on this: a candidate's rungs are prefixes of the
-    final fine-tune, so the top rung *is* the final fine-tune. Arguments are those of `train`.
+    final fine-tune, so the top rung *is* the final fine-tune. Arguments are those of `train`, and:
+    ``teacher`` (distil from it), ``penalty`` (a regularizer added to each step's loss, called with the model and
+    the step) and ``loss`` (``loss(outputs, targets)`` in place of cross-entropy: `automl_prune.task.Task`).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class Trainer:
         distill_temperature: float = 4.0,
         distill_weight: float = 0.5,
         penalty: Callable[[nn.Module, int], torch.Tensor] | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         split, spec = (data.train, data.spec) if isinstance(data, Splits) else (data, None)
         _check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
@@ -133,7 +136,8 @@ class Trainer:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                                          weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(self.total_steps))
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # The user's loss (`automl_prune.task.Task`) replaces cross-entropy; label smoothing is cross-entropy's.
+        self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         if teacher is not None:
             if distill_temperature <= 0 or not 0.0 <= distill_weight <= 1.0:
                 raise ConfigError(f"distillation needs a temperature > 0 and a weight in [0, 1], but got "
@@ -217,8 +221,8 @@ class Trainer:
         self._last_epoch_stats = (loss_sum, correct, seen)
 
     def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy, blended with distillation from ``teacher`` when there is one (Hinton et al. 2015):
-        ``(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))``."""
+        """Cross-entropy (or the given ``loss``), blended with distillation from ``teacher`` when there is one
+        (Hinton et al. 2015): ``(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))``."""
         loss = self.loss_fn(logits, y)
         if self.teacher is None:
             return loss
@@ -267,10 +271,13 @@ def evaluate_accuracy(
     *,
     batch_size: int = 512,
     device: torch.device | str | None = None,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
 ) -> tuple[float, float]:
     """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on ``split``, in eval mode.
 
-    The model's training/eval mode is restored afterwards.
+    With ``metric`` the first number is ``metric(outputs, labels)`` of the whole split instead (outputs
+    concatenated in order, on the CPU: `automl_prune.task.Task`). The model's training/eval mode is restored
+    afterwards.
 
     Raises:
         ConfigError: An empty split or a non-positive ``batch_size``.
@@ -284,6 +291,8 @@ def evaluate_accuracy(
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     try:
         for x, y in iterate_batches(split, batch_size, shuffle=False, seed=0):
             x = x.to(device).contiguous(memory_format=memory_format)
@@ -291,8 +300,13 @@ def evaluate_accuracy(
             logits = model(x)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
+            if metric is not None:
+                outputs.append(logits.detach().float().cpu())
+                targets.append(y.cpu())
     finally:
         model.train(was_training)
+    if metric is not None:
+        return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / len(split)
     return correct / len(split), loss_sum / len(split)
 
 
