@@ -585,7 +585,8 @@ def _finish(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any, c
            latency=summary.get("latency"))
     if best.bits:
         summary["int8"] = _int8_realisation(model, base, best, run_dir / "best")
-    _draw(config, space, best, costs.flops / full.flops, ladder, run_dir)
+    _draw(config, space, best, costs.flops / full.flops, ladder, run_dir,
+          score_name=base.task.score_name if base.task.metric is not None else "accuracy")
     _write_json(run_dir / "summary.json", summary)
     rows = summary_rows(summary)
     if "latency" in summary:
@@ -714,7 +715,8 @@ def _int8_realisation(model: torch.nn.Module, base: BaseModel, best: Any, out: P
     return record
 
 
-def _draw(config: SearchConfig, space: Any, best: Any, ratio: float, ladder: Any, run_dir: Path) -> None:
+def _draw(config: SearchConfig, space: Any, best: Any, ratio: float, ladder: Any, run_dir: Path, *,
+          score_name: str = "accuracy") -> None:
     from automl_prune.app.ray_session import scoped_environ
     from automl_prune.report import plot_widths
 
@@ -726,4 +728,5 @@ def _draw(config: SearchConfig, space: Any, best: Any, ratio: float, ladder: Any
             from automl_prune.app.ladder_plot import plot_ladder
 
             plot_ladder(ladder.to_dict(), run_dir / "ladder.png",
-                        f"{config.model} at {config.flops:g} FLOPs ({config.agent}): re-ranking ladder")
+                        f"{config.model} at {config.flops:g} FLOPs ({config.agent}): re-ranking ladder",
+                        score_name=score_name)

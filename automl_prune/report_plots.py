@@ -34,6 +34,14 @@ class TradeoffPanel:
     search_best: tuple[float, float] | None = None
     reported_front: list[tuple[float, float]] = field(default_factory=list)
     reported_front_label: str = "searcher's Pareto front"
+    score_name: str = "accuracy"
+
+
+def _score_axis(score_name: str) -> tuple[float, str]:
+    """Top-1 accuracy is drawn in percent; a custom metric (the Python API's ``metric=``) as it is."""
+    if score_name == "accuracy":
+        return 100.0, "proxy validation accuracy (%)"
+    return 1.0, f"proxy validation {score_name}"
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -63,7 +71,8 @@ def _save(fig: Any, path: str | Path) -> Path:
 
 
 def _draw_panel(ax: Any, panel: TradeoffPanel) -> None:
-    pct = [100 * a for a in panel.accuracies]
+    scale, ylabel = _score_axis(panel.score_name)
+    pct = [scale * a for a in panel.accuracies]
     inside = [(c, a) for c, a, w in zip(panel.costs, pct, panel.within, strict=True) if w]
     outside = [(c, a) for c, a, w in zip(panel.costs, pct, panel.within, strict=True) if not w]
     if inside:
@@ -79,9 +88,9 @@ def _draw_panel(ax: Any, panel: TradeoffPanel) -> None:
         xs = [c for c, _ in front] + [right]
         ys = [a for _, a in front] + [front[-1][1]]
         ax.step(xs, ys, where="post", color=_FRONT, linewidth=1.6,
-                label="Pareto front (best accuracy at \u2264 this cost)", zorder=3)
+                label=f"Pareto front (best {panel.score_name} at \u2264 this cost)", zorder=3)
     if panel.reported_front:
-        ax.scatter([c for c, _ in panel.reported_front], [100 * a for _, a in panel.reported_front], s=70,
+        ax.scatter([c for c, _ in panel.reported_front], [scale * a for _, a in panel.reported_front], s=70,
                    facecolors="none", edgecolors="#6a3d9a", linewidths=1.4, marker="D",
                    label=panel.reported_front_label, zorder=4)
     if panel.budget is not None:
@@ -89,17 +98,17 @@ def _draw_panel(ax: Any, panel: TradeoffPanel) -> None:
                    label=f"{panel.budget_label} ({panel.budget:.3g})", zorder=1)
     if panel.search_best is not None:
         cost, acc = panel.search_best
-        ax.scatter([cost], [100 * acc], s=110, facecolors="none", edgecolors="black", linewidths=1.3,
+        ax.scatter([cost], [scale * acc], s=110, facecolors="none", edgecolors="black", linewidths=1.3,
                    label="search's best (before re-ranking)", zorder=5)
     if panel.chosen is not None:
         cost, acc = panel.chosen
         if acc is None:
             ax.axvline(cost, color=_CHOSEN, linewidth=2.0, label="chosen (not scored by the proxy)", zorder=5)
         else:
-            ax.scatter([cost], [100 * acc], s=220, marker="*", color=_CHOSEN, edgecolors="black",
+            ax.scatter([cost], [scale * acc], s=220, marker="*", color=_CHOSEN, edgecolors="black",
                        linewidths=0.8, label="chosen architecture", zorder=6)
     ax.set_xlabel(panel.cost_label)
-    ax.set_ylabel("proxy validation accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_xlim(0.0, right)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
@@ -110,17 +119,19 @@ def plot_tradeoffs(panels: Sequence[TradeoffPanel], path: str | Path, title: str
     fig, axes = _new_figure(5.8 * len(panels) + 1.2, 5.0, ncols=len(panels))
     for ax, panel in zip(axes, panels, strict=True):
         _draw_panel(ax, panel)
-        ax.set_title(f"accuracy vs {panel.cost_label.split(' (')[0]}", fontsize=10)
+        ax.set_title(f"{panel.score_name} vs {panel.cost_label.split(' (')[0]}", fontsize=10)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_search_curve(accuracies: Sequence[float], within: Sequence[bool], path: str | Path, title: str) -> Path:
-    """Best proxy accuracy within budget so far against evaluation number, every evaluation as a faint dot."""
+def plot_search_curve(accuracies: Sequence[float], within: Sequence[bool], path: str | Path, title: str,
+                      score_name: str = "accuracy") -> Path:
+    """Best proxy score within budget so far against evaluation number, every evaluation as a faint dot."""
     fig, (ax,) = _new_figure(7.5, 4.2)
     numbers = list(range(1, len(accuracies) + 1))
-    pct = [100 * a for a in accuracies]
+    scale, ylabel = _score_axis(score_name)
+    pct = [scale * a for a in accuracies]
     inside = [(n, a) for n, a, w in zip(numbers, pct, within, strict=True) if w]
     outside = [(n, a) for n, a, w in zip(numbers, pct, within, strict=True) if not w]
     if inside:
@@ -143,7 +154,7 @@ def plot_search_curve(accuracies: Sequence[float], within: Sequence[bool], path:
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("evaluation number (in the order evaluated)")
-    ax.set_ylabel("proxy validation accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_xlim(0.5, max(len(numbers), 1) + 0.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)

@@ -50,6 +50,15 @@ class Run:
         return None if value is None else float(value)
 
     @property
+    def score_name(self) -> str:
+        """What candidates were scored by: ``accuracy`` (top-1), or the Python API's custom ``metric``."""
+        return str(self.summary.get("metric") or "accuracy")
+
+    def format_score(self, value: float) -> str:
+        """Top-1 accuracy in percent, a custom metric as it is."""
+        return f"{100 * value:.2f}%" if self.score_name == "accuracy" else f"{value:.4g}"
+
+    @property
     def latency(self) -> dict[str, Any] | None:
         """The latency budget's record in the summary (``--latency`` runs only). In such a run the search's
         width cost, ``flops``/``flops_ratio`` in the history, is the predicted latency, not FLOPs."""
@@ -224,6 +233,7 @@ def _tradeoff_blocks(run: Run) -> list[Block]:
         panels = [TradeoffPanel(
             cost_label=f"predicted latency (fraction of the base model, batch {lat['batch_size']})",
             costs=[m["flops_ratio"] for m in metrics], accuracies=accs, within=within, budget=lat["budget"],
+            score_name=run.score_name,
             budget_label="latency budget", chosen=(predicted["compressed"] / predicted["base"], chosen_acc),
             search_best=(best_metrics["flops_ratio"], best_metrics["accuracy"]) if best_metrics else None,
         )]
@@ -234,14 +244,14 @@ def _tradeoff_blocks(run: Run) -> list[Block]:
         costs=[m.get("flops_ratio", m["flops"] / base["flops"]) for m in metrics], accuracies=accs, within=within,
         budget=s["flops_budget"], budget_label="FLOPs budget", chosen=(comp["flops"] / base["flops"], chosen_acc),
         search_best=(best_metrics["flops"] / base["flops"], best_metrics["accuracy"]) if best_metrics else None,
-        reported_front=front, reported_front_label=f"{s['agent']} Pareto front",
+        reported_front=front, reported_front_label=f"{s['agent']} Pareto front", score_name=run.score_name,
     )]
     has_size = all(m.get("size_bits") is not None for m in metrics) and base.get("size_bits")
     if s.get("bits") and has_size:
         panels.append(TradeoffPanel(
             cost_label="model size (fraction of the float32 model)",
             costs=[m["size_bits"] / base["size_bits"] for m in metrics], accuracies=accs, within=within,
-            budget=run.size_budget, budget_label="size budget",
+            budget=run.size_budget, budget_label="size budget", score_name=run.score_name,
             chosen=(comp["size_bits"] / base["size_bits"], chosen_acc),
             search_best=(best_metrics["size_bits"] / base["size_bits"], best_metrics["accuracy"])
             if best_metrics else None,
@@ -251,6 +261,7 @@ def _tradeoff_blocks(run: Run) -> list[Block]:
             cost_label="BOPs (fraction of the 32/32-bit model)",
             costs=[m["bops"] / base["bops"] for m in metrics], accuracies=accs, within=within,
             budget=run.bops_budget, budget_label="BOPs budget", chosen=(comp["bops"] / base["bops"], chosen_acc),
+            score_name=run.score_name,
         ))
     plot_tradeoffs(panels, run.path / "figures" / "tradeoff.png",
                    f"{s['model']} on {s['dataset']} ({s['agent']})\nevery evaluated architecture, scored by "
@@ -275,7 +286,8 @@ def _search_blocks(run: Run) -> list[Block]:
     metrics = [e["metrics"] for e in run.history]
     plot_search_curve([float(m["accuracy"]) for m in metrics], [run.within_budget(m) for m in metrics],
                       run.path / "figures" / "search_curve.png",
-                      f"{s['model']} ({s['agent']}): best proxy accuracy within budget over the search")
+                      f"{s['model']} ({s['agent']}): best proxy {run.score_name} within budget over the search",
+                      score_name=run.score_name)
     return [("h", 2, "Search curve"),
             ("p", "The best proxy validation accuracy within every budget so far, against the number of "
                   "evaluations; each evaluation is a faint dot."),
@@ -312,13 +324,14 @@ def _ladder_blocks(run: Run) -> list[Block]:
     rungs = list(ladder.get("rungs", []))
     results = {(r["candidate"], r["rung"]): r for r in ladder.get("results", [])}
     winner = ladder.get("winner")
-    steps = [f"val acc after {n} step{'s' if n != 1 else ''}" for n in rungs]
-    headers = ["candidate", "origin", "proxy acc", "FLOPs (x base)", *steps, "outcome"]
+    score = "acc" if run.score_name == "accuracy" else run.score_name
+    steps = [f"val {score} after {n} step{'s' if n != 1 else ''}" for n in rungs]
+    headers = ["candidate", "origin", f"proxy {score}", "FLOPs (x base)", *steps, "outcome"]
     rows: list[list[Any]] = []
     for cand in ladder.get("candidates", []):
         cid = cand["id"]
         reached = [r for r in range(len(rungs)) if (cid, r) in results]
-        accs = [f"{100 * results[(cid, r)]['val_acc']:.2f}%" if (cid, r) in results else "-"
+        accs = [run.format_score(results[(cid, r)]["val_acc"]) if (cid, r) in results else "-"
                 for r in range(len(rungs))]
         if cid == winner:
             outcome = "chosen"
@@ -329,11 +342,12 @@ def _ladder_blocks(run: Run) -> list[Block]:
         else:
             outcome = "not run"
         proxy = cand.get("proxy_accuracy")
-        rows.append([cid, cand.get("origin", ""), "-" if proxy is None else f"{100 * proxy:.2f}%",
+        rows.append([cid, cand.get("origin", ""), "-" if proxy is None else run.format_score(proxy),
                      f"{cand['flops'] / base_flops:.3f}", *accs, outcome])
     blocks: list[Block] = [("h", 2, "Re-ranking ladder"),
                            ("p", f"The best candidates of the search, plus uniform widths, fine-tuned in rungs of "
-                                 f"the final recipe; 1/{ladder.get('eta', '?')} go on after each rung.")]
+                                 f"the final recipe; the best 1/{ladder.get('eta', '?')} go on after each rung, and "
+                                 f"the uniform entrant climbs every rung (the answer the search has to beat).")]
     if (run.path / "ladder.png").is_file():
         blocks.append(("img", "ladder.png", "re-ranking ladder"))
     return [*blocks, ("table", headers, rows)]
@@ -344,12 +358,12 @@ def _pareto_blocks(run: Run) -> list[Block]:
     if not front:
         return []
     base = run.summary["base"]
-    rows = [[p.get("index", "-"), f"{p['flops'] / base['flops']:.3f}", f"{100 * p['accuracy']:.2f}%",
+    rows = [[p.get("index", "-"), f"{p['flops'] / base['flops']:.3f}", run.format_score(p["accuracy"]),
              f"{p['params']:,}" if p.get("params") is not None else "-"] for p in front]
     return [("h", 2, f"Pareto front of {run.summary['agent']}"),
             ("p", "The searcher's own trade-off of proxy accuracy against FLOPs (the diamonds in the first "
                   "picture)."),
-            ("table", ["evaluation", "FLOPs (x base)", "proxy acc", "params"], rows)]
+            ("table", ["evaluation", "FLOPs (x base)", f"proxy {run.score_name}", "params"], rows)]
 
 
 def _markdown(blocks: list[Block]) -> str:

@@ -114,6 +114,10 @@ def test_the_metric_is_the_searchers_score_and_the_summarys_numbers(trained, tmp
     assert summary["search_best"]["proxy_accuracy"] == max(fitting)
     table = (run / "summary.md").read_text()
     assert "val neg_brier (after fine-tune)" in table and "val accuracy" not in table
+    report = (run / "report.md").read_text()  # the report's tables name the metric and print it as it is
+    assert "proxy neg_brier" in report and "val neg_brier after" in report
+    ladder_rows = [line for line in report.splitlines() if line.startswith("| c")]
+    assert ladder_rows and all("%" not in line for line in ladder_rows)
 
     # The run is tied to its metric: resuming it with another one (or none) is refused before any work.
     for other in ({"metric": permuted_top1}, {}):
