@@ -245,7 +245,7 @@ def test_python_api_takes_a_latency_budget_instead_of_flops(monkeypatch, tiny) -
     from automl_prune import api
 
     model, _ = tiny
-    monkeypatch.setattr(api, "_search", lambda _model, _train, _val, _test, config: config)
+    monkeypatch.setattr(api, "_search", lambda _model, _train, _val, _test, config, *_task: config)
     data = (torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.long))
     config = automl_prune.search(model, train=data, val=data, latency=0.5, latency_batch_size=8)
     assert (config.latency, config.latency_batch_size, config.flops) == (0.5, 8, 1.0)
