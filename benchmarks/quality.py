@@ -140,7 +140,7 @@ def base_config(args: argparse.Namespace, row: Row, out: Path) -> SearchConfig:
     return SearchConfig(model=row.model, dataset=args.dataset, data_root=args.data_root, flops=row.budget,
                         agent=row.agent if row.agent != TP_GLOBAL else "uniform", episodes=args.episodes,
                         out=str(out), cache_dir=args.cache_dir, seed=row.seed, progress=not args.quiet,
-                        workers=args.workers, threads=args.threads, **extra)
+                        workers=args.workers, threads=args.threads, criterion=args.criterion, **extra)
 
 
 def run_searcher_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str, Any]:
@@ -364,6 +364,8 @@ def main() -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--out", default="runs/bench/quality")
+    parser.add_argument("--criterion", default=DEFAULTS.criterion,
+                        help="channel criterion of every searcher row (give another --out: rows are keyed without it)")
     parser.add_argument("--workers", type=int, default=None,
                         help="Ray workers per row (0: in process; default: the pipeline's); with two benchmark "
                              "processes side by side give each --workers 0 --threads 1")
