@@ -158,8 +158,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     arch = space.complete(space.validate(arch))
     from automl_prune.pipeline import calibration_data
 
-    pruned = compress(base.model, space.graph, arch, config.criterion, calibration=calibration_data(config, base),
-                      reconstruct=config.reconstruct)
+    pruned = compress(base.model, space.graph, arch, config.resolved_criterion,
+                      calibration=calibration_data(config, base), reconstruct=config.reconstruct)
     recalibrate_batch_norm(pruned, [base.splits.train.images[i : i + 128] for i in range(0, 1280, 128)])
     val_acc, _ = accuracy_and_loss(pruned, base.splits.val.images, base.splits.val.labels, 1000)
     out = export(args.out, model=pruned, space=space, architecture=arch, model_name=config.model,
@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--regularize-strength", type=float,
                            help="group lasso's coefficient, or growing L2's ceiling "
                            f"({DEFAULTS.regularize_strength:g})")
-            p.add_argument("--criterion", help="which channels a group keeps: l1 (default), l2, bn_scale, fpgm, "
-                           "l1-std, taylor, ezcrop, similarity, reap, ccp")
+            p.add_argument("--criterion", help="which channels a group keeps: auto (default: reap, or l1-std for "
+                           "--agent global), l1, l2, bn_scale, fpgm, l1-std, taylor, ezcrop, similarity, reap, ccp")
             p.add_argument("--reconstruct", action="store_true", default=None,
                            help="after pruning, re-fit each pruned layer by least squares to the base model's outputs")
             p.add_argument("--calibration-size", type=int,
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             p.add_argument("--arch", required=True, help="architecture JSON ({'widths': {...}} or an arch.json)")
             p.add_argument("--out", required=True, help="output folder")
-            p.add_argument("--criterion", help="which channels a group keeps (as for search; default l1)")
+            p.add_argument("--criterion", help="which channels a group keeps (as for search; default auto = reap)")
             p.add_argument("--reconstruct", action="store_true", default=None,
                            help="re-fit each pruned layer by least squares to the base model's outputs")
             p.add_argument("--calibration-size", type=int, help="training images for data-driven criteria (512)")

@@ -165,7 +165,7 @@ def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
         "val_images": base.splits.val.images,
         "val_labels": base.splits.val.labels,
         "train_labels": base.splits.train.labels,
-        "criterion": config.criterion,
+        "criterion": config.resolved_criterion,
         "bn_batches": config.bn_batches,
         "finetune_steps": steps,
         "seed": config.seed,
@@ -309,7 +309,7 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     from automl_prune.criteria import get_criterion
 
     SEARCHERS.get(config.agent)  # fail on a bad name before any work
-    get_criterion(config.criterion)
+    get_criterion(config.resolved_criterion)
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is an existing file; give a directory (new or a run to resume)")
@@ -332,7 +332,7 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     from automl_prune.pruning import channel_order
 
     # A criterion that cannot score a group, or an unknown name, is refused now.
-    channel_order(base.model, space.graph, config.criterion, calibration=calibration_data(config, base))
+    channel_order(base.model, space.graph, config.resolved_criterion, calibration=calibration_data(config, base))
     evaluator = make_evaluator(config, base)
     options: dict[str, Any] = dict(config.agent_options)
     options.update(bit_budgets(config, space))
@@ -483,7 +483,7 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
         return chosen, model, None, evaluate_accuracy(model, base.splits.val, batch_size=250,
                                                       metric=base.task.metric)[0]
     rungs = plan_rungs(recipe.total_steps(base.splits), config.rerank_rungs, config.rerank_eta)
-    job = LadderJob(run_dir, base.model, space, base.splits, recipe, rungs, criterion=config.criterion,
+    job = LadderJob(run_dir, base.model, space, base.splits, recipe, rungs, criterion=config.resolved_criterion,
                     calibration=calibration_data(config, base), reconstruct=config.reconstruct,
                     bn_batches=config.bn_batches, task=base.task)
     recipe_record = {"recipe": dataclasses.asdict(recipe)}

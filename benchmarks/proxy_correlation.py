@@ -114,13 +114,13 @@ def measure_budget(config: SearchConfig, base: BaseModel, flops: float, steps: l
     candidates = sample_architectures(space, budget, archs, spread=spread, seed=config.seed)
     evaluators = {
         s: Evaluator(base.model, space, base.splits.train.images, base.splits.val.images, base.splits.val.labels,
-                     train_labels=base.splits.train.labels, criterion=config.criterion,
+                     train_labels=base.splits.train.labels, criterion=config.resolved_criterion,
                      bn_batches=config.bn_batches, finetune_steps=s, seed=config.seed)
         for s in steps
     }
     starter = evaluators[steps[0]] if steps[0] == 0 else Evaluator(
         base.model, space, base.splits.train.images, base.splits.val.images, base.splits.val.labels,
-        criterion=config.criterion, bn_batches=config.bn_batches, seed=config.seed)
+        criterion=config.resolved_criterion, bn_batches=config.bn_batches, seed=config.seed)
     rows = []
     for i, arch in enumerate(candidates):
         start = time.perf_counter()

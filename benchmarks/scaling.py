@@ -66,7 +66,7 @@ def _finetune_rate(config: Any, base: Any, budget: int, workers: int, trials: in
         candidates.append(Candidate(f"c{i}", arch, "benchmark", None, space.flops(arch)))
     recipe = FineTuneRecipe(epochs=steps / (len(base.splits.train) // 128), lr=config.finetune_lr)
     total = recipe.total_steps(base.splits)
-    job = LadderJob(run_dir, base.model, space, base.splits, recipe, (total,), criterion=config.criterion)
+    job = LadderJob(run_dir, base.model, space, base.splits, recipe, (total,), criterion=config.resolved_criterion)
     ladder = Ladder(run_dir / "ladder.json", candidates, (total,), eta=2)
     start = time.perf_counter()
     TuneLadderExecutor(job, workers, verbose=False).run(ladder)
