@@ -29,8 +29,9 @@ lint: setup
 # The main job end to end: pretrain (cached), search under a FLOPs budget, fine-tune, test, export.
 DEMO_AGENT ?= ddpg
 DEMO_FLOPS ?= 0.5
-DEMO_EPISODES ?= 30
-# One epoch of pretraining, 30 evaluations and a ladder of 3 entrants (the search's best, its widened best,
+DEMO_EPISODES ?= 20
+# One epoch of pretraining, 20 evaluations (each compressed with reap, the default criterion: 2-3 s) and a
+# ladder of 3 entrants (the search's best, its widened best,
 # uniform) keep the whole demo, set-up included, within 6 minutes on the 2-core VMs here: two epochs and 5
 # entrants took 6 min 28 s on 2026-11-25. A real search uses the defaults (`--rerank-top-k 3`).
 DEMO_PRETRAIN_EPOCHS ?= 1
