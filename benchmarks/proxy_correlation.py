@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 
 from agents import project_to_budget, uniform_architecture
@@ -44,10 +45,10 @@ from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
 from automl_prune.evaluate import Evaluator, accuracy_and_loss
 from automl_prune.fidelity_rule import default_search_fidelity
-from automl_prune.pipeline import BaseModel, load_base
+from automl_prune.ladder_job import FineTuneRecipe
+from automl_prune.pipeline import BaseModel, evaluator_kwargs, load_base
 from automl_prune.report import format_table
 from automl_prune.runtime import configure_torch
-from automl_prune.training import train
 from search_spaces import Architecture, SearchSpace
 
 _BOOTSTRAP = 2000
@@ -112,15 +113,10 @@ def measure_budget(config: SearchConfig, base: BaseModel, flops: float, steps: l
     space = base.space
     budget = space.flops_budget(flops)
     candidates = sample_architectures(space, budget, archs, spread=spread, seed=config.seed)
-    evaluators = {
-        s: Evaluator(base.model, space, base.splits.train.images, base.splits.val.images, base.splits.val.labels,
-                     train_labels=base.splits.train.labels, criterion=config.resolved_criterion,
-                     bn_batches=config.bn_batches, finetune_steps=s, seed=config.seed)
-        for s in steps
-    }
-    starter = evaluators[steps[0]] if steps[0] == 0 else Evaluator(
-        base.model, space, base.splits.train.images, base.splits.val.images, base.splits.val.labels,
-        criterion=config.resolved_criterion, bn_batches=config.bn_batches, seed=config.seed)
+    # Exactly the search's evaluator (criterion, calibration, reconstruction), at each number of steps.
+    kwargs = evaluator_kwargs(config, base)
+    evaluators = {s: Evaluator(**{**kwargs, "finetune_steps": s}) for s in steps}
+    starter = evaluators[steps[0]] if steps[0] == 0 else Evaluator(**{**kwargs, "finetune_steps": 0})
     rows = []
     for i, arch in enumerate(candidates):
         start = time.perf_counter()
@@ -135,9 +131,9 @@ def measure_budget(config: SearchConfig, base: BaseModel, flops: float, steps: l
             t0 = time.perf_counter()
             # The pipeline fine-tunes the adaptive-BN build of the chosen architecture: start from the same.
             model = copy.deepcopy(starter.build(arch))
-            train(model, base.splits, epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed + k,
-                  progress=False)
-            model = model.to("cpu").eval()
+            recipe = FineTuneRecipe(epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed + k)
+            recipe.trainer(model, base.splits).run(progress=False)
+            model = model.to("cpu", memory_format=torch.contiguous_format).eval()
             acc, _ = accuracy_and_loss(model, base.splits.val.images, base.splits.val.labels, 1000)
             row["truth"].append(acc)
             row["truth_seconds"] += time.perf_counter() - t0
@@ -262,6 +258,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--out", default="runs/bench/proxy_correlation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--criterion", default=SearchConfig().criterion,
+                        help="channel criterion of every candidate (default: the search's, 'auto')")
     parser.add_argument("--report-only", action="store_true",
                         help="re-make the table and figure from OUT/proxy_correlation.json (its own settings)")
     args = parser.parse_args()
@@ -276,7 +274,7 @@ def main() -> None:
         configure_torch()
         config = SearchConfig(model=args.model, dataset=args.dataset, data_root=args.data_root,
                               cache_dir=args.cache_dir, seed=args.seed, finetune_epochs=args.finetune_epochs,
-                              progress=False)
+                              criterion=args.criterion, progress=False)
         base = load_base(config)
         base_val = base.meta["val_acc"]
         eta = {"done": 0.0, "seconds": 0.0, "total": float(args.archs * len(args.flops))}
@@ -293,6 +291,7 @@ def main() -> None:
     header = (
         f"{args.model} on {args.dataset} (base val acc "
         f"{'?' if base_val != base_val else f'{100 * base_val:.2f}%'}), "
+        f"criterion {SearchConfig(criterion=getattr(args, 'criterion', 'l1')).resolved_criterion}, "
         f"{args.archs} architectures per budget (uniform + sampled around it, spread {args.spread:g}, all filled "
         f"to the budget), truth = val acc after {args.finetune_epochs:g}-epoch fine-tune at lr "
         f"{lr:g}, mean of {args.truth_seeds} seed(s) ({summary[0]['truth_seconds']:.1f} s / arch "
@@ -300,7 +299,7 @@ def main() -> None:
         f"Command: .venv/bin/python benchmarks/proxy_correlation.py --model {args.model} --flops "
         f"{' '.join(f'{f:g}' for f in args.flops)} --archs {args.archs} --steps {' '.join(map(str, steps))} "
         f"--truth-seeds {args.truth_seeds} --spread {args.spread:g} --finetune-epochs {args.finetune_epochs:g} "
-        f"--seed {args.seed}"
+        f"--seed {args.seed} --criterion {getattr(args, 'criterion', 'l1')}"
     )
     text = markdown(summary, header)
     print()
