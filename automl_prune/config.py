@@ -181,14 +181,17 @@ class SearchConfig:
 
     @property
     def search_finetune_steps(self) -> int:
-        """Fine-tune steps before each candidate's score (0: adaptive BN only); ``auto`` follows the budget."""
+        """Fine-tune steps before each candidate's score (0: adaptive BN only); ``auto`` follows the budget and
+        whether the criterion re-fits the kept weights (`automl_prune.fidelity_rule`)."""
         if self.proxy == "adaptive-bn":
             return 0
         if self.proxy == "finetune":
             return self.proxy_finetune_steps
+        from automl_prune.criteria import CRITERIA
         from automl_prune.fidelity_rule import default_search_fidelity
 
-        return default_search_fidelity(self.flops if self.latency is None else min(self.flops, self.latency))
+        refits = self.reconstruct or bool(getattr(CRITERIA.get(self.resolved_criterion), "reconstructs", False))
+        return default_search_fidelity(self.flops if self.latency is None else min(self.flops, self.latency), refits)
 
     @property
     def resolved_criterion(self) -> str:

@@ -44,7 +44,6 @@ from agents import project_to_budget, uniform_architecture
 from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
 from automl_prune.evaluate import Evaluator, accuracy_and_loss
-from automl_prune.fidelity_rule import default_search_fidelity
 from automl_prune.ladder_job import FineTuneRecipe
 from automl_prune.pipeline import BaseModel, evaluator_kwargs, load_base
 from automl_prune.report import format_table
@@ -179,7 +178,7 @@ def _label(steps: int) -> str:
     return "adaptive BN" if steps == 0 else f"{steps} steps + BN"
 
 
-def markdown(summary: list[dict[str, Any]], header: str) -> str:
+def markdown(summary: list[dict[str, Any]], header: str, criterion: str = "l1") -> str:
     """The table: one row per budget and fidelity."""
     rows = []
     for s in summary:
@@ -189,7 +188,8 @@ def markdown(summary: list[dict[str, Any]], header: str) -> str:
             f"{100 * s['regret']:.2f}", f"{100 * s['proxy_min']:.1f}-{100 * s['proxy_max']:.1f}",
             f"{100 * s['truth_min']:.2f}-{100 * s['truth_max']:.2f}",
             "-" if s["noise_ceiling"] is None else f"{s['noise_ceiling']:.3f}",
-            "yes" if default_search_fidelity(s["flops_budget"]) == s["steps"] else "",
+            "yes" if SearchConfig(flops=s["flops_budget"], criterion=criterion).search_finetune_steps == s["steps"]
+            else "",
         ])
     table = format_table(
         ["FLOPs", "fidelity", "Spearman rho vs truth", "90% bootstrap", "s / arch", "rho / s",
@@ -301,7 +301,7 @@ def main() -> None:
         f"--truth-seeds {args.truth_seeds} --spread {args.spread:g} --finetune-epochs {args.finetune_epochs:g} "
         f"--seed {args.seed} --criterion {getattr(args, 'criterion', 'l1')}"
     )
-    text = markdown(summary, header)
+    text = markdown(summary, header, getattr(args, "criterion", "l1"))
     print()
     print(text)
     atomic_write_text(out / "proxy_correlation.md", text)

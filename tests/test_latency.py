@@ -201,30 +201,33 @@ def test_latency_and_flops_budgets_together_are_refused(capsys, tmp_path) -> Non
 
 
 def test_latency_budget_end_to_end(capsys, tmp_path) -> None:
-    """``--latency 0.5``: the run finishes, the search budgets predicted latency, the final model is measured
-    against the base (batch 1 and the configured batch), and the summary and arch.json state it all."""
+    """``--latency 0.8``: the run finishes, the search budgets predicted latency, the final model is measured
+    against the base (batch 1 and the configured batch), and the summary and arch.json state it all.
+
+    0.8, not 0.5: a forward pass has a constant part the widths do not shrink, and on a loaded machine the
+    fitted constant of tiny-resnet put even the narrowest architecture at 0.52 of full (refused, rightly)."""
     run, cache = tmp_path / "run", tmp_path / "cache"
     code = main(["search", "--model", "tiny-resnet", *TINY, "--cache-dir", str(cache), "--agent", "random",
-                 "--episodes", "3", "--latency", "0.5", "--latency-batch-size", "64", "--finetune-epochs", "0.2",
+                 "--episodes", "3", "--latency", "0.8", "--latency-batch-size", "64", "--finetune-epochs", "0.2",
                  "--out", str(run)])
     _, err = capsys.readouterr()
     assert code == 0, err
-    assert "us of predicted latency (0.5 of" in err
+    assert "us of predicted latency (0.8 of" in err
     summary = json.loads((run / "summary.json").read_text())
     lat = summary["latency"]
-    assert lat["budget"] == 0.5 and lat["batch_size"] == 64 and lat["threads"] >= 1 and lat["device"]
+    assert lat["budget"] == 0.8 and lat["batch_size"] == 64 and lat["threads"] >= 1 and lat["device"]
     assert set(lat["measured_ms"]) == {"1", "64"}
     for batch in ("1", "64"):
         for which in ("base", "compressed"):
             stats = lat["measured_ms"][batch][which]
             assert stats["samples"] == 21 and 0 < stats["min_ms"] <= stats["median_ms"]
     base, comp = lat["measured_ms"]["64"]["base"], lat["measured_ms"]["64"]["compressed"]
-    assert lat["budget_ms"] == pytest.approx(0.5 * base["median_ms"])
-    assert lat["noise_ms"] == pytest.approx(0.5 * comp["iqr_ms"] + 0.25 * base["iqr_ms"])
+    assert lat["budget_ms"] == pytest.approx(0.8 * base["median_ms"])
+    assert lat["noise_ms"] == pytest.approx(0.5 * comp["iqr_ms"] + 0.4 * base["iqr_ms"])
     assert lat["met"] == (comp["median_ms"] <= lat["budget_ms"])
     assert lat["met_within_noise"] == (comp["median_ms"] <= lat["budget_ms"] + lat["noise_ms"])
     # the search's guarantee is on the prediction: the chosen architecture is predicted within the budget
-    assert lat["predicted_ms"]["compressed"] <= lat["predicted_ms"]["budget"] <= 0.5 * lat["predicted_ms"]["base"]
+    assert lat["predicted_ms"]["compressed"] <= lat["predicted_ms"]["budget"] <= 0.8 * lat["predicted_ms"]["base"]
     assert Path(lat["table"]["file"]).parent == cache / "latency"
     # FLOPs in the summary are FLOPs, not the predicted nanoseconds the search budgeted
     space = SearchSpace.from_model(build_model("tiny-resnet", 1, 10), torch.zeros(1, 1, 16, 16))
@@ -232,12 +235,12 @@ def test_latency_budget_end_to_end(capsys, tmp_path) -> None:
     assert summary["compressed"]["flops"] == space.flops(summary["architecture"])
     arch = json.loads((run / "best" / "arch.json").read_text())
     assert arch["latency"] == lat and arch["base_flops"] == space.full_flops
-    assert "latency budget (0.5, batch 64)" in (run / "summary.md").read_text()
+    assert "latency budget (0.8, batch 64)" in (run / "summary.md").read_text()
     # the report plots and states the budget the search worked to: predicted latency, not FLOPs
     report = (run / "report.md").read_text()
-    assert "latency \u2264 0.5 of the base model's at batch 64" in report and "FLOPs \u2264" not in report
+    assert "latency \u2264 0.8 of the base model's at batch 64" in report and "FLOPs \u2264" not in report
     config = json.loads((run / "config.json").read_text())
-    assert config["latency"] == 0.5 and config["flops"] == 1.0
+    assert config["latency"] == 0.8 and config["flops"] == 1.0
 
 
 def test_python_api_takes_a_latency_budget_instead_of_flops(monkeypatch, tiny) -> None:
