@@ -21,7 +21,8 @@ from automl_prune.ladder_job import FAIL_ONCE_ENV, FAIL_WHILE_ENV
 # 14 steps per epoch on the synthetic set: 60 epochs = 840 steps, rungs (93, 280, 840); the last rung saves
 # progress every 100 steps (rung 1 at 193, rung 2 at 380, 480, ...), so a trial can fail or be killed midway.
 SEARCH = ["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "1", "--flops", "0.5",
-          "--agent", "random", "--episodes", "6", "--finetune-epochs", "60", "--workers", "2", "--no-progress"]
+          "--agent", "random", "--episodes", "6", "--finetune-epochs", "60", "--workers", "2", "--no-progress",
+          "--criterion", "l1"]  # the criterion is not under test here; l1 needs no calibration batches
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
