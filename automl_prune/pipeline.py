@@ -524,7 +524,7 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
         ladder = executor.ladder
     top = ladder.highest_rung_reached()
     _log(f"re-ranking chose {winner.id} ({winner.origin}): val "
-         f"{100 * ladder.results[(winner.id, top)].val_acc:.2f}% after the whole fine-tune")
+         f"{job.task.format_score(ladder.results[(winner.id, top)].val_acc)} after the whole fine-tune")
     return winner, job.final_model(winner, top), ladder, ladder.results[(winner.id, top)].val_acc
 
 

@@ -67,6 +67,10 @@ class Task:
             return "top-1 accuracy"
         return self.metric_name or _name(self.metric)
 
+    def format_score(self, value: float) -> str:
+        """A score for a log line: top-1 accuracy in percent, a custom metric as it is, with its name."""
+        return f"{100 * value:.2f}%" if self.metric is None else f"{self.score_name} {value:.4g}"
+
     @property
     def loss_name(self) -> str:
         """The loss's name in reports (``cross-entropy`` by default)."""

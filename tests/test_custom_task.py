@@ -79,11 +79,13 @@ def _search(model: nn.Module, data: dict, out, **settings):
                                **{**common, **settings})
 
 
-def test_the_metric_is_the_searchers_score_and_the_summarys_numbers(trained, tmp_path) -> None:
+def test_the_metric_is_the_searchers_score_and_the_summarys_numbers(trained, tmp_path, capsys) -> None:
     model, data = trained
     run = tmp_path / "run"
     result = _search(model, data, run, metric=neg_brier, proxy="adaptive-bn")
     summary = result.metrics
+    chosen = [line for line in capsys.readouterr().err.splitlines() if line.startswith("re-ranking chose")]
+    assert len(chosen) == 1 and "val neg_brier -" in chosen[0] and "%" not in chosen[0], chosen
     assert summary["metric"] == "neg_brier" and "loss" not in summary
     (val_x, val_y), (test_x, test_y) = data["val"], data["test"]
     with torch.no_grad():

@@ -249,6 +249,7 @@ class _TrialLines(Callback):  # type: ignore[misc]
             return
         candidate = self.candidates[result["candidate"]]
         self.executor._log(
-            f"  rung {result['rung'] + 1}: {candidate.id} ({candidate.origin}) val {100 * result['val_acc']:.2f}% "
+            f"  rung {result['rung'] + 1}: {candidate.id} ({candidate.origin}) val "
+            f"{self.executor.job.task.format_score(result['val_acc'])} "
             f"after {result['steps']} steps [{time.perf_counter() - self.start:.0f} s]"
         )
