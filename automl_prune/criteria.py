@@ -36,6 +36,9 @@ class Criterion(abc.ABC):
     """True when `prepare` needs calibration batches."""
     reconstructs: ClassVar[bool] = False
     """True when `compress` must re-fit the pruned layers by least squares afterwards (`reconstruct`)."""
+    nested: ClassVar[bool] = False
+    """True when an overridden `select` keeps, for every ``keep``, the first ``keep`` channels of one `ranking`:
+    the sets of all widths then come from one computation (a search reuses it across candidates)."""
 
     def prepare(self, model: nn.Module, calibration: Calibration | None) -> None:  # noqa: B027
         """Called once on the model whose groups are then scored, before any of them (default: nothing)."""
@@ -51,6 +54,11 @@ class Criterion(abc.ABC):
             raise ValueError(f"{type(self).__name__} cannot score this group")
         order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True)
         return sorted(order[:keep].tolist())
+
+    def ranking(self, group: tp.Group) -> list[int]:
+        """Every channel, most worth keeping first, such that ``select(group, keep)`` is the first ``keep``;
+        only criteria with ``nested`` override it."""
+        raise NotImplementedError(f"{type(self).__name__} chooses a set per width; it has no nested ranking")
 
     def fold(self, group: tp.Group, kept: list[int]) -> None:  # noqa: B027
         """Adjust the (still unpruned) model before the channels not in ``kept`` are removed (default: nothing)."""

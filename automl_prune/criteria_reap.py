@@ -99,6 +99,7 @@ class REAP(ActivationCriterion):
 
     name = "reap"
     reconstructs = True
+    nested = True  # the greedy elimination removes the same channels first whatever the width: `ranking`
 
     def __init__(self, positions: int = 32, ridge: float = 1e-3, step: float = 0.03, seed: int = 0) -> None:
         super().__init__()
@@ -163,6 +164,13 @@ class REAP(ActivationCriterion):
         scores = torch.empty(size, dtype=torch.float64)
         scores[torch.as_tensor(order)] = torch.arange(size, dtype=torch.float64)
         return scores
+
+    def ranking(self, group: tp.Group) -> list[int]:
+        """The whole greedy removal order, reversed: ``select(group, keep)`` keeps its first ``keep`` channels
+        (a shorter elimination stops early on the same path; rounds only ever take a prefix of their ranking)."""
+        size = group_size(group)
+        forced = self.forced_removals(group, torch.zeros(size, dtype=torch.float64))
+        return self._eliminate(self.sites(group), size, size, forced)[::-1]
 
     def select(self, group: tp.Group, keep: int) -> list[int]:
         """The channels left after greedily removing ``size - keep`` (zero and duplicate channels first)."""

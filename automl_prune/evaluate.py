@@ -22,6 +22,7 @@ from automl_prune.calibration import Calibration
 from automl_prune.criteria import Criterion, get_criterion
 from automl_prune.data import Split, iterate_batches
 from automl_prune.pruning import channel_order, compress_widths
+from automl_prune.reconstruct import OriginalOutputs
 from automl_prune.streaming import LazyImages
 from automl_prune.task import Task
 from search_spaces import Architecture, SearchSpace
@@ -161,6 +162,7 @@ class Evaluator:
         self.reconstruct = reconstruct
         self.task = task or Task()
         self._order: dict[str, list[int]] | None = None
+        self._targets = OriginalOutputs()  # the re-fit targets, shared by every candidate
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.finetune_steps = finetune_steps
@@ -202,7 +204,7 @@ class Evaluator:
             torch.manual_seed(self.seed)
             pruned = compress_widths(self.model, self.space.graph, architecture.widths, self.criterion,
                                      self._channel_order(), calibration=self.calibration,
-                                     reconstruct=self.reconstruct).to(self.device)
+                                     reconstruct=self.reconstruct, targets=self._targets).to(self.device)
             if self._finetune or self._finetune_index is not None:
                 self._short_finetune(pruned)
             recalibrate_batch_norm(pruned, self._calibration)
@@ -214,9 +216,10 @@ class Evaluator:
 
     def _channel_order(self) -> dict[str, list[int]] | None:
         """Every group's channel ranking on the base model, scored once (a data-driven criterion runs its
-        calibration passes once, not per candidate); ``None`` for criteria that choose a set per width."""
+        calibration passes once, not per candidate); ``None`` for criteria that choose a set per width
+        other than a prefix of one ranking (``ccp``, ``similarity``)."""
         crit = get_criterion(self.criterion)
-        if type(crit).select is not Criterion.select:
+        if type(crit).select is not Criterion.select and not crit.nested:
             return None
         if self._order is None:
             self._order = channel_order(self.model, self.space.graph, crit, calibration=self.calibration)

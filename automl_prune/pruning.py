@@ -16,8 +16,8 @@ from torch import nn
 from automl_prune.criteria import Criterion, get_criterion
 from automl_prune.errors import ConfigError
 from automl_prune.graph import NetworkGraph, build_dependency_graph
+from automl_prune.reconstruct import OriginalOutputs, record_kept
 from automl_prune.reconstruct import reconstruct as refit_layers
-from automl_prune.reconstruct import record_kept
 
 if TYPE_CHECKING:
     from automl_prune.calibration import Calibration
@@ -57,6 +57,14 @@ def _kept(crit: Criterion, group: tp.Group, name: str, size: int, keep: int) -> 
             f"criterion {type(crit).__name__} chose {kept} for group {name!r}: not {keep} distinct channels of {size}"
         )
     return kept
+
+
+def _nested_ranking(crit: Criterion, group: tp.Group, name: str, size: int) -> list[int]:
+    ranking = [int(c) for c in crit.ranking(group)]
+    if sorted(ranking) != list(range(size)):
+        raise ConfigError(f"criterion {type(crit).__name__} ranked {ranking} for group {name!r}: not a permutation "
+                          f"of its {size} channels")
+    return ranking
 
 
 def _example(model: nn.Module, graph: NetworkGraph) -> torch.Tensor:
@@ -101,6 +109,10 @@ def channel_order(
     for name in names:
         size = graph.group(name).size
         group = _full_group(dg, model, name, size)
+        if crit.nested:
+            # Its `select(keep)` keeps the first ``keep`` of one ranking for every ``keep``: no width needed.
+            orders[name] = _nested_ranking(crit, group, name, size)
+            continue
         ranking = torch.argsort(_scores(crit, group, name, size), descending=True, stable=True).tolist()
         keep = int((widths or {}).get(name, size))
         if keep < size and _selects(crit):
@@ -144,6 +156,7 @@ def compress_widths(
     *,
     calibration: Calibration | None = None,
     reconstruct: bool = False,
+    targets: OriginalOutputs | None = None,
 ) -> nn.Module:
     """Copy ``model`` and remove channels so that every group keeps exactly ``widths[group]`` channels.
 
@@ -156,6 +169,8 @@ def compress_widths(
         calibration: Batches from the training split, for data-driven criteria and for ``reconstruct``.
         reconstruct: Re-fit every pruned layer by least squares to the original layer's outputs afterwards
             (`automl_prune.reconstruct.reconstruct`); criteria with ``reconstructs`` (``reap``) always do.
+        targets: The original outputs the re-fits aim at, shared by many compressions of ``model`` with the
+            same ``calibration`` (`automl_prune.reconstruct.OriginalOutputs`).
     """
     crit = get_criterion(criterion)
     pruned = copy.deepcopy(model)
@@ -193,7 +208,7 @@ def compress_widths(
     record_kept(pruned, layer_kept)
     if refit:
         assert calibration is not None
-        refit_layers(model, pruned, calibration)
+        refit_layers(model, pruned, calibration, targets=targets)
     return pruned
 
 

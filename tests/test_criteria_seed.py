@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -215,3 +216,41 @@ def test_reconstruct_needs_kept_indices() -> None:
     model, _ = _zoo("tiny-resnet")
     with pytest.raises(ConfigError, match="kept channel indices"):
         reconstruct(model, build_model("tiny-resnet", 1, 4), _data())
+
+
+@pytest.mark.parametrize("model_name", ["tiny-resnet", "mobilenetv2-small"])
+def test_reap_keeps_a_prefix_of_one_ranking_so_a_search_can_rank_once(model_name: str) -> None:
+    """`reap` is ``nested``: for every width, `select` keeps the first channels of its `ranking`. So the
+    search's evaluator, which ranks once and re-fits to cached original outputs, builds exactly the model a
+    plain `compress_widths` (a fresh greedy elimination per width, as export does) builds."""
+    from automl_prune.evaluate import Evaluator
+    from automl_prune.reconstruct import OriginalOutputs
+
+    model, space = _zoo(model_name)
+    calibration = _data(n=32, channels=1, size=16)
+    ranking = channel_order(model, space.graph, "reap", calibration=calibration)
+    targets = OriginalOutputs()
+    rng = np.random.default_rng(0)
+    archs = [space.sample(rng) for _ in range(4)]
+    for arch in archs + archs[:1]:  # the last one again: served from the stored targets
+        plain = compress_widths(model, space.graph, arch.widths, "reap", calibration=calibration).eval()
+        ranked = compress_widths(model, space.graph, arch.widths, "reap", ranking, calibration=calibration,
+                                 targets=targets).eval()
+        assert kept_channels(ranked) == kept_channels(plain)
+        with torch.no_grad():
+            x = calibration.images
+            assert torch.equal(ranked(x), plain(x))
+    assert targets.bytes > 0
+    crit = get_criterion("reap")  # widths across every group, not only the sampled ones
+    crit.prepare(model, calibration)
+    dg = build_dependency_graph(model, calibration.images[:1])
+    for g in space.graph.groups:
+        root = model.get_submodule(g.name)
+        group = dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, list(range(g.size)))
+        order = crit.ranking(group)
+        assert order == ranking[g.name]
+        for keep in {*range(1, g.size, max(1, g.size // 12)), g.size - 1}:  # ~12 widths a group, the ends too
+            assert sorted(crit.select(group, keep)) == sorted(order[:keep]), (g.name, keep)
+    evaluator = Evaluator(model, space, calibration.images, calibration.images, calibration.labels,
+                          criterion="reap", calibration=calibration, bn_batches=1)
+    assert evaluator._channel_order() == ranking
