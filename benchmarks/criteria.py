@@ -199,8 +199,8 @@ def markdown(results: list[dict[str, Any]], header: str) -> str:
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """A panel per (model, budget): test accuracy after the plain fine-tune per criterion, a bar per variant;
-    hollow markers: validation accuracy before the fine-tune."""
+    """A row per (model, budget): left, test accuracy after the plain fine-tune (zoomed to its range); right,
+    validation accuracy right after the cut (0-100%); one marker per criterion and variant."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,29 +210,40 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     panels = sorted({(r["model"], r["budget"]) for r in results}, key=lambda p: (p[0], -p[1]))
     variants = sorted({r["variant"] for r in results}, key=lambda v: (v != "plain", v))
     criteria = [c for c in ALL_CRITERIA if any(r["criterion"] == c for r in results)]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.1 * len(criteria) * len(variants) / 2 + 3),
-                                                      3.2 * len(panels)), squeeze=False)
-    width = 0.8 / len(variants)
-    for ax, (model, budget) in zip(axes[:, 0], panels, strict=True):
+    markers = "osD^vP*Xh<>"
+    fig, axes = plt.subplots(len(panels), 2, figsize=(max(10.0, 1.2 * len(criteria) * 2), 3.4 * len(panels)),
+                             squeeze=False)
+    spread = 0.7 / max(len(variants), 1)
+    for (left, right), (model, budget) in zip(axes, panels, strict=True):
+        tests: list[float] = []
         for j, variant in enumerate(variants):
             xs, test, val = [], [], []
             for i, criterion in enumerate(criteria):
                 rows = [r for r in results if (r["model"], r["budget"], r["criterion"], r["variant"])
                         == (model, budget, criterion, variant)]
                 if rows:
-                    xs.append(i + (j - (len(variants) - 1) / 2) * width)
-                    test.append(100 * np.mean([r["test_plain"] for r in rows]))
-                    val.append(100 * np.mean([r["val_before"] for r in rows]))
+                    xs.append(i + (j - (len(variants) - 1) / 2) * spread)
+                    test.append(100 * float(np.mean([r["test_plain"] for r in rows])))
+                    val.append(100 * float(np.mean([r["val_before"] for r in rows])))
             color = plt.get_cmap("tab10")(j % 10)
-            ax.bar(xs, test, width=width, color=color, label=f"{variant}: test after FT")
-            ax.scatter(xs, val, facecolors="none", edgecolors=color, marker="o", zorder=3)
-        ax.set_xticks(range(len(criteria)))
-        ax.set_xticklabels(criteria)
-        ax.set_ylabel("accuracy %")
-        ax.set_title(f"{model} at {budget:g} FLOPs (bars: test after fine-tune; circles: val before)")
-        ax.grid(alpha=0.3, axis="y")
-        ax.set_ylim(0, 1.3 * max(ax.get_ylim()[1], 1.0))  # room for the legend above the bars
-        ax.legend(fontsize=7, ncol=len(variants), loc="upper center")
+            marker = markers[j % len(markers)]
+            left.scatter(xs, test, color=color, marker=marker, s=28, label=variant, zorder=3)
+            right.scatter(xs, val, color=color, marker=marker, s=28, label=variant, zorder=3)
+            tests += test
+        for ax in (left, right):
+            ax.set_xticks(range(len(criteria)))
+            ax.set_xticklabels(criteria, fontsize=8)
+            ax.grid(alpha=0.3)
+            for i in range(len(criteria) - 1):
+                ax.axvline(i + 0.5, color="0.85", lw=0.8)
+        low, high = min(tests), max(tests)
+        left.set_ylim(low - 0.15 * (high - low) - 0.2, high + 0.15 * (high - low) + 0.2)
+        left.set_ylabel("test accuracy % after fine-tune")
+        left.set_title(f"{model} at {budget:g} FLOPs: test accuracy after the short fine-tune", fontsize=10)
+        right.set_ylim(0, 100)
+        right.set_ylabel("val accuracy % before fine-tune")
+        right.set_title(f"{model} at {budget:g} FLOPs: val accuracy right after the cut", fontsize=10)
+        right.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -246,10 +257,16 @@ def report(args: argparse.Namespace, out_dir: Path) -> None:
     if not results:
         print(f"no finished rows in {out_dir / RESULTS} yet")
         return
-    header = (f"Uniform architectures per FLOPs budget, compressed with each criterion; val accuracy right after "
-              f"the cut (BN recalibrated), test accuracy after the same {args.finetune_epochs:g}-epoch fine-tune "
+    # The rows' own settings, not this call's defaults (``--report-only`` is called without them).
+    epochs = "/".join(f"{e:g}" for e in sorted({float(r.get("finetune_epochs", args.finetune_epochs))
+                                                 for r in results}))
+    steps = "/".join(str(v) for v in sorted({int(r.get("regularize_steps", args.regularize_steps))
+                                              for r in results}))
+    header = (f"Uniform architectures per FLOPs budget (and the default searcher's best: 'searched'), compressed "
+              f"with each criterion; val accuracy right after "
+              f"the cut (BN recalibrated), test accuracy after the same {epochs}-epoch fine-tune "
               f"(lr {DEFAULTS.finetune_lr:g}) without and with distillation; regularized variants train the "
-              f"full-width model {args.regularize_steps} steps first (strength {args.regularize_strength:g}).\n"
+              f"full-width model {steps} steps first (strength {args.regularize_strength:g}).\n"
               f"Command: .venv/bin/python benchmarks/criteria.py {' '.join(sys.argv[1:])}".rstrip())
     text = markdown(results, header)
     atomic_write_text(out_dir / "criteria.md", text)
