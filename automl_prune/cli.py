@@ -255,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="after pruning, re-fit each pruned layer by least squares to the base model's outputs")
             p.add_argument("--calibration-size", type=int,
                            help="training images data-driven criteria and --reconstruct see (default 512)")
-            p.add_argument("--proxy", help="how candidates are scored: auto (default: adaptive BN at >= 50%% FLOPs, "
-                           "100 fine-tune steps below, as measured), adaptive-bn, or finetune")
+            p.add_argument("--proxy", help="how candidates are scored: auto (default: adaptive BN; with a criterion "
+                           "that does not re-fit, e.g. l1, 100 fine-tune steps first below 50%% FLOPs; as "
+                           "measured), adaptive-bn, or finetune")
             p.add_argument("--proxy-finetune-steps", type=int,
                            help="fine-tune steps per candidate with --proxy finetune (default 20)")
             p.add_argument("--reward", help="RL reward: accuracy or acc_flops_log")
