@@ -83,7 +83,8 @@ class Row:
 
 
 def plan(args: argparse.Namespace) -> list[Row]:
-    """Rows in run order: the cheap variants of every criterion first, so a partial run already compares them."""
+    """Rows in run order: the cheap variants of every criterion first, so a partial run already compares them;
+    regularized variants only for ``--regularized-criteria``, without reconstruction."""
     rows = []
     for seed in args.seeds:
         for regularize in args.regularizers:
@@ -92,7 +93,8 @@ def plan(args: argparse.Namespace) -> list[Row]:
                     for budget in args.budgets:
                         for arch in ("uniform", "searched") if args.searched_from else ("uniform",):
                             rows += [Row(model, budget, c, reconstruct, regularize, seed, arch)
-                                     for c in args.criteria]
+                                     for c in args.criteria if regularize == "none" or (
+                                         not reconstruct and c in args.regularized_criteria)]
     return rows
 
 
@@ -285,6 +287,9 @@ def main() -> int:
                         default=[False, True], help="reconstruction variants (default: false true)")
     parser.add_argument("--regularizers", nargs="+", default=["none", "group-lasso"],
                         help="sparsity variants: none, group-lasso, growing-l2 (default: none group-lasso)")
+    parser.add_argument("--regularized-criteria", nargs="+", default=["l1", "l1-std", "taylor", "reap", "ccp"],
+                        help="criteria that also get the --regularizers variants other than none (without "
+                             "reconstruction: the penalty already empties the channels the cut removes)")
     parser.add_argument("--regularize-steps", type=int, default=DEFAULTS.regularize_steps)
     parser.add_argument("--regularize-strength", type=float, default=DEFAULTS.regularize_strength)
     parser.add_argument("--finetune-epochs", type=float, default=DEFAULTS.finetune_epochs)
