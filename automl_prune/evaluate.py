@@ -10,6 +10,8 @@ integer kernels.
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,7 +29,12 @@ from automl_prune.streaming import LazyImages
 from automl_prune.task import Task
 from search_spaces import Architecture, SearchSpace
 
-__all__ = ["Evaluator", "Metrics", "recalibrate_batch_norm"]
+__all__ = ["VAL_IN_MEMORY_FRACTION", "Evaluator", "Metrics", "recalibrate_batch_norm"]
+
+VAL_IN_MEMORY_FRACTION = 0.25
+"""A streamed validation split is held in memory when its float pixels take at most this share of the
+streaming limit (`automl_prune.streaming.stream_limit_bytes`), instead of being read from disk and decoded
+again for every candidate."""
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -190,7 +197,8 @@ class Evaluator:
                 self._finetune = [
                     (train_images[idx].to(self.device), train_labels[idx].to(self.device)) for idx in ft_idx
                 ]
-        # Streamed validation images stay on disk; `accuracy_and_loss` moves each batch to the device.
+        # Streamed validation images stay on disk; `accuracy_and_loss` moves each batch to the device. Every
+        # candidate is scored on them, so a split small enough is decoded once, at the first score (`_val`).
         self.val_images = val_images if isinstance(val_images, LazyImages) else val_images.to(self.device)
         self.val_labels = val_labels.to(self.device)
         self._cache: dict[str, Metrics] = {}
@@ -247,7 +255,7 @@ class Evaluator:
             return self._cache[key]
         start = time.perf_counter()
         pruned = self.build(architecture)
-        acc, loss = accuracy_and_loss(pruned, self.val_images, self.val_labels, self.eval_batch_size,
+        acc, loss = accuracy_and_loss(pruned, self._val(), self.val_labels, self.eval_batch_size,
                                       self.task.metric)
         costs = self.space.costs(architecture)
         full = self.space.cost_model.full
@@ -277,5 +285,23 @@ class Evaluator:
 
     def base_accuracy(self) -> float:
         """Validation accuracy (or the task's metric) of the unpruned model with its own statistics."""
-        return accuracy_and_loss(self.model, self.val_images, self.val_labels, self.eval_batch_size,
+        return accuracy_and_loss(self.model, self._val(), self.val_labels, self.eval_batch_size,
                                  self.task.metric)[0]
+
+    def _val(self) -> torch.Tensor | LazyImages:
+        """The validation images to score on: a streamed split is decoded into memory once, in batches, when its
+        float pixels fit in `VAL_IN_MEMORY_FRACTION` of the streaming limit; a larger one stays on disk."""
+        images = self.val_images
+        if not isinstance(images, LazyImages):
+            return images
+        from automl_prune.streaming import stream_limit_bytes
+
+        size = math.prod(images.shape) * 4
+        if size > VAL_IN_MEMORY_FRACTION * stream_limit_bytes():
+            return images
+        decoded = [x for x, _ in iterate_batches(Split(images, self.val_labels.cpu()), self.eval_batch_size,
+                                                 shuffle=False, seed=0)]
+        self.val_images = torch.cat(decoded).to(self.device)
+        print(f"validation split: {len(images)} streamed images decoded once into memory for scoring "
+              f"({size / 2**20:.0f} MB)", file=sys.stderr, flush=True)
+        return self.val_images

@@ -213,3 +213,41 @@ def test_evaluator_scores_streamed_and_in_memory_data_the_same(folder) -> None:
     assert isinstance(streamed.val.images, LazyImages)
     assert scores[0][0] == scores[1][0] and scores[0][2] == scores[1][2]
     assert scores[0][1] == pytest.approx(scores[1][1], rel=1e-4)
+
+
+def test_a_streamed_validation_split_is_decoded_once_for_every_candidate(folder, capsys, monkeypatch) -> None:
+    from automl_prune import streaming
+    from automl_prune.evaluate import Evaluator
+    from automl_prune.models import build_model
+    from search_spaces import SearchSpace
+
+    stats = {"mean": (0.3, 0.3, 0.3), "std": (0.25, 0.25, 0.25)}
+    splits = load_dataset("imagefolder", folder, stream=True, loader_workers=0, **stats)
+    reads = {"val": 0}
+    original = LazyImages.iter_batches
+
+    def counting(self, batches, **kwargs):
+        batches = list(batches)
+        if self is splits.val.images:
+            reads["val"] += sum(len(b) for b in batches)
+        return original(self, batches, **kwargs)
+
+    monkeypatch.setattr(LazyImages, "iter_batches", counting)
+    model = build_model("tiny-cnn", 3, len(CLASSES), 32).eval()
+    space = SearchSpace.from_model(model, torch.zeros(1, 3, 32, 32))
+
+    def scores(evaluator: Evaluator) -> list[float]:
+        return [evaluator.evaluate(space.from_ratios(r)).accuracy for r in (0.5, 0.7)] + [evaluator.base_accuracy()]
+
+    evaluator = Evaluator(model, space, splits.train.images, splits.val.images, splits.val.labels, bn_batches=1,
+                          seed=0, device="cpu")
+    held = scores(evaluator)
+    assert reads["val"] == len(splits.val.images)  # three scores, one read of the split
+    assert "decoded once into memory" in capsys.readouterr().err
+    # Too large for the limit: it stays on disk and every score reads it again, with the same results.
+    monkeypatch.setattr(streaming, "stream_limit_bytes", lambda: 1)
+    reads["val"] = 0
+    evaluator = Evaluator(model, space, splits.train.images, splits.val.images, splits.val.labels, bn_batches=1,
+                          seed=0, device="cpu")
+    assert scores(evaluator) == held
+    assert reads["val"] == 3 * len(splits.val.images)
