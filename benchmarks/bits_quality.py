@@ -24,6 +24,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a script owns its process (see benchmarks/quality.py)
 
 import argparse
+import math
 import sys
 import time
 import traceback
@@ -42,23 +43,24 @@ from automl_prune.report import format_table
 KINDS = ("bits", "joint")
 
 
-def size_fraction(config: SearchConfig, kind: str, flops: float, bits: int) -> float:
-    """The size budget of a row: the uniform-bits model (full width, or the uniform width of ``flops``)."""
+def size_budget_bits(config: SearchConfig, kind: str, flops: float, bits: int) -> tuple[int, float]:
+    """The size budget of a row, in bits and as a fraction of the float32 model: the uniform-bits model (full
+    width, or the uniform width of ``flops``)."""
     from agents import uniform_architecture
     from automl_prune.pipeline import load_base
 
     space = load_base(config).space
     widths = space.full() if kind == "bits" else uniform_architecture(space, space.flops_budget(flops))
     uniform = space.uniform_bits(bits, bits, widths)
-    return space.size_bits(uniform) / space.full_size_bits
+    return space.size_bits(uniform), space.size_bits(uniform) / space.full_size_bits
 
 
-def row_config(args: argparse.Namespace, model: str, kind: str, agent: str, seed: int, size: float,
+def row_config(args: argparse.Namespace, model: str, kind: str, agent: str, seed: int, size_bits: int,
                out: Path) -> SearchConfig:
     return SearchConfig(model=model, dataset=args.dataset, data_root=args.data_root, agent=agent,
                         episodes=args.episodes, out=str(out), cache_dir=args.cache_dir, seed=seed,
                         progress=not args.quiet, pretrain_seed=args.pretrain_seed,
-                        flops=1.0 if kind == "bits" else args.flops, size=f"{size:.6f}",
+                        flops=1.0 if kind == "bits" else args.flops, size=f"{math.ceil(size_bits / 8)}B",
                         search="bits" if kind == "bits" else "both", workers=args.workers, threads=args.threads,
                         # the naive answer, as in benchmarks/quality.py: not widened into the leftover budget
                         fill_budget=agent != "uniform")
@@ -69,9 +71,11 @@ def run_row(args: argparse.Namespace, model: str, kind: str, agent: str, seed: i
 
     probe = SearchConfig(model=model, dataset=args.dataset, data_root=args.data_root, cache_dir=args.cache_dir,
                          pretrain_seed=args.pretrain_seed, progress=not args.quiet)
-    size = size_fraction(probe, kind, args.flops, args.uniform_bits)
+    # In whole bytes, rounded up: a fraction printed to 6 digits could land a bit under the uniform model's
+    # exact size, which then no longer fits (the first run's uniform row fell back to 3 bits that way).
+    size_bits, size = size_budget_bits(probe, kind, args.flops, args.uniform_bits)
     out = Path(args.out) / model / kind / agent / f"seed{seed}"
-    summary = run_search(row_config(args, model, kind, agent, seed, size, out))
+    summary = run_search(row_config(args, model, kind, agent, seed, size_bits, out))
     comp, base = summary["compressed"], summary["base"]
     return {"test_acc": comp["test_acc"], "flops_ratio": comp["flops"] / base["flops"],
             "size_ratio": comp["size_bits"] / base["size_bits"], "size_budget": size,
