@@ -158,9 +158,14 @@ class REAP(ActivationCriterion):
                     state.remove(torch.as_tensor(chosen))
         return order
 
+    def _removal_order(self, group: tp.Group, sites: list[Site], size: int) -> list[int]:
+        """Every channel in greedy removal order, zero and duplicate channels first."""
+        forced = self.forced_removals(group, torch.zeros(size, dtype=torch.float64))
+        return self._eliminate(sites, size, size, forced)
+
     def score(self, group: tp.Group, sites: list[Site], size: int) -> Tensor:
         """Position in the greedy removal order (removed later = higher)."""
-        order = self._eliminate(sites, size, size, [])
+        order = self._removal_order(group, sites, size)
         scores = torch.empty(size, dtype=torch.float64)
         scores[torch.as_tensor(order)] = torch.arange(size, dtype=torch.float64)
         return scores
@@ -169,8 +174,7 @@ class REAP(ActivationCriterion):
         """The whole greedy removal order, reversed: ``select(group, keep)`` keeps its first ``keep`` channels
         (a shorter elimination stops early on the same path; rounds only ever take a prefix of their ranking)."""
         size = group_size(group)
-        forced = self.forced_removals(group, torch.zeros(size, dtype=torch.float64))
-        return self._eliminate(self.sites(group), size, size, forced)[::-1]
+        return self._removal_order(group, self.sites(group), size)[::-1]
 
     def select(self, group: tp.Group, keep: int) -> list[int]:
         """The channels left after greedily removing ``size - keep`` (zero and duplicate channels first)."""

@@ -57,9 +57,9 @@ class OriginalOutputs:
     """The original model's layer outputs at the sampled positions, kept across reconstructions.
 
     Every candidate of a search is re-fit to the same targets: the unpruned model's outputs on the same
-    calibration batches at the same sampled positions. Computing them once per layer instead of once per
-    candidate saved about a third of a reconstruction on vgg-small. Valid for one original model and one
-    calibration set (`reconstruct` checks both by identity); entries stop being added past ``max_bytes``.
+    calibration batches at the same sampled positions, so they are computed once per layer instead of once
+    per candidate. Valid for one original model and one calibration set (`reconstruct` checks both by
+    identity); entries stop being added past ``max_bytes``.
     """
 
     def __init__(self, max_bytes: int = 256 << 20) -> None:
