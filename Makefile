@@ -19,9 +19,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 data:
 	@bash scripts/ensure_fashion_mnist.sh "$(FMNIST_DIR)"
 
+# Two pytest workers, a test file each (files share cached base models between their tests): the suite is
+# CPU-bound and single-threaded per test, so two processes use both cores of the project's 2-core machines.
+TEST_WORKERS ?= 2
+
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .

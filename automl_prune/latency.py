@@ -25,6 +25,7 @@ latency where they otherwise see FLOPs, and every searcher works unchanged.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import platform
@@ -453,6 +454,12 @@ def _layer_at(module: nn.Module, depthwise: bool, cin: int, cout: int, sample_sh
 
 
 # the cached table ------------------------------------------------------------------------------------------------
+#: `LatencyTable.measure`'s settings with their defaults, all in the cache key: a table measured with other
+#: settings (an explicit value, or a default changed in a later version) is another table.
+_MEASURE_DEFAULTS = {name: p.default for name, p in inspect.signature(LatencyTable.measure).parameters.items()
+                     if p.default is not inspect.Parameter.empty and name not in ("batch_size", "log")}
+
+
 def latency_table(
     model: nn.Module,
     graph: NetworkGraph,
@@ -470,7 +477,7 @@ def latency_table(
     key_data = {"version": LATENCY_TABLE_VERSION, "graph": graph.to_dict(), "device": device_name(param.device),
                 "threads": torch.get_num_threads(), "batch_size": batch_size, "dtype": str(param.dtype),
                 "choices": {k: sorted(int(v) for v in c) for k, c in sorted(choices.items())},
-                "measure": {k: measure[k] for k in sorted(measure)}}
+                "measure": {**_MEASURE_DEFAULTS, **measure}}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "latency" / f"table-{key}.json"
     say = log or (lambda _m: None)

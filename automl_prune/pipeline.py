@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
 from automl_prune.errors import ConfigError
 from automl_prune.task import Task
+from automl_prune.wall_clock import WallClock
 
 __all__ = ["PYTHON_MODEL_PREFIX", "BaseModel", "base_from_model", "load_base", "run_search"]
 
@@ -389,28 +389,32 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     best_acc = [max((e.metrics["accuracy"] for e in searcher.history.entries), default=0.0)]
 
+    search_clock = WallClock(run_dir / "search_seconds.json")
+
     def on_evaluation(entry: Any) -> None:
+        search_clock.save()
         best_acc[0] = max(best_acc[0], entry.metrics["accuracy"])
         bar.set_postfix(acc=f"{entry.metrics['accuracy']:.3f}", best=f"{best_acc[0]:.3f}",
                         flops=f"{entry.metrics['flops_ratio']:.3f}")
         bar.update(1)
 
     resume_hint = f"resume with: automl-prune resume {run_dir}"
-    start = time.perf_counter()
     try:
         result = searcher.search(config.episodes, callback=on_evaluation)
     except KeyboardInterrupt:
         searcher.save(state_dir)
+        search_clock.save()
         bar.close()
         _log(f"interrupted; progress is saved. {resume_hint}")
         raise
     except Exception:
+        search_clock.save()
         bar.close()
         _log(f"the search failed; every finished evaluation is in {run_dir / 'history.jsonl'}. {resume_hint}")
         raise
     bar.close()
-    search_seconds = time.perf_counter() - start
     searcher.save(state_dir)
+    search_seconds = search_clock.save()  # summed over the processes that worked on it (resumes included)
     result.extra["stopped_by_time_limit"] = searcher.stopped_by_deadline
     if searcher.stopped_by_deadline:
         _log(f"the time limit ({config.time_limit}) ended the search after {len(result.history)} of "
@@ -428,24 +432,27 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
             _log(f"widened the best architecture to spend the leftover budget: {flops / budget:.3f} -> "
                  f"{space.flops(filled) / budget:.3f} of it")
 
-    rerank_start = time.perf_counter()
+    rerank_clock = WallClock(run_dir / "rerank_seconds.json")
     try:
         chosen, model, ladder, val_after = _rerank(config, base, evaluator, result, budget, widened, run_dir,
-                                                   options)
+                                                   options, rerank_clock)
     except KeyboardInterrupt:
+        rerank_clock.save()
         _log(f"interrupted during re-ranking; finished rungs are kept. {resume_hint}")
         raise
     except Exception:
+        rerank_clock.save()
         _log(f"re-ranking failed; finished rungs are kept in {run_dir / 'ladder.json'}. {resume_hint}")
         raise
-    rerank_seconds = time.perf_counter() - rerank_start
+    rerank_seconds = rerank_clock.save()
     return _finish(config, base, run_dir, result, chosen, model, ladder, val_after, search_seconds,
                    rerank_seconds)
 
 
 def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: int,
             widened: tuple[Any, float, int] | None, run_dir: Path,
-            options: dict[str, Any] | None = None) -> tuple[Any, torch.nn.Module, Any, float]:
+            options: dict[str, Any] | None = None,
+            clock: WallClock | None = None) -> tuple[Any, torch.nn.Module, Any, float]:
     """The re-ranking ladder; returns the chosen candidate, its fine-tuned model, the ladder, its val acc."""
     from agents import uniform_architecture
     from automl_prune.ladder_job import FineTuneRecipe, LadderJob, local_executor
@@ -510,6 +517,8 @@ def _rerank(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, 
          + (f"{workers} Ray Tune workers" if workers > 0 else "in this process"))
 
     def on_rung(rung: int, todo: list[Any]) -> None:
+        if clock is not None:
+            clock.save()
         entrants = ladder.entrants(rung)
         _log(f"rung {rung + 1}/{len(rungs)} ({rungs[rung]} steps): {len(entrants)} candidates"
              + (f", {len(entrants) - len(todo)} already done" if len(todo) < len(entrants) else ""))

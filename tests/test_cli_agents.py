@@ -59,8 +59,15 @@ def test_optuna_search_killed_then_resumed_by_the_same_command(tmp_path: Path) -
     proc.wait()
     before = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
     assert 5 <= len(before) < 60
+    clock = run / "search_seconds.json"
+    killed_seconds = json.loads(clock.read_text())["seconds"]  # saved at every evaluation
+    assert killed_seconds > 0
+    # As if the killed process had searched 1000 s longer: the resumed run's summary must count that time.
+    clock.write_text(json.dumps({"seconds": killed_seconds + 1000}))
 
     assert main(argv) == 0  # the same command again
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["search_seconds"] > killed_seconds + 1000
     after = [json.loads(line) for line in history.read_text().splitlines()]
     assert len(after) == 60
     assert [e["architecture"] for e in after[: len(before)]] == [e["architecture"] for e in before]

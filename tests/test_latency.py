@@ -147,6 +147,9 @@ def test_table_is_measured_once_and_cached_atomically(tiny, tmp_path, monkeypatc
     monkeypatch.setattr(latency_mod.LatencyTable, "measure", no_measuring)
     again, again_path = latency_table(model, space.graph, choices, tmp_path, batch_size=2, **settings)
     assert again_path == path and again.to_dict() == table.to_dict()
+    # Every setting is in the key with its default, so naming a default explicitly is the same table.
+    default_seed, _ = latency_table(model, space.graph, choices, tmp_path, batch_size=2, seed=0, **settings)
+    assert default_seed.to_dict() == table.to_dict()
     with pytest.raises(AssertionError, match="measured again"):  # another batch size is another table
         latency_table(model, space.graph, choices, tmp_path, batch_size=3, **settings)
     lat = space.with_width_cost(LatencyCostModel(space.graph, again))

@@ -18,11 +18,12 @@ import pytest
 
 from automl_prune.ladder_job import FAIL_ONCE_ENV, FAIL_WHILE_ENV
 
-# 14 steps per epoch on the synthetic set: 60 epochs = 840 steps, rungs (93, 280, 840); the last rung saves
-# progress every 100 steps (rung 1 at 193, rung 2 at 380, 480, ...), so a trial can fail or be killed midway.
+# 14 steps per epoch on the synthetic set: 30 epochs = 420 steps, rungs (47, 140, 420); a rung saves progress
+# every 100 steps from its start (rung 1 ends before its first save; rung 2 saves at 240 and 340), so a trial of
+# the last rung can fail or be killed midway. Two re-ranked candidates (the search's best and uniform).
 SEARCH = ["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "1", "--flops", "0.5",
-          "--agent", "random", "--episodes", "6", "--finetune-epochs", "60", "--workers", "2", "--no-progress",
-          "--criterion", "l1"]  # the criterion is not under test here; l1 needs no calibration batches
+          "--agent", "random", "--episodes", "6", "--finetune-epochs", "30", "--rerank-top-k", "1", "--workers", "2",
+          "--no-progress", "--criterion", "l1"]  # the criterion is not under test here; l1 needs no calibration
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -56,7 +57,7 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(tmp_path: Path) -> N
     assert marker.exists(), "the injected failure never fired"
     resumed = list((run / "rerank").glob("*/resumed.log"))
     assert resumed, "the failed trial started over instead of continuing from its checkpoint"
-    assert "rung 1 continued from step 193" in resumed[0].read_text()  # the first progress save
+    assert "rung 2 continued from step 240" in resumed[0].read_text()  # the first progress save
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     assert (run / "best" / "arch.json").exists() and (run / "ladder.png").stat().st_size > 0
@@ -67,8 +68,8 @@ def test_a_run_whose_trials_failed_for_good_resumes_to_the_end(tmp_path: Path) -
     run, cache, marker = tmp_path / "r", tmp_path / "c", tmp_path / "broken"
     marker.write_text("every rung fails while this file exists\n")
     env = _env(tmp_path, **{FAIL_WHILE_ENV: str(marker)})
-    search = [*SEARCH[:SEARCH.index("--finetune-epochs")], "--finetune-epochs", "20", "--workers", "2",
-              "--no-progress", "--out", str(run), "--cache-dir", str(cache)]
+    search = [*SEARCH, "--out", str(run), "--cache-dir", str(cache)]
+    search[search.index("--finetune-epochs") + 1] = "10"
     failed = subprocess.run(_cli(*search), env=env, capture_output=True, text=True, timeout=600)
     assert failed.returncode != 0 and "re-ranking failed" in failed.stderr, failed.stderr[-3000:]
     marker.unlink()  # the cause is fixed
@@ -89,7 +90,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     proc = subprocess.Popen(_cli(*SEARCH, "--out", str(run), "--cache-dir", str(cache)), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    # Kill once a trial of the last rung (560 steps) has saved progress midway: it is still running then.
+    # Kill once a trial of the last rung (280 steps) has saved progress midway: it is still running then.
     while time.monotonic() < deadline:
         last_rung = list((run / "tune" / "rerank").glob("*rung=2*/checkpoint_*"))
         if last_rung and not (run / "summary.json").exists():
@@ -121,7 +122,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     assert alive == [], "Ray processes of the killed run are still running after the resume"
     resumed = [p.read_text() for p in (run / "rerank").glob("*/resumed.log")]
     steps = [int(line.rsplit(" ", 1)[1]) for text in resumed for line in text.splitlines()]
-    assert steps and all(280 < step < 840 for step in steps), (resumed, done.stderr[-2000:])
+    assert steps and all(140 < step < 420 for step in steps), (resumed, done.stderr[-2000:])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     assert (run / "best" / "arch.json").exists()
