@@ -218,7 +218,8 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float]:
 
 
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread over seeds per (model, budget, method); with the difference to uniform's mean."""
+    """Mean and spread over seeds per (model, budget, method); with the difference to uniform's mean on the
+    same seeds."""
     groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["model"], r["budget"], r["agent"]), []).append(r)
@@ -232,11 +233,17 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "search_seconds": _mean_std(r["search_seconds"] for r in rows),
             "rerank_seconds": _mean_std(r["rerank_seconds"] for r in rows),
         })
-    uniform = {(g["model"], g["budget"]): g["test_acc"] for g in out if g["agent"] == "uniform"}
+    # Against uniform on the same seeds (a method with fewer finished seeds is not compared with others' runs).
+    uniform = {(r["model"], r["budget"], r["seed"]): r["test_acc"] for r in results if r["agent"] == "uniform"}
     for g in out:
-        ref = uniform.get((g["model"], g["budget"]))
-        g["vs_uniform"] = None if ref is None or g["agent"] == "uniform" else g["test_acc"][0] - ref[0]
-        g["uniform_std"] = None if ref is None else ref[1]
+        matched = [uniform[(g["model"], g["budget"], s)] for s in g["seeds"] if (g["model"], g["budget"], s) in uniform]
+        rows = [r for r in groups[(g["model"], g["budget"], g["agent"])]
+                if (g["model"], g["budget"], r["seed"]) in uniform]
+        if g["agent"] == "uniform" or not matched:
+            g["vs_uniform"], g["uniform_std"] = None, None if not matched else _mean_std(matched)[1]
+            continue
+        g["vs_uniform"] = _mean_std(r["test_acc"] for r in rows)[0] - _mean_std(matched)[0]
+        g["uniform_std"] = _mean_std(matched)[1]
     order = {a: i for i, a in enumerate(VGG_AGENTS)}
     out.sort(key=lambda g: (g["model"] != "vgg-small", g["model"], -g["budget"], order.get(g["agent"], len(order)),
                             g["agent"]))
@@ -335,7 +342,8 @@ def report(args: argparse.Namespace, out_dir: Path) -> None:
         f"{DEFAULTS.finetune_lr:g}, the same for every method), mean ± std over seeds (search and fine-tune seed; "
         f"one base model per model); {args.episodes} search evaluations per searcher; tp-global = Torch-Pruning "
         "global magnitude pruning, ratio bisected onto the budget (its search s is the bisection); "
-        "vs uniform = mean difference to uniform at the same budget and the larger of the two spreads.\n"
+        "vs uniform = mean difference to uniform at the same budget on the same seeds, and the larger of the two "
+        "spreads.\n"
         f"Command: .venv/bin/python benchmarks/quality.py {' '.join(sys.argv[1:])}".rstrip()
     )
     text = markdown(groups, header)
