@@ -2,8 +2,8 @@
 
 A run that is interrupted and resumed would otherwise report only the last process's seconds (a search restored
 with every evaluation done reported 0 s). The seconds are kept in a small JSON file in the run directory and
-saved at the phase's checkpoints (each evaluation, each rung, interruption, the end); time since the last save
-is lost only when the process is killed outright.
+saved at the phase's checkpoints (each evaluation; each rung of an in-process re-ranking, only its start under
+Ray Tune; interruption; the end); time since the last save is lost only when the process is killed outright.
 """
 
 from __future__ import annotations

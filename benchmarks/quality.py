@@ -236,14 +236,11 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # Against uniform on the same seeds (a method with fewer finished seeds is not compared with others' runs).
     uniform = {(r["model"], r["budget"], r["seed"]): r["test_acc"] for r in results if r["agent"] == "uniform"}
     for g in out:
-        matched = [uniform[(g["model"], g["budget"], s)] for s in g["seeds"] if (g["model"], g["budget"], s) in uniform]
-        rows = [r for r in groups[(g["model"], g["budget"], g["agent"])]
-                if (g["model"], g["budget"], r["seed"]) in uniform]
-        if g["agent"] == "uniform" or not matched:
-            g["vs_uniform"], g["uniform_std"] = None, None if not matched else _mean_std(matched)[1]
-            continue
-        g["vs_uniform"] = _mean_std(r["test_acc"] for r in rows)[0] - _mean_std(matched)[0]
-        g["uniform_std"] = _mean_std(matched)[1]
+        runs = groups[(g["model"], g["budget"], g["agent"])]
+        pairs = [(r["test_acc"], uniform[k]) for r in runs if (k := (r["model"], r["budget"], r["seed"])) in uniform]
+        mine, theirs = _mean_std(a for a, _ in pairs), _mean_std(u for _, u in pairs)
+        g["vs_uniform"] = None if g["agent"] == "uniform" or not pairs else mine[0] - theirs[0]
+        g["uniform_std"] = theirs[1] if pairs else None
     order = {a: i for i, a in enumerate(VGG_AGENTS)}
     out.sort(key=lambda g: (g["model"] != "vgg-small", g["model"], -g["budget"], order.get(g["agent"], len(order)),
                             g["agent"]))
