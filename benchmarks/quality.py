@@ -19,7 +19,10 @@ its "search s" is the bisection's wall time.
 
 Each finished row is appended to ``OUT/results.jsonl`` (one flushed, fsynced line; a torn last line is
 ignored on read), and a rerun skips the rows already there, so the benchmark can run in the background across
-sessions; delete a line to redo that row. At the end (and with ``--report-only`` at any time) it writes
+sessions; delete a line to redo that row. Several processes may share one ``OUT`` to split the work (start the
+second with the seeds in another order, e.g. ``--seeds 2 1 0``): each re-reads the results before a row and
+claims it with an exclusive file under ``OUT/.claims`` (released when the row ends; a claim whose process is
+gone is taken over), so no row runs twice. At the end (and with ``--report-only`` at any time) it writes
 ``OUT/quality.md`` (mean +- std over seeds of test accuracy, FLOPs ratio, search and re-rank seconds, n seeds,
 difference to uniform) and ``OUT/quality.png`` (test accuracy vs FLOPs ratio, one line per method, error bars,
 one panel per model).
@@ -111,6 +114,58 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict) and "key" in row:
             rows.append(row)
     return rows
+
+
+def _claim_path(out_dir: Path, key: str) -> Path:
+    return out_dir / ".claims" / (key.replace("|", "_").replace("/", "_") + ".pid")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def claim_row(out_dir: Path, key: str) -> bool:
+    """Take row ``key`` for this process; False while another live process holds it.
+
+    The claim is a file created with O_EXCL holding the owner's pid, so two processes sharing ``out_dir`` never
+    run the same row; a claim left by a dead process (a crash, a kill) is taken over.
+    """
+    path = _claim_path(out_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text().strip() or "0")
+            except (OSError, ValueError):
+                owner = 0
+            if owner == os.getpid():
+                return True
+            if owner and _alive(owner):
+                return False
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def release_row(out_dir: Path, key: str) -> None:
+    """Drop this process's claim on ``key`` (no-op if it holds none)."""
+    path = _claim_path(out_dir, key)
+    try:
+        if int(path.read_text().strip() or "0") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def append_result(path: Path, row: dict[str, Any]) -> None:
@@ -411,6 +466,12 @@ def main() -> int:
     failed = []
     for i, row in enumerate(todo):
         run_dir = out_dir / row.model / f"{row.budget:g}" / row.agent / f"seed{row.seed}"
+        if row.key() in {r["key"] for r in read_results(results_path)}:
+            print(f"[{i + 1}/{len(todo)}] {row.key()} finished by another process; skipped", flush=True)
+            continue
+        if not claim_row(out_dir, row.key()):
+            print(f"[{i + 1}/{len(todo)}] {row.key()} is being run by another process; skipped", flush=True)
+            continue
         print(f"[{i + 1}/{len(todo)}] {row.model} {row.budget:g} {row.agent} seed {row.seed} -> {run_dir}",
               flush=True)
         start = time.perf_counter()
@@ -420,6 +481,7 @@ def main() -> int:
         except Exception:  # one broken method must not stop a background run of all the others
             traceback.print_exc()
             failed.append(row)
+            release_row(out_dir, row.key())
             print(f"[{i + 1}/{len(todo)}] FAILED {row.key()}; continuing", flush=True)
             continue
         wall = time.perf_counter() - start
@@ -427,6 +489,7 @@ def main() -> int:
                   "episodes": args.episodes, "dataset": args.dataset, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "run_dir": str(run_dir)}
         append_result(results_path, record)
+        release_row(out_dir, row.key())
         seconds.setdefault(row.agent, []).append(wall)
         everything = [s for v in seconds.values() for s in v]
         eta = sum(np.mean(seconds.get(r.agent, everything)) for r in todo[i + 1:])
