@@ -52,6 +52,7 @@ from agents.base import EvaluatorLike, Searcher, SearchHistory, SearchResult
 from agents.budget import fill_budget, project_to_budget
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.pruning import channel_order
+from automl_prune.streaming import is_lazy
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["DMCPConfig", "DMCPSearcher", "flops_loss"]
@@ -264,12 +265,15 @@ class DMCPSearcher(Searcher):
         ]
         images = self.evaluator.train_images  # type: ignore[attr-defined]
         labels = getattr(self.evaluator, "train_labels", None)
-        self._images = images.to(self.device)
+        # A streamed folder stays on disk: each step decodes just its batch (`_batch`), the same images an
+        # in-memory copy would give, so the search is the same either way.
+        self._images = images if is_lazy(images) else images.to(self.device)
         if labels is None:  # no labels given: learn to match the trained base model's predictions
             with torch.no_grad():
                 was = base.training
                 base.eval()
-                labels = torch.cat([base(self._images[i:i + 512]).argmax(1) for i in range(0, len(images), 512)])
+                labels = torch.cat([base(self._images[i:i + 512].to(self.device)).argmax(1)
+                                    for i in range(0, len(images), 512)])
                 base.train(was)
         self._labels = labels.to(self.device)
         self.weight_optimizer = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -359,7 +363,10 @@ class DMCPSearcher(Searcher):
     # training -----------------------------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[Tensor, Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        idx = torch.randint(len(self._labels), (self.config.batch_size,), generator=generator).to(self.device)
+        idx = torch.randint(len(self._labels), (self.config.batch_size,), generator=generator)
+        if is_lazy(self._images):
+            return self._images[idx].to(self.device), self._labels[idx.to(self._labels.device)]
+        idx = idx.to(self.device)
         return self._images[idx], self._labels[idx]
 
     def _random_widths(self, rng: np.random.Generator, markov: bool) -> dict[str, int]:

@@ -251,3 +251,38 @@ def test_a_streamed_validation_split_is_decoded_once_for_every_candidate(folder,
                           seed=0, device="cpu")
     assert scores(evaluator) == held
     assert reads["val"] == 3 * len(splits.val.images)
+
+
+def test_dmcp_searches_a_streamed_folder_as_it_searches_it_in_memory(folder, monkeypatch) -> None:
+    """DMCP trains its supernet on streamed images a batch at a time, and finds what the in-memory copy finds."""
+    from agents.dmcp import DMCPSearcher
+    from automl_prune.evaluate import Evaluator
+    from automl_prune.models import build_model
+    from search_spaces import SearchSpace
+
+    largest = {"load": 0}
+    original = LazyImages.__getitem__
+
+    def counting(self, index):
+        out = original(self, index)
+        largest["load"] = max(largest["load"], len(out) if out.dim() == 4 else 1)
+        return out
+
+    monkeypatch.setattr(LazyImages, "__getitem__", counting)
+    stats = {"mean": (0.3, 0.3, 0.3), "std": (0.25, 0.25, 0.25)}
+    torch.manual_seed(0)
+    model = build_model("tiny-cnn", 3, len(CLASSES), 32).eval()
+    space = SearchSpace.from_model(model, torch.zeros(1, 3, 32, 32))
+    found = []
+    for stream in (True, False):
+        splits = load_dataset("imagefolder", folder, stream=stream, loader_workers=0, **stats)
+        evaluator = Evaluator(model, space, splits.train.images, splits.val.images, splits.val.labels,
+                              train_labels=splits.train.labels, bn_batches=1, bn_batch_size=32, seed=0, device="cpu")
+        searcher = DMCPSearcher(space, evaluator, space.flops_budget(0.5), seed=0, steps=4, warmup_steps=1,
+                                batch_size=16, calibration_steps=20)
+        searcher.train()
+        found.append((searcher.expected_widths(), searcher.final_architecture().widths))
+    assert isinstance(splits.train.images, torch.Tensor)  # the second pass was the in-memory one
+    assert found[0][1] == found[1][1]
+    assert found[0][0] == pytest.approx(found[1][0], rel=1e-4)
+    assert 0 < largest["load"] <= 32  # batches (and the BN calibration), never the whole training split
