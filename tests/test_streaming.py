@@ -55,6 +55,20 @@ def folder(tmp_path_factory) -> Path:
     return _write_folder(tmp_path_factory.mktemp("images"), {"train": TRAIN_PER_CLASS, "test": TEST_PER_CLASS})
 
 
+def _count_largest_load(monkeypatch) -> dict[str, int]:
+    """Patch `LazyImages` indexing to record (under ``"load"``) the most images one read decoded."""
+    largest = {"load": 0}
+    original = LazyImages.__getitem__
+
+    def counting(self, index):
+        out = original(self, index)
+        largest["load"] = max(largest["load"], len(out) if out.dim() == 4 else 1)
+        return out
+
+    monkeypatch.setattr(LazyImages, "__getitem__", counting)
+    return largest
+
+
 def test_streamed_splits_are_the_in_memory_splits_read_from_disk(folder, capsys) -> None:
     stats = {"mean": (0.3, 0.3, 0.3), "std": (0.25, 0.25, 0.25)}
     streamed = load_dataset("imagefolder", folder, seed=3, stream=True, loader_workers=0, **stats)
@@ -162,15 +176,7 @@ def test_loader_does_not_hold_the_folder_in_memory(folder) -> None:
 
 def test_search_runs_end_to_end_on_a_streamed_folder(folder, tmp_path, capsys, monkeypatch) -> None:
     """Streaming, the input size and the loader workers come from the config (here its flags)."""
-    largest = {"load": 0}
-    original = LazyImages.__getitem__
-
-    def counting(self, index):
-        out = original(self, index)
-        largest["load"] = max(largest["load"], len(out) if out.dim() == 4 else 1)
-        return out
-
-    monkeypatch.setattr(LazyImages, "__getitem__", counting)
+    largest = _count_largest_load(monkeypatch)
     run = tmp_path / "run"
     code = main(["search", "--model", "tiny-cnn", "--dataset", "imagefolder", "--data-root", str(folder),
                  "--pretrain-epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--out", str(run),
@@ -260,15 +266,7 @@ def test_dmcp_searches_a_streamed_folder_as_it_searches_it_in_memory(folder, mon
     from automl_prune.models import build_model
     from search_spaces import SearchSpace
 
-    largest = {"load": 0}
-    original = LazyImages.__getitem__
-
-    def counting(self, index):
-        out = original(self, index)
-        largest["load"] = max(largest["load"], len(out) if out.dim() == 4 else 1)
-        return out
-
-    monkeypatch.setattr(LazyImages, "__getitem__", counting)
+    largest = _count_largest_load(monkeypatch)
     stats = {"mean": (0.3, 0.3, 0.3), "std": (0.25, 0.25, 0.25)}
     torch.manual_seed(0)
     model = build_model("tiny-cnn", 3, len(CLASSES), 32).eval()
