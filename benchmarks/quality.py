@@ -221,6 +221,7 @@ def run_searcher_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str,
         "rerank_seconds": summary.get("rerank_seconds", 0.0),
         "finetune_seconds": summary.get("finetune_seconds", 0.0),
         "evaluations": summary.get("evaluations"),
+        "chosen_origin": (summary.get("chosen") or {}).get("origin"),
         "architecture": summary.get("architecture"),
         "base_test_acc": base.get("test_acc"),
     }
@@ -272,21 +273,48 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float]:
     return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0
 
 
+def chosen_origin(row: dict[str, Any]) -> str | None:
+    """Where the re-ranking's final pick came from (``"uniform"``, ``"search #12"``, ...) for a searcher row:
+    recorded in the row, or (rows written before it was) read from the run's ``summary.json``; None if unknown."""
+    if row.get("chosen_origin"):
+        return str(row["chosen_origin"])
+    if row.get("agent") in ("uniform", TP_GLOBAL) or not row.get("run_dir"):
+        return None
+    try:
+        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    origin = (summary.get("chosen") or {}).get("origin")
+    return str(origin) if origin else None
+
+
+def search_time_recorded(row: dict[str, Any]) -> bool:
+    """False for a searcher row that ran evaluations but recorded ~0 s of search: a run resumed before the
+    wall clock was saved across resumes (`automl_prune.wall_clock`); its time is unknown, not zero."""
+    return not (row["agent"] not in ("uniform", TP_GLOBAL) and (row.get("evaluations") or 0) > 1
+                and row["search_seconds"] < 0.01)
+
+
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and spread over seeds per (model, budget, method); with the difference to uniform's mean on the
-    same seeds."""
+    same seeds, and how often the re-ranking handed back the uniform entrant."""
     groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["model"], r["budget"], r["agent"]), []).append(r)
     out = []
     for (model, budget, agent), rows in groups.items():
         acc = _mean_std(r["test_acc"] for r in rows)
+        timed = [r for r in rows if search_time_recorded(r)]
+        origins = [chosen_origin(r) for r in rows]
+        known = [o for o in origins if o is not None]
         out.append({
             "model": model, "budget": budget, "agent": agent, "n": len(rows),
             "seeds": sorted(r["seed"] for r in rows),
             "test_acc": acc, "flops_ratio": _mean_std(r["flops_ratio"] for r in rows),
-            "search_seconds": _mean_std(r["search_seconds"] for r in rows),
+            "search_seconds": _mean_std(r["search_seconds"] for r in timed) if timed else (float("nan"),) * 2,
+            "untimed": len(rows) - len(timed),
             "rerank_seconds": _mean_std(r["rerank_seconds"] for r in rows),
+            "picked_uniform": (sum(o == "uniform" for o in known), len(known)) if known else None,
         })
     # Against uniform on the same seeds (a method with fewer finished seeds is not compared with others' runs).
     uniform = {(r["model"], r["budget"], r["seed"]): r["test_acc"] for r in results if r["agent"] == "uniform"}
@@ -314,10 +342,12 @@ def markdown(groups: list[dict[str, Any]], header: str) -> str:
         else:
             spread = max(g["test_acc"][1], g["uniform_std"] or 0.0)
             diff = f"{100 * g['vs_uniform']:+.2f} (spread {100 * spread:.2f})"
+        search = pm(g["search_seconds"], 1, 0) + (f" ({g['untimed']} untimed)" if g["untimed"] else "")
+        picked = f"{g['picked_uniform'][0]} of {g['picked_uniform'][1]}" if g["picked_uniform"] else "-"
         rows.append([g["model"], f"{g['budget']:g}", g["agent"], pm(g["test_acc"], 100), pm(g["flops_ratio"], 1, 3),
-                     pm(g["search_seconds"], 1, 0), pm(g["rerank_seconds"], 1, 0), diff, g["n"]])
+                     search, pm(g["rerank_seconds"], 1, 0), diff, picked, g["n"]])
     table = format_table(["model", "FLOPs budget", "method", "test acc %", "FLOPs ratio", "search s", "re-rank s",
-                          "vs uniform (pts)", "n seeds"], rows)
+                          "vs uniform (pts)", "ladder chose uniform", "n seeds"], rows)
     return f"{header}\n\n{table}\n"
 
 
@@ -395,7 +425,9 @@ def report(args: argparse.Namespace, out_dir: Path) -> None:
         f"one base model per model); {args.episodes} search evaluations per searcher; tp-global = Torch-Pruning "
         "global magnitude pruning, ratio bisected onto the budget (its search s is the bisection); "
         "vs uniform = mean difference to uniform at the same budget on the same seeds, and the larger of the two "
-        "spreads.\n"
+        "spreads; ladder chose uniform = runs whose re-ranking handed back the uniform entrant (their result is "
+        "uniform's); search s leaves out runs whose search time was not recorded (\"untimed\": resumed before "
+        "the wall clock was kept across resumes).\n"
         f"Command: .venv/bin/python benchmarks/quality.py {' '.join(sys.argv[1:])}".rstrip()
     )
     text = markdown(groups, header)
