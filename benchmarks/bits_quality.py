@@ -10,7 +10,8 @@ For each model and seed, with the same fine-tune (the pipeline's ladder and reci
   architecture of that budget at ``--uniform-bits`` bits; the searcher decides widths and bits together.
 
 Every row is the real pipeline (`automl_prune.pipeline.run_search`) in ``OUT/<model>/<kind>/<agent>/seed<k>``;
-finished rows are appended to ``OUT/results.jsonl`` and skipped on a rerun (as `benchmarks/quality.py`).
+finished rows are appended to ``OUT/results.jsonl`` and skipped on a rerun, and two processes may share one
+``OUT`` (rows are claimed as in `benchmarks/quality.py`; give the second ``--seeds`` in another order).
 Accuracies of quantized models are simulated (fake-quantized), as the pipeline's summary says.
 
     nohup .venv/bin/python benchmarks/bits_quality.py > runs/bench/bits_quality.log 2>&1 &
@@ -35,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `quality` when run as a script
 
-from quality import append_result, read_results
+from quality import append_result, claim_row, read_results, release_row
 
 from automl_prune.config import SearchConfig
 from automl_prune.report import format_table
@@ -163,6 +164,10 @@ def main() -> int:
         print(f"{len(plan)} rows planned, {len(plan) - len(todo)} done, {len(todo)} to run", flush=True)
         for index, (seed, model, kind, agent) in enumerate(todo, 1):
             key = f"{model}|{kind}|{agent}|{seed}"
+            # Another process on the same --out may have finished or be running this row (quality.claim_row).
+            if key in {r["key"] for r in read_results(out_dir / "results.jsonl")} or not claim_row(out_dir, key):
+                print(f"[{index}/{len(todo)}] {key}: finished or running in another process; skipped", flush=True)
+                continue
             print(f"[{index}/{len(todo)}] {key}", flush=True)
             start = time.perf_counter()
             try:
@@ -171,11 +176,13 @@ def main() -> int:
                 raise
             except Exception:
                 traceback.print_exc()
+                release_row(out_dir, key)
                 print(f"[{index}/{len(todo)}] FAILED {key}; continuing", flush=True)
                 continue
             append_result(out_dir / "results.jsonl", {"key": key, "model": model, "kind": kind, "agent": agent,
                                                       "seed": seed, **metrics,
                                                       "wall_seconds": time.perf_counter() - start})
+            release_row(out_dir, key)
             print(f"[{index}/{len(todo)}] done {key}: test {100 * metrics['test_acc']:.2f}%, size "
                   f"{metrics['size_ratio']:.4f} (budget {metrics['size_budget']:.4f}), FLOPs "
                   f"{metrics['flops_ratio']:.3f}", flush=True)
