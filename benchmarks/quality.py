@@ -491,10 +491,10 @@ def main() -> int:
     print(f"{len(rows)} rows planned, {len(rows) - len(todo)} already in {results_path}, {len(todo)} to run",
           flush=True)
 
-    # ETA from the wall time of finished rows of the same method (any seed), else of any row.
-    seconds: dict[str, list[float]] = {}
+    # ETA from the wall time of finished rows of the same model and method (any seed), else of any row.
+    seconds: dict[tuple[str, str], list[float]] = {}
     for r in done.values():
-        seconds.setdefault(r["agent"], []).append(r["wall_seconds"])
+        seconds.setdefault((r["model"], r["agent"]), []).append(r["wall_seconds"])
     failed = []
     for i, row in enumerate(todo):
         run_dir = out_dir / row.model / f"{row.budget:g}" / row.agent / f"seed{row.seed}"
@@ -522,9 +522,9 @@ def main() -> int:
                   "run_dir": str(run_dir)}
         append_result(results_path, record)
         release_row(out_dir, row.key())
-        seconds.setdefault(row.agent, []).append(wall)
+        seconds.setdefault((row.model, row.agent), []).append(wall)
         everything = [s for v in seconds.values() for s in v]
-        eta = sum(np.mean(seconds.get(r.agent, everything)) for r in todo[i + 1:])
+        eta = sum(np.mean(seconds.get((r.model, r.agent), everything)) for r in todo[i + 1:])
         print(f"[{i + 1}/{len(todo)}] done {row.key()}: test {100 * metrics['test_acc']:.2f}%, FLOPs "
               f"{metrics['flops_ratio']:.3f}, search {metrics['search_seconds']:.0f} s, re-rank "
               f"{metrics['rerank_seconds']:.0f} s, wall {wall:.0f} s; ETA {eta / 60:.0f} min", flush=True)
