@@ -273,19 +273,26 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float]:
     return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0
 
 
-def chosen_origin(row: dict[str, Any]) -> str | None:
+def chosen_origin(row: dict[str, Any], uniform_architecture: dict[str, Any] | None = None) -> str | None:
     """Where the re-ranking's final pick came from (``"uniform"``, ``"search #12"``, ...) for a searcher row:
-    recorded in the row, or (rows written before it was) read from the run's ``summary.json``; None if unknown."""
+    recorded in the row, or (rows written before it was) read from the run's ``summary.json``, or, when that
+    run folder is gone too, inferred from the architecture: the same as ``uniform_architecture`` (the uniform
+    row's on the same model, budget and seed) is ``"uniform"``, another is ``"searched"``. None if unknown."""
     if row.get("chosen_origin"):
         return str(row["chosen_origin"])
-    if row.get("agent") in ("uniform", TP_GLOBAL) or not row.get("run_dir"):
+    if row.get("agent") in ("uniform", TP_GLOBAL):
         return None
-    try:
-        summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    origin = (summary.get("chosen") or {}).get("origin")
-    return str(origin) if origin else None
+    if row.get("run_dir"):
+        try:
+            summary = json.loads((Path(row["run_dir"]) / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            summary = {}
+        origin = (summary.get("chosen") or {}).get("origin")
+        if origin:
+            return str(origin)
+    if uniform_architecture and row.get("architecture"):
+        return "uniform" if row["architecture"] == uniform_architecture else "searched"
+    return None
 
 
 def search_time_recorded(row: dict[str, Any]) -> bool:
@@ -301,11 +308,13 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["model"], r["budget"], r["agent"]), []).append(r)
+    uniform_arch = {(r["model"], r["budget"], r["seed"]): r.get("architecture") for r in results
+                    if r["agent"] == "uniform"}
     out = []
     for (model, budget, agent), rows in groups.items():
         acc = _mean_std(r["test_acc"] for r in rows)
         timed = [r for r in rows if search_time_recorded(r)]
-        origins = [chosen_origin(r) for r in rows]
+        origins = [chosen_origin(r, uniform_arch.get((model, budget, r["seed"]))) for r in rows]
         known = [o for o in origins if o is not None]
         out.append({
             "model": model, "budget": budget, "agent": agent, "n": len(rows),

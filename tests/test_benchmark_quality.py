@@ -53,3 +53,13 @@ def test_the_table_compares_on_matched_seeds_counts_uniform_picks_and_leaves_out
     assert groups["uniform"]["picked_uniform"] is None and groups["uniform"]["vs_uniform"] is None
     table = quality.markdown(quality.aggregate(rows), "header")
     assert "1 of 2" in table and "(1 untimed)" in table and "+1.00 (spread" in table
+
+
+def test_a_row_whose_run_folder_is_gone_counts_as_uniform_when_it_kept_uniforms_architecture(tmp_path: Path) -> None:
+    uniform = {**_row("uniform", 0, 0.90), "architecture": {"conv1": 8, "conv2": 16}}
+    kept = {**_row("ddpg", 0, 0.90), "architecture": {"conv1": 8, "conv2": 16}, "run_dir": str(tmp_path / "gone")}
+    other = {**_row("optuna", 0, 0.89), "architecture": {"conv1": 6, "conv2": 20}, "run_dir": str(tmp_path / "gone")}
+    groups = {g["agent"]: g for g in quality.aggregate([uniform, kept, other])}
+    assert groups["ddpg"]["picked_uniform"] == (1, 1)
+    assert groups["optuna"]["picked_uniform"] == (0, 1)
+    assert quality.chosen_origin(other) is None  # no uniform row to compare with: unknown, not guessed
