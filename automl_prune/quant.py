@@ -16,7 +16,12 @@ Quantizers, per layer (``bits[name] = (weight_bits, activation_bits)``; 32 means
   with no sort of large tensors, and averaging per-batch extremes already tempers one outlier batch. Ranges stay
   fixed afterwards, also during quantization-aware training (call `calibrate` again to refresh them).
 - Gradients: a straight-through estimator. Weights: ``w + (w_hat - w).detach()`` (identity gradient; the scale
-  is treated as a constant). Activations: identity inside ``[lo, hi]``, zero where the input was clipped.
+  is treated as a constant). Activations: identity where the input's code lies on the grid (inside ``[lo, hi]``
+  widened by half a step), zero where it was clipped. Activations go through torch's fused kernel
+  (``torch.fake_quantize_per_tensor_affine``: one pass for value and mask instead of ~10 elementwise ops; a
+  4/4-bit resnet20 training step, batch 128, one thread, went from 1.66 s to 1.06 s, float 0.72-0.80 s, on a
+  loaded 2-core VM). It multiplies by ``1 / scale`` where the formula divides, so an input within an ulp of a
+  rounding tie may land one level away from ``round(x / scale)``; both are on the grid.
 
 Width pruning and quantization compose: compress first (`automl_prune.pruning`), then quantize the smaller
 layers (`compress_and_quantize` does both).
@@ -107,8 +112,12 @@ def activation_qparams(lo: float, hi: float, bits: int) -> tuple[float, float]:
 
 
 def fake_quantize_activation(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
-    """``x`` on the asymmetric ``bits``-bit grid (clipped to its range), gradient 1 inside the range, 0 outside."""
+    """``x`` on the asymmetric ``bits``-bit grid (clipped to its range), gradient 1 on the grid, 0 where clipped."""
     levels = 2**bits - 1
+    if x.dtype == torch.float32:
+        return torch.fake_quantize_per_tensor_affine(
+            x, scale.reshape(()).to(torch.float32), zero_point.reshape(()).to(torch.int32), 0, levels
+        )
     low = (0 - zero_point) * scale
     high = (levels - zero_point) * scale
     clipped = torch.minimum(torch.maximum(x, low), high)

@@ -17,8 +17,10 @@ from automl_prune.packing import pack, read_header, unpack
 from automl_prune.quant import (
     QuantConv2d,
     QuantLinear,
+    activation_qparams,
     calibrate,
     compress_and_quantize,
+    fake_quantize_activation,
     pin_first_last,
     quant_layers,
     quantize,
@@ -135,6 +137,26 @@ def test_calibration_is_unsigned_after_relu_and_asymmetric_on_signed_inputs() ->
     x = splits.train.images[:64]  # type: ignore[attr-defined]
     lo = -float(first.act_zero_point) * float(first.act_scale)
     assert lo < 0 and abs(lo - float(x.amin())) < 0.5 * abs(float(x.amin()))
+
+
+@pytest.mark.parametrize(("bits", "lo", "hi"), [(2, 0.0, 1.0), (4, 0.0, 2.5), (8, -1.3, 2.1), (16, -0.5, 3.0)])
+def test_activations_land_on_the_grid_and_the_gradient_passes_only_inside_it(bits: int, lo: float, hi: float) -> None:
+    scale, zero_point = activation_qparams(lo, hi, bits)
+    x = (torch.randn(4, 8, 9, 9, generator=torch.Generator().manual_seed(bits)) * 2).requires_grad_()
+    for dtype in (torch.float32, torch.float64):  # the fused kernel, and the explicit formula for other dtypes
+        xd = x.to(dtype)
+        out = fake_quantize_activation(xd, torch.tensor(scale, dtype=dtype), torch.tensor(zero_point, dtype=dtype),
+                                       bits)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        codes = out.detach().double() / scale + zero_point
+        assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.min() >= -1e-3
+        assert codes.max() <= 2**bits - 1 + 1e-3
+        low, high = -zero_point * scale, (2**bits - 1 - zero_point) * scale
+        inside = (x > low + scale) & (x < high - scale)
+        outside = (x < low - scale) | (x > high + scale)
+        clipped = x.detach().clamp(low, high).to(dtype)
+        assert ((out.detach() - clipped).abs()[inside] <= scale / 2 * (1 + 1e-4)).all()
+        assert (grad[inside] == 1).all() and (grad[outside] == 0).all()
 
 
 def test_eight_bit_weights_change_outputs_by_less_than_one_percent() -> None:
