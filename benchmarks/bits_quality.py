@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `quality` when run as a script
 
-from quality import append_result, claim_row, read_results, release_row
+from quality import append_result, chosen_origin, claim_row, read_results, release_row
 
 from automl_prune.config import SearchConfig
 from automl_prune.report import format_table
@@ -82,24 +82,56 @@ def run_row(args: argparse.Namespace, model: str, kind: str, agent: str, seed: i
             "size_ratio": comp["size_bits"] / base["size_bits"], "size_budget": size,
             "bops_ratio": comp["bops"] / base["bops"], "search_seconds": summary["search_seconds"],
             "rerank_seconds": summary.get("rerank_seconds", 0.0), "bits": summary.get("bits"),
+            "chosen_origin": (summary.get("chosen") or {}).get("origin"),
             "architecture": summary.get("architecture")}
 
 
+def _chosen_origin(out_dir: Path, row: dict[str, Any], uniform: dict[str, Any] | None) -> str | None:
+    """Where a searcher row's final pick came from: recorded in the row, read from its run's ``summary.json``,
+    or (run folder gone) ``"uniform"`` when widths and bits equal the uniform row's of the same seed."""
+    run_dir = out_dir / row["model"] / row["kind"] / row["agent"] / f"seed{row['seed']}"
+    origin = chosen_origin({**row, "run_dir": row.get("run_dir", str(run_dir))})
+    if origin or uniform is None:
+        return origin
+    same = (row.get("architecture"), row.get("bits")) == (uniform.get("architecture"), uniform.get("bits"))
+    return "uniform" if same else "searched"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    xs = np.asarray(values, dtype=float)
+    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0
+
+
 def report(out_dir: Path) -> str:
-    """Mean +- std over seeds per (model, kind, agent), as Markdown (also written to ``OUT/bits_quality.md``)."""
+    """Per (model, kind, agent): test accuracy mean +- sample std over seeds, the paired difference to the
+    uniform row of the same seeds with the larger of the two spreads, how often the re-ranking handed back the
+    uniform entrant, and the mean ratios, as Markdown (also written to ``OUT/bits_quality.md``)."""
     rows = read_results(out_dir / "results.jsonl")
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["kind"], row["agent"]), []).append(row)
+    uniform = {(r["model"], r["kind"], r["seed"]): r for r in rows if r["agent"] == "uniform"}
     table = []
-    for (model, kind, agent), items in sorted(groups.items()):
-        acc = np.array([100 * r["test_acc"] for r in items])
-        table.append([model, kind, agent, f"{acc.mean():.2f} +- {acc.std():.2f}", len(items),
+    for (model, kind, agent), items in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] != "uniform",
+                                                                              g[0][2])):
+        mean, std = _mean_std([100 * r["test_acc"] for r in items])
+        versus, chose = "-", "-"
+        if agent != "uniform":
+            pairs = [(100 * r["test_acc"], 100 * uniform[(model, kind, r["seed"])]["test_acc"])
+                     for r in items if (model, kind, r["seed"]) in uniform]
+            if pairs:
+                _, their_std = _mean_std([u for _, u in pairs])
+                diff = float(np.mean([a - u for a, u in pairs]))
+                versus = f"{diff:+.2f} ({max(std, their_std):.2f})"
+            origins = [_chosen_origin(out_dir, r, uniform.get((model, kind, r["seed"]))) for r in items]
+            known = [o for o in origins if o]
+            chose = f"{sum(o == 'uniform' for o in known)} of {len(known)}" if known else "?"
+        table.append([model, kind, agent, f"{mean:.2f} +- {std:.2f}", versus, chose, len(items),
                       f"{np.mean([r['size_ratio'] for r in items]):.4f}",
                       f"{np.mean([r['flops_ratio'] for r in items]):.3f}",
                       f"{np.mean([r['bops_ratio'] for r in items]):.4f}"])
-    text = format_table(["model", "kind", "agent", "test acc % (mean +- std)", "seeds", "size ratio",
-                         "FLOPs ratio", "BOPs ratio"], table)
+    text = format_table(["model", "kind", "agent", "test acc % (mean +- std)", "vs uniform (larger spread)",
+                         "ladder chose uniform", "seeds", "size ratio", "FLOPs ratio", "BOPs ratio"], table)
     (out_dir / "bits_quality.md").write_text(text + "\n")
     _plot(groups, out_dir / "bits_quality.png")
     return text
@@ -122,8 +154,8 @@ def _plot(groups: dict[tuple[str, str, str], list[dict[str, Any]]], path: Path) 
         means, spreads = [], []
         for cell in cells:
             acc = np.array([100 * r["test_acc"] for r in groups.get((*cell, agent), [])] or [np.nan])
-            means.append(float(np.nanmean(acc)))
-            spreads.append(float(np.nanstd(acc)))
+            means.append(float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"))
+            spreads.append(float(np.nanstd(acc, ddof=1)) if np.isfinite(acc).sum() > 1 else 0.0)
         ax.bar(np.arange(len(cells)) + j * width - 0.4 + width / 2, means, width, yerr=spreads, capsize=3,
                label=agent)
     ax.set_xticks(range(len(cells)))

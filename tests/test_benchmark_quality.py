@@ -63,3 +63,25 @@ def test_a_row_whose_run_folder_is_gone_counts_as_uniform_when_it_kept_uniforms_
     assert groups["ddpg"]["picked_uniform"] == (1, 1)
     assert groups["optuna"]["picked_uniform"] == (0, 1)
     assert quality.chosen_origin(other) is None  # no uniform row to compare with: unknown, not guessed
+
+
+def _bits_row(agent: str, seed: int, acc: float, bits: int) -> dict:
+    return {"key": f"m|bits|{agent}|{seed}", "model": "m", "kind": "bits", "agent": agent, "seed": seed,
+            "test_acc": acc, "size_ratio": 0.13, "flops_ratio": 1.0, "bops_ratio": bits * bits / 1024,
+            "architecture": {"conv": 8}, "bits": {"conv": [bits, bits]}}
+
+
+def test_the_bits_table_pairs_seeds_uses_the_sample_spread_and_counts_uniform_picks(tmp_path: Path) -> None:
+    bits_quality = pytest.importorskip("bits_quality")
+    rows = [_bits_row("uniform", 0, 0.900, 4), _bits_row("uniform", 1, 0.910, 4), _bits_row("uniform", 2, 0.920, 4),
+            _bits_row("ddpg", 0, 0.900, 4), _bits_row("ddpg", 1, 0.930, 5)]  # seed 0 kept the uniform entrant
+    for row in rows:
+        quality.append_result(tmp_path / "results.jsonl", row)
+    text = bits_quality.report(tmp_path)
+    lines = text.splitlines()
+    uniform_line, ddpg_line = (next(line for line in lines if f"| {a} " in line) for a in ("uniform", "ddpg"))
+    assert "91.00 +- 1.00" in uniform_line  # sample std (ddof=1) of 90, 91, 92
+    # matched seeds 0 and 1: (0 + 2) / 2 = +1.00; spread = max(ddpg 2.12, uniform on seeds 0-1 0.71)
+    assert "+1.00 (2.12)" in ddpg_line
+    assert "1 of 2" in ddpg_line
+    assert (tmp_path / "bits_quality.png").stat().st_size > 0
