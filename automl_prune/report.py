@@ -56,7 +56,10 @@ def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
             ["BOPs", f"{base['bops']:,}", f"{comp['bops']:,} ({comp['bops'] / base['bops']:.4f}x)"],
         ]
         rows.append(["accuracy of the quantized model", "-", "simulated (fake-quantized on float kernels)"])
-    latency = (summary.get("int8") or {}).get("latency_ms")
+    int8 = summary.get("int8") or {}
+    latency = int8.get("latency_ms")
+    if int8.get("skipped"):
+        rows.append(["int8 realisation", "-", str(int8["skipped"])])
     if latency:
         for batch, value in latency.items():
             rows.append([f"latency, batch {batch} (ONNX Runtime, 1 thread)", f"{value['float_onnxruntime']:.2f} ms "

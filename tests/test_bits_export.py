@@ -96,3 +96,18 @@ def test_eight_bit_layers_are_realised_in_int8_with_measured_latency(tmp_path, c
         assert int8["latency_ms"][batch]["int8_onnxruntime"] > 0 and int8["latency_ms"][batch]["float_onnxruntime"] > 0
     assert "latency, batch 64" in out
     assert (tmp_path / "run" / "best" / "model.int8.onnx").exists()
+
+
+def test_the_summary_says_when_no_layer_could_run_as_int8() -> None:
+    from automl_prune.report import summary_rows
+
+    summary = {"base": {"flops": 100, "params": 10, "size_bits": 320, "bops": 102400, "val_acc": 0.9,
+                        "test_acc": 0.9},
+               "compressed": {"flops": 50, "params": 5, "size_bits": 40, "bops": 1600,
+                              "val_acc_before_finetune": 0.8, "test_acc": 0.85},
+               "search_seconds": 1.0, "evaluations": 2, "finetune_seconds": 1.0,
+               "bits": {"conv": [4, 4]},
+               "int8": {"int8_layers": [], "skipped": "no layer at 8/8 bits: no int8 kernel applies"}}
+    rows = {row[0]: row for row in summary_rows(summary)}
+    assert rows["int8 realisation"][2] == "no layer at 8/8 bits: no int8 kernel applies"
+    assert not any(name.startswith("latency") for name in rows)
