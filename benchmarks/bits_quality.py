@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `quality` when run as a script
 
-from quality import append_result, chosen_origin, claim_row, read_results, release_row
+from quality import append_result, chosen_origin, claim_row, mean_std, read_results, release_row
 
 from automl_prune.config import SearchConfig
 from automl_prune.report import format_table
@@ -86,22 +86,6 @@ def run_row(args: argparse.Namespace, model: str, kind: str, agent: str, seed: i
             "architecture": summary.get("architecture")}
 
 
-def _chosen_origin(out_dir: Path, row: dict[str, Any], uniform: dict[str, Any] | None) -> str | None:
-    """Where a searcher row's final pick came from: recorded in the row, read from its run's ``summary.json``,
-    or (run folder gone) ``"uniform"`` when widths and bits equal the uniform row's of the same seed."""
-    run_dir = out_dir / row["model"] / row["kind"] / row["agent"] / f"seed{row['seed']}"
-    origin = chosen_origin({**row, "run_dir": row.get("run_dir", str(run_dir))})
-    if origin or uniform is None:
-        return origin
-    same = (row.get("architecture"), row.get("bits")) == (uniform.get("architecture"), uniform.get("bits"))
-    return "uniform" if same else "searched"
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    xs = np.asarray(values, dtype=float)
-    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0
-
-
 def report(out_dir: Path) -> str:
     """Per (model, kind, agent): test accuracy mean +- sample std over seeds, the paired difference to the
     uniform row of the same seeds with the larger of the two spreads, how often the re-ranking handed back the
@@ -114,16 +98,18 @@ def report(out_dir: Path) -> str:
     table = []
     for (model, kind, agent), items in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] != "uniform",
                                                                               g[0][2])):
-        mean, std = _mean_std([100 * r["test_acc"] for r in items])
+        mean, std = mean_std([100 * r["test_acc"] for r in items])
         versus, chose = "-", "-"
         if agent != "uniform":
             pairs = [(100 * r["test_acc"], 100 * uniform[(model, kind, r["seed"])]["test_acc"])
                      for r in items if (model, kind, r["seed"]) in uniform]
             if pairs:
-                _, their_std = _mean_std([u for _, u in pairs])
+                _, their_std = mean_std([u for _, u in pairs])
                 diff = float(np.mean([a - u for a, u in pairs]))
                 versus = f"{diff:+.2f} ({max(std, their_std):.2f})"
-            origins = [_chosen_origin(out_dir, r, uniform.get((model, kind, r["seed"]))) for r in items]
+            # a row's run folder, when it still exists, holds the ladder's pick (quality.chosen_origin)
+            origins = [chosen_origin({"run_dir": str(out_dir / model / kind / agent / f"seed{r['seed']}"), **r},
+                                     uniform.get((model, kind, r["seed"]))) for r in items]
             known = [o for o in origins if o]
             chose = f"{sum(o == 'uniform' for o in known)} of {len(known)}" if known else "?"
         table.append([model, kind, agent, f"{mean:.2f} +- {std:.2f}", versus, chose, len(items),

@@ -268,16 +268,18 @@ def run_tp_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str, Any]:
     }
 
 
-def _mean_std(values: Iterable[float]) -> tuple[float, float]:
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     xs = np.asarray(list(values), dtype=float)
     return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0
 
 
-def chosen_origin(row: dict[str, Any], uniform_architecture: dict[str, Any] | None = None) -> str | None:
+def chosen_origin(row: dict[str, Any], uniform_row: dict[str, Any] | None = None) -> str | None:
     """Where the re-ranking's final pick came from (``"uniform"``, ``"search #12"``, ...) for a searcher row:
     recorded in the row, or (rows written before it was) read from the run's ``summary.json``, or, when that
-    run folder is gone too, inferred from the architecture: the same as ``uniform_architecture`` (the uniform
-    row's on the same model, budget and seed) is ``"uniform"``, another is ``"searched"``. None if unknown."""
+    run folder is gone too, inferred from what the row decided: the same widths (and bits, where searched) as
+    ``uniform_row`` (the uniform row on the same model, budget and seed) is ``"uniform"``, another is
+    ``"searched"``. None if unknown."""
     if row.get("chosen_origin"):
         return str(row["chosen_origin"])
     if row.get("agent") in ("uniform", TP_GLOBAL):
@@ -290,8 +292,9 @@ def chosen_origin(row: dict[str, Any], uniform_architecture: dict[str, Any] | No
         origin = (summary.get("chosen") or {}).get("origin")
         if origin:
             return str(origin)
-    if uniform_architecture and row.get("architecture"):
-        return "uniform" if row["architecture"] == uniform_architecture else "searched"
+    if uniform_row and uniform_row.get("architecture") and row.get("architecture"):
+        same = all(row.get(k) == uniform_row.get(k) for k in ("architecture", "bits"))
+        return "uniform" if same else "searched"
     return None
 
 
@@ -308,21 +311,20 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault((r["model"], r["budget"], r["agent"]), []).append(r)
-    uniform_arch = {(r["model"], r["budget"], r["seed"]): r.get("architecture") for r in results
-                    if r["agent"] == "uniform"}
+    uniform = {(r["model"], r["budget"], r["seed"]): r for r in results if r["agent"] == "uniform"}
     out = []
     for (model, budget, agent), rows in groups.items():
-        acc = _mean_std(r["test_acc"] for r in rows)
+        acc = mean_std(r["test_acc"] for r in rows)
         timed = [r for r in rows if search_time_recorded(r)]
-        origins = [chosen_origin(r, uniform_arch.get((model, budget, r["seed"]))) for r in rows]
+        origins = [chosen_origin(r, uniform.get((model, budget, r["seed"]))) for r in rows]
         known = [o for o in origins if o is not None]
         out.append({
             "model": model, "budget": budget, "agent": agent, "n": len(rows),
             "seeds": sorted(r["seed"] for r in rows),
-            "test_acc": acc, "flops_ratio": _mean_std(r["flops_ratio"] for r in rows),
-            "search_seconds": _mean_std(r["search_seconds"] for r in timed) if timed else (float("nan"),) * 2,
+            "test_acc": acc, "flops_ratio": mean_std(r["flops_ratio"] for r in rows),
+            "search_seconds": mean_std(r["search_seconds"] for r in timed) if timed else (float("nan"),) * 2,
             "untimed": len(rows) - len(timed),
-            "rerank_seconds": _mean_std(r["rerank_seconds"] for r in rows),
+            "rerank_seconds": mean_std(r["rerank_seconds"] for r in rows),
             "picked_uniform": (sum(o == "uniform" for o in known), len(known)) if known else None,
         })
     # Against uniform on the same seeds (a method with fewer finished seeds is not compared with others' runs).
@@ -330,7 +332,7 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for g in out:
         runs = groups[(g["model"], g["budget"], g["agent"])]
         pairs = [(r["test_acc"], uniform[k]) for r in runs if (k := (r["model"], r["budget"], r["seed"])) in uniform]
-        mine, theirs = _mean_std(a for a, _ in pairs), _mean_std(u for _, u in pairs)
+        mine, theirs = mean_std(a for a, _ in pairs), mean_std(u for _, u in pairs)
         g["vs_uniform"] = None if g["agent"] == "uniform" or not pairs else mine[0] - theirs[0]
         g["uniform_std"] = theirs[1] if pairs else None
     order = {a: i for i, a in enumerate(VGG_AGENTS)}
