@@ -31,7 +31,7 @@ class MetricsLike(Protocol):
 
 
 class EvaluatorLike(Protocol):
-    """What a searcher needs from an evaluator (see `automl_prune.evaluate.Evaluator`)."""
+    """What a searcher needs from an evaluator (see `automl_prune.scoring.evaluator.Evaluator`)."""
 
     def evaluate(self, architecture: Architecture) -> MetricsLike: ...
 

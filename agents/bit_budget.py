@@ -8,8 +8,8 @@ within a FLOPs budget stays within it.
 from __future__ import annotations
 
 from automl_prune.errors import BudgetError
-from automl_prune.quant_cost import fit_bits
 from search_spaces import Architecture, SearchSpace
+from search_spaces.bit_fitting import fit_bits
 
 __all__ = ["fits_bit_budgets", "project_bits", "shrink_to_lowest_bits", "uniform_bits_architecture"]
 
@@ -60,7 +60,7 @@ def project_bits(space: SearchSpace, architecture: Architecture, size_bits: int 
                  bops: int | None) -> Architecture:
     """``architecture`` within the size and BOPs budgets: bits taken off the costliest layers, as HAQ does.
 
-    `automl_prune.quant_cost.fit_bits` (what `SearchSpace.fit_bits` does for fractions) with absolute limits;
+    `search_spaces.bit_fitting.fit_bits` (what `SearchSpace.fit_bits` does for fractions) with absolute limits;
     when the widths are too wide for the budgets even at the lowest bits, they are first narrowed
     (`shrink_to_lowest_bits`). Bits are never raised; an architecture within budget is returned unchanged.
     """

@@ -1,7 +1,7 @@
 """DMCP: Differentiable Markov Channel Pruning (Guo et al., CVPR 2020), over our dependency-aware groups.
 
 Per channel group (one search-space decision), channels are ranked by the evaluator's importance criterion on
-the base model (the same ranking `automl_prune.pruning` uses, so the kept prefix is what compression keeps).
+the base model (the same ranking `automl_prune.prune.pruning` uses, so the kept prefix is what compression keeps).
 The first ``min_keep`` ranked channels are always kept; the rest are split into ``K`` near-equal sub-groups
 whose boundaries are valid widths of the decision. Learnable ``alpha_k`` give the Markov keep probabilities
 ``P(keep k | keep k-1) = sigmoid(alpha_k)``; the marginals ``m_k = prod_{j<=k} sigmoid(alpha_j)`` scale each
@@ -51,8 +51,8 @@ from torch.nn import functional as F
 from agents.base import EvaluatorLike, Searcher, SearchHistory, SearchResult
 from agents.budget import fill_budget, project_to_budget
 from automl_prune.atomic import atomic_write, atomic_write_text
-from automl_prune.pruning import channel_order
-from automl_prune.streaming import is_lazy
+from automl_prune.data.streaming import is_lazy
+from automl_prune.prune.pruning import channel_order
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["DMCPConfig", "DMCPSearcher", "flops_loss"]
@@ -187,7 +187,7 @@ class DMCPSearcher(Searcher):
 
     Args:
         space: The search space (one Markov chain per decision).
-        evaluator: An `automl_prune.evaluate.Evaluator` (its ``model``, ``train_images`` and, when present,
+        evaluator: An `automl_prune.scoring.evaluator.Evaluator` (its ``model``, ``train_images`` and, when present,
             ``train_labels`` and ``criterion`` are used; without labels the base model's predictions are).
         budget_flops: The FLOPs limit of the result.
         seed: Seeds batches, random widths and sampling.
@@ -228,7 +228,7 @@ class DMCPSearcher(Searcher):
         missing = [a for a in ("model", "train_images") if not hasattr(evaluator, a)]
         if missing:
             raise TypeError(
-                f"DMCP trains a supernet, so its evaluator needs {missing} (an automl_prune.evaluate.Evaluator "
+                f"DMCP trains a supernet, so its evaluator needs {missing} (an `Evaluator` "
                 f"has them); got {type(evaluator).__name__}"
             )
         self.target_flops = int(self.config.target_flops or self.budget_flops)

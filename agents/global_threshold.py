@@ -33,8 +33,8 @@ class GlobalThresholdSearcher(Searcher):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        from automl_prune.criteria import Criterion, get_criterion
         from automl_prune.errors import ConfigError
+        from automl_prune.prune.criteria import Criterion, get_criterion
 
         criterion = get_criterion(getattr(self.evaluator, "criterion", "l1"))
         if type(criterion).select is not Criterion.select:  # refused before the run directory is written
@@ -42,7 +42,7 @@ class GlobalThresholdSearcher(Searcher):
                               "chooses a set of channels per width; use e.g. --criterion l1-std (the paper's) or l1")
 
     def _normalised_scores(self) -> dict[str, np.ndarray]:
-        from automl_prune.pruning import channel_scores
+        from automl_prune.prune.pruning import channel_scores
 
         model = getattr(self.evaluator, "model", None)
         if model is None:

@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     if name == "load":
-        return getattr(importlib.import_module("automl_prune.export"), name)
+        return getattr(importlib.import_module("automl_prune.run.export"), name)
     if name in ("search", "compress", "SearchResult"):
         return getattr(importlib.import_module("automl_prune.api"), name)
     raise AttributeError(f"module 'automl_prune' has no attribute {name!r}")

@@ -1,19 +1,24 @@
 """The Python API on a user's own model and data: `search`, `compress`, `load`.
 
->>> result = automl_prune.search(model, train=(x_train, y_train), val=val_loader, flops=0.5, agent="ddpg",
-...                              out="runs/mine", episodes=60)
->>> result.model, result.architecture.widths, result.metrics["compressed"]["test_acc"], result.run_dir
+```python
+result = automl_prune.search(model, train=(x_train, y_train), val=val_loader, flops=0.5, agent="ddpg",
+                             out="runs/mine", episodes=60)
+result.model, result.architecture.widths, result.metrics["compressed"]["test_acc"], result.run_dir
+```
 
 Settings are those of `automl_prune.config.SearchConfig` (the CLI flags and YAML keys, ``_`` for ``-``), so a
 search started here behaves as one started from the command line; ``model``/``dataset``/``weights``/
 ``pretrain_*`` do not apply (the model is yours and already trained).
 
-Tasks where top-1 accuracy is not the score take a ``loss`` and a ``metric`` (`automl_prune.task.Task`):
+Tasks where top-1 accuracy is not the score take a ``loss`` and a ``metric`` (`automl_prune.data.task.Task`):
 
->>> def neg_brier(outputs, targets):  # module level: Ray workers receive it pickled
-...     return -float(((outputs.softmax(1) - F.one_hot(targets, outputs.shape[1])) ** 2).sum(1).mean())
->>> result = automl_prune.search(model, train, val, flops=0.5, loss=F.cross_entropy, metric=neg_brier)
->>> result.metrics["metric"], result.metrics["compressed"]["val_acc_after_finetune"]  # "neg_brier", its value
+```python
+def neg_brier(outputs, targets):  # module level: Ray workers receive it pickled
+    return -float(((outputs.softmax(1) - F.one_hot(targets, outputs.shape[1])) ** 2).sum(1).mean())
+
+result = automl_prune.search(model, train, val, flops=0.5, loss=F.cross_entropy, metric=neg_brier)
+result.metrics["metric"], result.metrics["compressed"]["val_acc_after_finetune"]  # "neg_brier", its value
+```
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from automl_prune.config import SearchConfig
+from automl_prune.data.task import LossFn, MetricFn, Task
 from automl_prune.errors import ConfigError, did_you_mean
-from automl_prune.task import LossFn, MetricFn, Task
 from search_spaces import Architecture
 
 __all__ = ["SearchResult", "compress", "search"]
@@ -103,7 +108,7 @@ def search(
         ConfigError: A bad setting, data of the wrong shape, or a loss/metric that cannot work (not callable,
             not a scalar, not picklable while ``workers`` > 0): nothing is written then.
     """
-    from automl_prune.pipeline import PYTHON_MODEL_PREFIX
+    from automl_prune.run.base_model import PYTHON_MODEL_PREFIX
 
     if flops is None:
         flops = 1.0 if settings.get("latency") is not None else 0.5
@@ -118,11 +123,12 @@ def search(
 
 def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: SearchConfig,
             task: Task) -> SearchResult:
-    from automl_prune.checkpoints import state_sha256
-    from automl_prune.export import load
-    from automl_prune.pipeline import base_from_model, run_search
-    from automl_prune.training import evaluate_accuracy
-    from automl_prune.user_data import user_splits
+    from automl_prune.data.user_data import user_splits
+    from automl_prune.models.checkpoints import state_sha256
+    from automl_prune.run.base_model import base_from_model
+    from automl_prune.run.export import load
+    from automl_prune.run.pipeline import run_search
+    from automl_prune.train.training import evaluate_accuracy
 
     base_model = copy.deepcopy(model).to("cpu").eval()
     splits = user_splits(base_model, train, val, test)
@@ -190,12 +196,12 @@ def compress(
         widths: Channels kept per group (group names as in an exported ``arch.json``), an `Architecture`, or
             the path of an ``arch.json``.
         example_input: One input batch shaped as the model expects (traces its channel groups).
-        criterion: Which channels survive (a name of `automl_prune.criteria`).
+        criterion: Which channels survive (a name of `automl_prune.prune.criteria`).
     """
     import json
 
-    from automl_prune.graph import analyze
-    from automl_prune.pruning import compress_widths
+    from automl_prune.graph.analysis import analyze
+    from automl_prune.prune.pruning import compress_widths
 
     if isinstance(widths, (str, Path)):
         widths = json.loads(Path(widths).read_text())["widths"]

@@ -65,7 +65,7 @@ def _parse_option(item: str) -> dict[str, Any]:
 def _setup(config: SearchConfig) -> None:
     import os
 
-    from automl_prune.runtime import configure_torch
+    from automl_prune.train.runtime import configure_torch
 
     # FLOP counting imports torch._dynamo, which makes a compile cache in the system temp folder otherwise.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((Path(config.cache_dir) / "torchinductor").resolve()))
@@ -77,8 +77,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Train (or load from the cache) the base model and print its accuracy and FLOPs."""
     config = _config_from(args)
     _setup(config)
-    from automl_prune.pipeline import load_base
-    from automl_prune.report import format_table
+    from automl_prune.report.summary import format_table
+    from automl_prune.run.base_model import load_base
 
     base = load_base(config)
     meta, full = base.meta, base.space.cost_model.full
@@ -102,7 +102,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Search per-group widths under a FLOPs budget, fine-tune the best, export it."""
     config = _config_from(args)
     _setup(config)
-    from automl_prune.pipeline import run_search
+    from automl_prune.run.pipeline import run_search
 
     run_search(config)
     return 0
@@ -123,7 +123,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     known = set(SearchConfig.__dataclass_fields__)
     config = SearchConfig(**{k: v for k, v in values.items() if k in known})
     _setup(config)
-    from automl_prune.pipeline import run_search
+    from automl_prune.run.pipeline import run_search
 
     run_search(config)
     return 0
@@ -134,10 +134,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     config = _config_from(args)
     _setup(config)
     from automl_prune.errors import InvalidArchitectureError
-    from automl_prune.evaluate import accuracy_and_loss, recalibrate_batch_norm
-    from automl_prune.export import export
-    from automl_prune.pipeline import load_base
-    from automl_prune.pruning import compress
+    from automl_prune.prune.pruning import compress
+    from automl_prune.run.base_model import load_base
+    from automl_prune.run.export import export
+    from automl_prune.scoring.evaluator import accuracy_and_loss, recalibrate_batch_norm
     from search_spaces import Architecture
 
     path = Path(args.arch)
@@ -156,7 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     base = load_base(config)
     space = base.space
     arch = space.complete(space.validate(arch))
-    from automl_prune.pipeline import calibration_data
+    from automl_prune.run.search_stage import calibration_data
 
     pruned = compress(base.model, space.graph, arch, config.resolved_criterion,
                       calibration=calibration_data(config, base), reconstruct=config.reconstruct)
@@ -178,9 +178,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     _setup(config)
     import torch
 
-    from automl_prune.data import load_dataset
+    from automl_prune.data.datasets import load_dataset
     from automl_prune.models import build_model
-    from automl_prune.report import format_table
+    from automl_prune.report.summary import format_table
     from search_spaces import SearchSpace
 
     spec = load_dataset(config.dataset, config.data_root, **config.dataset_options).spec
@@ -195,7 +195,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write RUN_DIR/report.md and a self-contained RUN_DIR/report.html of a finished search."""
-    from automl_prune.run_report import write_report
+    from automl_prune.report.run_report import write_report
 
     md, page = write_report(args.run_dir)
     print(f"wrote {md} and {page}")
@@ -306,7 +306,7 @@ def _configure_process() -> None:
     """Process-wide settings that belong to the command, never to a library import.
 
     OpenMP reads ``OMP_WAIT_POLICY`` when torch loads: with its default spinning, elementwise ops ran 10-40x
-    slower here whenever another process shared a core (measured; see `automl_prune.runtime`). Set only when
+    slower here whenever another process shared a core (measured; see `automl_prune.train.runtime`). Set only when
     torch is not loaded yet (a command run in a fresh process); in someone's Python it would change nothing
     but their environment.
     """

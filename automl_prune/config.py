@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
 from automl_prune.errors import ConfigError, did_you_mean
+from automl_prune.prune.names import REGULARIZERS
 
 
 def _as_patterns(value: Any) -> Any:
@@ -41,7 +42,7 @@ Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_patterns)]
 #: A setting written as text that may be given as a number (``size``, ``time_limit``).
 NumberOrText = Annotated[str | None, BeforeValidator(_number_as_text)]
 
-__all__ = ["DEFAULTS", "REGULARIZERS", "SEARCH_MODES", "SearchConfig", "load_config_file", "parse_duration",
+__all__ = ["DEFAULTS", "SEARCH_MODES", "SearchConfig", "load_config_file", "parse_duration",
            "parse_size"]
 
 
@@ -182,13 +183,13 @@ class SearchConfig:
     @property
     def search_finetune_steps(self) -> int:
         """Fine-tune steps before each candidate's score (0: adaptive BN only); ``auto`` follows the budget and
-        whether the criterion re-fits the kept weights (`automl_prune.fidelity_rule`)."""
+        whether the criterion re-fits the kept weights (`automl_prune.scoring.fidelity_rule`)."""
         if self.proxy == "adaptive-bn":
             return 0
         if self.proxy == "finetune":
             return self.proxy_finetune_steps
-        from automl_prune.criteria import CRITERIA
-        from automl_prune.fidelity_rule import default_search_fidelity
+        from automl_prune.prune.criteria import CRITERIA
+        from automl_prune.scoring.fidelity_rule import default_search_fidelity
 
         refits = self.reconstruct or bool(getattr(CRITERIA.get(self.resolved_criterion), "reconstructs", False))
         return default_search_fidelity(self.flops if self.latency is None else min(self.flops, self.latency), refits)
@@ -204,7 +205,7 @@ class SearchConfig:
 
     @property
     def dataset_options(self) -> dict[str, Any]:
-        """Keyword arguments of `automl_prune.data.load_dataset` that come from the config (image folders)."""
+        """Keyword arguments of `automl_prune.data.datasets.load_dataset` that come from the config (image folders)."""
         return {"input_size": self.input_size, "stream": {"auto": None, "on": True, "off": False}[self.stream],
                 "loader_workers": self.loader_workers, "val_size": self.val_size}
 
@@ -248,10 +249,9 @@ SEARCH_MODES = ("auto", "widths", "bits", "both")
 #: pipeline's 1-epoch fine-tune and 3 seeds, by +0.5 (25%) and +0.9 points (10%) over ``l1``, the old default.
 AUTO_CRITERION = "reap"
 #: ``stream``: ``auto`` streams an image folder from disk when its decoded size is over the limit
-#: (`automl_prune.streaming`), ``on`` always, ``off`` never.
+#: (`automl_prune.data.streaming`), ``on`` always, ``off`` never.
 STREAM_MODES = ("auto", "on", "off")
-#: Sparsity penalties of the pre-pruning phase (`automl_prune.sparsity`); ``none``: one-shot pruning.
-REGULARIZERS = ("none", "group-lasso", "growing-l2")
+#: Sparsity penalties of the pre-pruning phase (`automl_prune.prune.sparsity`); ``none``: one-shot pruning.
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)$")
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 

@@ -9,7 +9,7 @@ For each model and seed, with the same fine-tune (the pipeline's ladder and reci
 - ``joint/uniform`` and ``joint/<agent>``: FLOPs budget ``--flops`` (0.5) and the size of the uniform-width
   architecture of that budget at ``--uniform-bits`` bits; the searcher decides widths and bits together.
 
-Every row is the real pipeline (`automl_prune.pipeline.run_search`) in ``OUT/<model>/<kind>/<agent>/seed<k>``;
+Every row is the real pipeline (`automl_prune.run.pipeline.run_search`) in ``OUT/<model>/<kind>/<agent>/seed<k>``;
 finished rows are appended to ``OUT/results.jsonl`` and skipped on a rerun, and two processes may share one
 ``OUT`` (rows are claimed as in `benchmarks/quality.py`; give the second ``--seeds`` in another order).
 Accuracies of quantized models are simulated (fake-quantized), as the pipeline's summary says.
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `quality` when r
 from quality import append_result, chosen_origin, claim_row, mean_std, read_results, release_row
 
 from automl_prune.config import SearchConfig
-from automl_prune.report import format_table
+from automl_prune.report.summary import format_table
 
 KINDS = ("bits", "joint")
 
@@ -48,7 +48,7 @@ def size_budget_bits(config: SearchConfig, kind: str, flops: float, bits: int) -
     """The size budget of a row, in bits and as a fraction of the float32 model: the uniform-bits model (full
     width, or the uniform width of ``flops``)."""
     from agents import uniform_architecture
-    from automl_prune.pipeline import load_base
+    from automl_prune.run.base_model import load_base
 
     space = load_base(config).space
     widths = space.full() if kind == "bits" else uniform_architecture(space, space.flops_budget(flops))
@@ -68,7 +68,7 @@ def row_config(args: argparse.Namespace, model: str, kind: str, agent: str, seed
 
 
 def run_row(args: argparse.Namespace, model: str, kind: str, agent: str, seed: int) -> dict[str, Any]:
-    from automl_prune.pipeline import run_search
+    from automl_prune.run.pipeline import run_search
 
     probe = SearchConfig(model=model, dataset=args.dataset, data_root=args.data_root, cache_dir=args.cache_dir,
                          pretrain_seed=args.pretrain_seed, progress=not args.quiet)

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from automl_prune.config import SearchConfig
-from automl_prune.evaluate import accuracy_and_loss
-from automl_prune.pipeline import load_base, run_search
-from automl_prune.report import format_table
-from automl_prune.runtime import configure_torch
+from automl_prune.report.summary import format_table
+from automl_prune.run.base_model import load_base
+from automl_prune.run.pipeline import run_search
+from automl_prune.scoring.evaluator import accuracy_and_loss
+from automl_prune.train.runtime import configure_torch
 
 
 def main() -> None:

@@ -3,12 +3,12 @@
 The same architectures (uniform widths at each FLOPs budget, `agents.uniform_architecture`) are compressed from
 one base model per model with every criterion (``--criteria``), each with and without least-squares
 reconstruction (``--reconstruct``) and with and without the sparsity-regularized phase (``--regularizers``:
-`automl_prune.sparsity`, ``--regularize-steps`` on the full-width model before the cut). For each one it
+`automl_prune.prune.sparsity`, ``--regularize-steps`` on the full-width model before the cut). For each one it
 records:
 
 - ``val_before``: validation accuracy right after the cut and batch-norm recalibration (no fine-tune);
 - ``test_plain`` and ``test_distill``: test accuracy after the same short fine-tune
-  (`automl_prune.ladder_job.FineTuneRecipe`, ``--finetune-epochs`` at the pipeline's lr), without and with
+  (`automl_prune.scoring.rung_job.FineTuneRecipe`, ``--finetune-epochs`` at the pipeline's lr), without and with
   distillation from the base model;
 - ``compress_seconds`` (scoring, regularized phase, cut, reconstruction) and the fine-tune seconds.
 
@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `quality` when r
 from quality import append_result, read_results
 
 from automl_prune.config import DEFAULTS, SearchConfig
-from automl_prune.report import format_table
+from automl_prune.report.summary import format_table
 
 RESULTS = "results.jsonl"
 ALL_CRITERIA = ["l1", "l2", "bn_scale", "fpgm", "l1-std", "taylor", "ezcrop", "similarity", "reap", "ccp"]
@@ -123,11 +123,12 @@ def run_row(args: argparse.Namespace, row: Row) -> dict[str, Any]:
     import torch
 
     from agents import uniform_architecture
-    from automl_prune.criteria import get_criterion
-    from automl_prune.evaluate import accuracy_and_loss, recalibrate_batch_norm
-    from automl_prune.ladder_job import FineTuneRecipe
-    from automl_prune.pipeline import calibration_data, load_base
-    from automl_prune.pruning import compress
+    from automl_prune.prune.criteria import get_criterion
+    from automl_prune.prune.pruning import compress
+    from automl_prune.run.base_model import load_base
+    from automl_prune.run.search_stage import calibration_data
+    from automl_prune.scoring.evaluator import accuracy_and_loss, recalibrate_batch_norm
+    from automl_prune.scoring.rung_job import FineTuneRecipe
 
     config = _config(args, row)
     if row.model not in _BASES:
@@ -144,7 +145,7 @@ def run_row(args: argparse.Namespace, row: Row) -> dict[str, Any]:
     start = time.perf_counter()
     model, criterion, reconstruct = base.model, row.criterion, row.reconstruct
     if row.regularize != "none":
-        from automl_prune.sparsity import regularized_start
+        from automl_prune.prune.sparsity import regularized_start
 
         reconstruct = reconstruct or get_criterion(row.criterion).reconstructs
         model, criterion = regularized_start(base.model, space.graph, arch.widths, row.criterion, splits,
@@ -311,7 +312,7 @@ def main() -> int:
     if args.report_only:
         report(args, out_dir)
         return 0
-    from automl_prune.runtime import configure_torch
+    from automl_prune.train.runtime import configure_torch
 
     configure_torch(args.threads)
     rows = plan(args)

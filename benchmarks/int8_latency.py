@@ -1,6 +1,6 @@
 """Int8 vs float latency on the CPU: vgg-small and resnet20 at full and at a uniform 50% width.
 
-For each model and width: float PyTorch, float ONNX Runtime and int8 ONNX Runtime (`automl_prune.int8`: static
+For each model and width: float PyTorch, float ONNX Runtime and int8 ONNX Runtime (`automl_prune.quantize.int8`: static
 QDQ quantization of every conv/linear layer, per-channel weights), median latency of single forward passes at
 batch 1 and 64 with the interquartile range, the int8 speed-up over float *in the same runtime* (ONNX Runtime),
 the int8 nodes in the optimized graph ONNX Runtime runs, and top-1 validation accuracy (float PyTorch vs int8)
@@ -36,21 +36,21 @@ from typing import Any
 
 import torch
 
-from automl_prune.checkpoints import cache_path, data_fingerprint, load_checkpoint, load_into
-from automl_prune.data import Splits, iterate_batches, load_dataset
+from automl_prune.data.datasets import Splits, iterate_batches, load_dataset
 from automl_prune.errors import DatasetNotFoundError
-from automl_prune.evaluate import recalibrate_batch_norm
-from automl_prune.graph import analyze
-from automl_prune.int8 import (
+from automl_prune.graph.analysis import analyze
+from automl_prune.models import build_model
+from automl_prune.models.checkpoints import cache_path, data_fingerprint, load_checkpoint, load_into
+from automl_prune.prune.pruning import compress_widths
+from automl_prune.quantize.int8 import (
     export_int8_onnx,
     int8_node_counts,
     measure_latency,
     onnx_accuracy,
     reduced_weight_range_needed,
 )
-from automl_prune.models import build_model
-from automl_prune.pruning import compress_widths
-from automl_prune.training import evaluate_accuracy
+from automl_prune.scoring.evaluator import recalibrate_batch_norm
+from automl_prune.train.training import evaluate_accuracy
 
 MODELS = ("vgg-small", "resnet20")
 WIDTHS = (1.0, 0.5)

@@ -1,6 +1,6 @@
 """How well the per-layer latency table predicts whole-model latency: 50 random architectures, predicted vs measured.
 
-The table (`automl_prune.latency`) is measured (or read from the cache) for the model at the given batch size and
+The table (`automl_prune.cost.latency`) is measured (or read from the cache) for the model at the given batch size and
 thread count; then random architectures (uniform over every group's valid widths, another seed than the table's
 calibration architectures, so none of them was fitted on) are pruned, timed interleaved in rounds (each round
 runs every model once), and compared with the prediction. Printed: the relative prediction error (median, 90th
@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from automl_prune.latency import LatencyCostModel, compare_latency, device_name, latency_table
+from automl_prune.cost.latency import LatencyCostModel, latency_table
+from automl_prune.cost.timing import compare_latency, device_name
 from automl_prune.models import build_model
-from automl_prune.pruning import compress_widths
+from automl_prune.prune.pruning import compress_widths
 from search_spaces import SearchSpace
 
 

@@ -6,15 +6,15 @@ sit at the same FLOPs), measure:
 
   - fidelity 0 (``--steps 0``): validation accuracy after compress + batch-norm recalibration (adaptive BN);
   - fidelity k (``--steps 20 100 200``): the same after that many SGD steps on training batches first
-    (`automl_prune.evaluate.Evaluator` with ``finetune_steps``), each from scratch, as a search would pay it;
-  - the truth: validation accuracy after the pipeline's fine-tune (`automl_prune.training.train`,
+    (`automl_prune.scoring.evaluator.Evaluator` with ``finetune_steps``), each from scratch, as a search would pay it;
+  - the truth: validation accuracy after the pipeline's fine-tune (`automl_prune.train.training.train`,
     ``finetune_epochs`` / ``finetune_lr`` of `SearchConfig`), once per ``--truth-seeds`` seed.
 
 Reports, per budget and fidelity: Spearman's rho against the truth (with a bootstrap 90% interval over the
 architectures), seconds per architecture, rho per second, and the regret of picking the proxy's favourite
 (truth of the best architecture minus truth of the proxy's pick). With two or more truth seeds it also
 reports the noise ceiling: rho between the truths of two seeds, the best any proxy can hope for. The last
-column marks the fidelity the search uses by default at that budget (`automl_prune.fidelity_rule`).
+column marks the fidelity the search uses by default at that budget (`automl_prune.scoring.fidelity_rule`).
 Writes ``proxy_correlation.{md,json,png}`` under ``--out``.
 
     .venv/bin/python benchmarks/proxy_correlation.py --flops 0.25 0.1 --archs 12 --truth-seeds 2
@@ -43,11 +43,12 @@ from scipy.stats import spearmanr
 from agents import project_to_budget, uniform_architecture
 from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
-from automl_prune.evaluate import Evaluator, accuracy_and_loss
-from automl_prune.ladder_job import FineTuneRecipe
-from automl_prune.pipeline import BaseModel, evaluator_kwargs, load_base
-from automl_prune.report import format_table
-from automl_prune.runtime import configure_torch
+from automl_prune.report.summary import format_table
+from automl_prune.run.base_model import BaseModel, load_base
+from automl_prune.run.search_stage import evaluator_kwargs
+from automl_prune.scoring.evaluator import Evaluator, accuracy_and_loss
+from automl_prune.scoring.rung_job import FineTuneRecipe
+from automl_prune.train.runtime import configure_torch
 from search_spaces import Architecture, SearchSpace
 
 _BOOTSTRAP = 2000

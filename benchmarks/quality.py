@@ -9,12 +9,12 @@ Default plan (``--models``, ``--budgets``, ``--agents``, ``--seeds`` narrow it):
     agent unless told), optuna, tp-global;
   - seeds 0, 1, 2: the search and fine-tune seed; one base model per model (``pretrain_seed``).
 
-A searcher row is the real pipeline, `automl_prune.pipeline.run_search`, writing to
+A searcher row is the real pipeline, `automl_prune.run.pipeline.run_search`, writing to
 ``OUT/<model>/<budget>/<agent>/seed<k>`` (its own resume applies); it reads the run's ``summary.json``.
 A ``tp-global`` row prunes the same base model with `benchmarks.tp_global.tp_global_prune` (Torch-Pruning's
 global magnitude pruning, ratio bisected onto the budget), fine-tunes it with the pipeline's own recipe
-(`automl_prune.ladder_job.FineTuneRecipe`: ``finetune_epochs``, ``finetune_lr``, distillation) and the row's
-seed, and measures test accuracy with `automl_prune.evaluate.accuracy_and_loss`;
+(`automl_prune.scoring.rung_job.FineTuneRecipe`: ``finetune_epochs``, ``finetune_lr``, distillation) and the row's
+seed, and measures test accuracy with `automl_prune.scoring.evaluator.accuracy_and_loss`;
 its "search s" is the bisection's wall time.
 
 Each finished row is appended to ``OUT/results.jsonl`` (one flushed, fsynced line; a torn last line is
@@ -61,7 +61,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `tp_global` when run as a script
 
 from automl_prune.config import DEFAULTS, SearchConfig
-from automl_prune.report import format_table
+from automl_prune.report.summary import format_table
 
 TP_GLOBAL = "tp-global"
 RESULTS = "results.jsonl"
@@ -200,7 +200,7 @@ def base_config(args: argparse.Namespace, row: Row, out: Path) -> SearchConfig:
 
 def run_searcher_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str, Any]:
     """The whole pipeline for one searcher row; metrics from its ``summary.json``."""
-    from automl_prune.pipeline import run_search
+    from automl_prune.run.pipeline import run_search
 
     config = base_config(args, row, out)
     summary_path = out / "summary.json"
@@ -233,9 +233,9 @@ def run_tp_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str, Any]:
     from torch import nn
     from tp_global import count_flops, tp_global_prune
 
-    from automl_prune.evaluate import accuracy_and_loss
-    from automl_prune.ladder_job import FineTuneRecipe
-    from automl_prune.pipeline import load_base
+    from automl_prune.run.base_model import load_base
+    from automl_prune.scoring.evaluator import accuracy_and_loss
+    from automl_prune.scoring.rung_job import FineTuneRecipe
 
     config = base_config(args, row, out)
     base = load_base(config)
@@ -300,7 +300,7 @@ def chosen_origin(row: dict[str, Any], uniform_row: dict[str, Any] | None = None
 
 def search_time_recorded(row: dict[str, Any]) -> bool:
     """False for a searcher row that ran evaluations but recorded ~0 s of search: a run resumed before the
-    wall clock was saved across resumes (`automl_prune.wall_clock`); its time is unknown, not zero."""
+    wall clock was saved across resumes (`automl_prune.run.wall_clock`); its time is unknown, not zero."""
     return not (row["agent"] not in ("uniform", TP_GLOBAL) and (row.get("evaluations") or 0) > 1
                 and row["search_seconds"] < 0.01)
 
@@ -484,7 +484,7 @@ def main() -> int:
         return 0
 
     from agents import SEARCHERS
-    from automl_prune.runtime import configure_torch
+    from automl_prune.train.runtime import configure_torch
 
     configure_torch()
     if not _HAS_PRETRAIN_SEED:

@@ -46,9 +46,9 @@ def _search_rate(agent: str, config: Any, base: Any, budget: int, evaluator: Any
 
 def _finetune_rate(config: Any, base: Any, budget: int, workers: int, trials: int, steps: int, out: Path) -> float:
     from agents import uniform_architecture
-    from automl_prune.app.tune_ladder import TuneLadderExecutor
-    from automl_prune.ladder_job import FineTuneRecipe, LadderJob
-    from automl_prune.rerank import Candidate, Ladder
+    from automl_prune.parallel.tune_ladder import TuneLadderExecutor
+    from automl_prune.scoring.ladder import Candidate, Ladder
+    from automl_prune.scoring.rung_job import FineTuneRecipe, LadderJob
 
     run_dir = out / f"finetune-w{workers}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -85,11 +85,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/scaling")
     args = parser.parse_args()
 
-    from automl_prune.app.ray_eval import RayEvaluatorPool
-    from automl_prune.app.ray_session import ray_session
     from automl_prune.config import SearchConfig
-    from automl_prune.pipeline import evaluator_kwargs, load_base, make_evaluator
-    from automl_prune.runtime import configure_torch
+    from automl_prune.parallel.ray_eval import RayEvaluatorPool
+    from automl_prune.parallel.ray_session import ray_session
+    from automl_prune.run.base_model import load_base
+    from automl_prune.run.search_stage import evaluator_kwargs, make_evaluator
+    from automl_prune.train.runtime import configure_torch
 
     configure_torch(1)
     out = Path(args.out)

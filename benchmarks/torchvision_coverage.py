@@ -28,9 +28,9 @@ def check(name: str) -> str:
     import torch
     import torchvision
 
-    from automl_prune.graph import measure_flops
-    from automl_prune.pruning import compress
-    from automl_prune.runtime import configure_torch
+    from automl_prune.graph.analysis import measure_flops
+    from automl_prune.prune.pruning import compress
+    from automl_prune.train.runtime import configure_torch
     from search_spaces import SearchSpace
 
     configure_torch()

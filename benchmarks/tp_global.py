@@ -145,9 +145,9 @@ def tp_global_prune(
 def main() -> None:
     """Prune the cached base model at each budget; print FLOPs ratio, seconds and adaptive-BN val accuracy."""
     from automl_prune.config import SearchConfig
-    from automl_prune.evaluate import accuracy_and_loss, recalibrate_batch_norm
-    from automl_prune.pipeline import load_base
-    from automl_prune.runtime import configure_torch
+    from automl_prune.run.base_model import load_base
+    from automl_prune.scoring.evaluator import accuracy_and_loss, recalibrate_batch_norm
+    from automl_prune.train.runtime import configure_torch
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vgg-small")

@@ -21,9 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from automl_prune.data import iterate_batches, load_dataset
+from automl_prune.data.datasets import iterate_batches, load_dataset
 from automl_prune.models import build_model
-from automl_prune.training import evaluate_accuracy, train
+from automl_prune.train.training import evaluate_accuracy, train
 
 ZOO = ["tiny-cnn", "tiny-resnet", "vgg-small", "mobilenetv2-small", "resnet20", "resnet56"]
 

@@ -302,7 +302,7 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
         Changes nothing. It lets a caller running several episodes side by side (all of the same length) score
         their final architectures together before their last `step`s, which then take those scores from
-        ``evaluate`` (see `agents.rl`).
+        ``evaluate`` (see `agents.rl_base`).
 
         Raises:
             RuntimeError: Outside an episode, as `step`.

@@ -18,7 +18,7 @@ class MovingAverageBaseline(gym.Wrapper):
     gets 0. Not for replayed experience: a stored shifted reward keeps the baseline of its own time, so later
     comparisons mix baselines (a raw 0.60 stored as +0.30 and a better 0.70 later as -0.04). DDPG therefore
     stores raw rewards and subtracts the current baseline when it samples a batch
-    (`agents.rl.EpisodeRewardReplayBuffer`), as AMC does.
+    (`agents.rl_ddpg.EpisodeRewardReplayBuffer`), as AMC does.
 
     Args:
         env: The environment (rewards at episode ends only).

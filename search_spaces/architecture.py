@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from automl_prune.errors import ConfigError, InvalidArchitectureError
-from automl_prune.quant import FLOAT_BITS
+from automl_prune.quantize.bits import FLOAT_BITS
 
 __all__ = ["Architecture", "InvalidBitsError"]
 

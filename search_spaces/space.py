@@ -13,12 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from automl_prune.cost import CostModel, Costs
+from automl_prune.cost.flops import CostModel, Costs
 from automl_prune.errors import BudgetError, ConfigError, InvalidArchitectureError
-from automl_prune.graph import NetworkGraph, analyze, measure_flops
-from automl_prune.quant import FLOAT_BITS, MAX_BITS, MIN_BITS
-from automl_prune.quant_cost import QuantCostModel, SizeBreakdown, fit_bits
+from automl_prune.graph.analysis import NetworkGraph, analyze, measure_flops
+from automl_prune.quantize.bits import FLOAT_BITS, MAX_BITS, MIN_BITS
+from automl_prune.quantize.cost import QuantCostModel, SizeBreakdown
 from search_spaces.architecture import Architecture, InvalidBitsError
+from search_spaces.bit_fitting import fit_bits
 
 __all__ = ["DEFAULT_BIT_CHOICES", "BitDecision", "SearchSpace", "WidthDecision"]
 
@@ -117,7 +118,7 @@ class SearchSpace:
         if width_cost is not None and width_cost.layer_names != self.flops_model.layer_names:
             raise ConfigError("the width cost model was built for another network (its layers differ)")
         # What searchers see as "FLOPs" (`flops`, `full_flops`, `flops_budget`, `cost_model`): the analytic FLOPs,
-        # or a pluggable width cost such as predicted latency (`automl_prune.latency.LatencyCostModel`).
+        # or a pluggable width cost such as predicted latency (`automl_prune.cost.latency.LatencyCostModel`).
         self.cost_model = self.flops_model if width_cost is None else width_cost
         self.quant_cost_model = QuantCostModel(self.flops_model)
         self.bit_choices = _check_bit_choices(bit_choices)
@@ -310,7 +311,7 @@ class SearchSpace:
         return base.with_bits({d.name: (min(d.choices), min(d.choices)) for d in self.bit_decisions})
 
     def size_breakdown(self, architecture: Architecture) -> SizeBreakdown:
-        """Model size in bits by kind of storage (`automl_prune.quant_cost`)."""
+        """Model size in bits by kind of storage (`automl_prune.quantize.cost`)."""
         return self.quant_cost_model.size_breakdown(architecture.widths, architecture.bits)
 
     def size_bits(self, architecture: Architecture) -> int:
@@ -365,7 +366,7 @@ class SearchSpace:
     ) -> Architecture:
         """Take bits off the costliest layers until ``architecture`` fits the size and BOPs budgets (fractions).
 
-        Widths are kept (`automl_prune.quant_cost.fit_bits`); bits are never raised.
+        Widths are kept (`search_spaces.bit_fitting.fit_bits`); bits are never raised.
 
         Raises:
             BudgetError: A budget that is not a fraction, or that these widths cannot meet at the lowest bits.

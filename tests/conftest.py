@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from automl_prune.runtime import configure_torch
+from automl_prune.train.runtime import configure_torch
 
 configure_torch()
 

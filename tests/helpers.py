@@ -6,9 +6,9 @@ import functools
 
 import torch
 
-from automl_prune.data import Splits, load_dataset
+from automl_prune.data.datasets import Splits, load_dataset
 from automl_prune.models import build_model
-from automl_prune.training import train
+from automl_prune.train.training import train
 from search_spaces import SearchSpace
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from agents import SEARCHERS
-from automl_prune.data import load_dataset
-from automl_prune.evaluate import Evaluator, Metrics
+from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
+from automl_prune.scoring.evaluator import Evaluator, Metrics
 from search_spaces import Architecture, SearchSpace
 
 OPTIONS: dict[str, dict[str, Any]] = {"dmcp": {"steps": 40, "warmup_steps": 10}}

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import automl_prune
-from automl_prune.data import load_dataset
-from automl_prune.evaluate import Evaluator
-from automl_prune.export import export
+from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
-from automl_prune.packing import read_header
-from automl_prune.training import train
+from automl_prune.quantize.packing import read_header
+from automl_prune.run.export import export
+from automl_prune.scoring.evaluator import Evaluator
+from automl_prune.train.training import train
 from search_spaces import SearchSpace
 
 
@@ -66,7 +66,7 @@ def test_cli_size_budget_alone_searches_bits_at_full_width(tmp_path, capsys) -> 
     record = json.loads(arch_json.read_text())
     model = automl_prune.load(arch_json)
     splits = load_dataset("synthetic", seed=0)
-    from automl_prune.training import evaluate_accuracy
+    from automl_prune.train.training import evaluate_accuracy
 
     accuracy, _ = evaluate_accuracy(model, splits.test, batch_size=250)
     assert accuracy == summary["compressed"]["test_acc"]  # the export is the model that was measured
@@ -99,7 +99,7 @@ def test_eight_bit_layers_are_realised_in_int8_with_measured_latency(tmp_path, c
 
 
 def test_the_summary_says_when_no_layer_could_run_as_int8() -> None:
-    from automl_prune.report import summary_rows
+    from automl_prune.report.summary import summary_rows
 
     summary = {"base": {"flops": 100, "params": 10, "size_bits": 320, "bops": 102400, "val_acc": 0.9,
                         "test_acc": 0.9},

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from automl_prune.checkpoints import cache_path, data_fingerprint
 from automl_prune.cli import main
-from automl_prune.data import load_dataset
+from automl_prune.data.datasets import load_dataset
+from automl_prune.models.checkpoints import cache_path, data_fingerprint
 
 TINY = ["--dataset", "synthetic", "--pretrain-epochs", "1", "--no-progress"]
 SEARCH_IN_PROCESS = ["--workers", "0"]  # Ray has its own tests (tests/test_ray.py); these check the CLI
@@ -86,7 +86,7 @@ def test_search_writes_everything_into_the_run_dir(searched: Path) -> None:
 def test_widening_spends_the_leftover_budget_and_never_exceeds_it() -> None:
     import numpy as np
 
-    from automl_prune.pipeline import _spend_leftover_budget
+    from automl_prune.run.search_stage import spend_leftover_budget
     from tests.helpers import trained
 
     _, _, space = trained()
@@ -96,7 +96,7 @@ def test_widening_spends_the_leftover_budget_and_never_exceeds_it() -> None:
         arch = space.sample(rng)
         while space.flops(arch) > budget:
             arch = space.sample(rng)
-        wide = _spend_leftover_budget(arch, space, budget)
+        wide = spend_leftover_budget(arch, space, budget)
         assert space.flops(arch) <= space.flops(wide) <= budget
         assert all(wide.widths[k] >= v for k, v in arch.widths.items())
         # nothing more fits: every group one step wider would break the budget

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from automl_prune.checkpoints import data_fingerprint, pretrain_or_load
-from automl_prune.data import Split, load_dataset
+from automl_prune.data.datasets import Split, load_dataset
+from automl_prune.models.checkpoints import data_fingerprint, pretrain_or_load
 
 
 def test_another_validation_split_is_not_served_the_cached_model(tmp_path: Path) -> None:

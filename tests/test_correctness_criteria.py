@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from automl_prune.errors import ConfigError
-from automl_prune.pruning import channel_order
+from automl_prune.prune.pruning import channel_order
 from search_spaces import SearchSpace
 
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from agents import SEARCHERS
-from automl_prune.data import load_dataset
-from automl_prune.evaluate import Evaluator
+from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
+from automl_prune.scoring.evaluator import Evaluator
 from search_spaces import Architecture, SearchSpace
 
 

@@ -18,13 +18,13 @@ def _python(code: str, **env: str) -> str:
 
 
 def test_importing_the_package_sets_no_environment_variable() -> None:
-    code = ("import os; before = dict(os.environ); import automl_prune, automl_prune.report, search_spaces; "
+    code = ("import os; before = dict(os.environ); import automl_prune, automl_prune.report.summary, search_spaces; "
             "print(sorted(set(os.environ.items()) ^ set(before.items())))")
     assert _python(code) == "[]"
 
 
 def test_plotting_keeps_the_callers_matplotlib_backend(tmp_path: Path) -> None:
-    code = ("import matplotlib; from automl_prune.report import plot_widths; "
+    code = ("import matplotlib; from automl_prune.report.summary import plot_widths; "
             f"plot_widths({{'a': 8, 'b': 4}}, {{'a': 3}}, {str(tmp_path / 'w.png')!r}, 'widths'); "
             "import sys; print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)")
     assert _python(code, MPLBACKEND="svg", MPLCONFIGDIR=str(tmp_path / "mpl")) == "svg False"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from automl_prune.errors import ConfigError
-from automl_prune.graph import measure_flops
+from automl_prune.graph.analysis import measure_flops
 from automl_prune.models import build_model
-from automl_prune.pruning import compress
+from automl_prune.prune.pruning import compress
 from search_spaces import SearchSpace
 
 # Every zoo model and two torchvision families (residual, depthwise) at Fashion-MNIST's input shape.

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from automl_prune.calibration import Calibration
-from automl_prune.criteria import get_criterion
-from automl_prune.criteria_ccp import CCP, ccp_objective, solve_ccp
 from automl_prune.errors import ConfigError, UnknownNameError
-from automl_prune.graph import build_dependency_graph
+from automl_prune.graph.analysis import build_dependency_graph
 from automl_prune.models import build_model
-from automl_prune.pruning import channel_order, compress, compress_widths
-from automl_prune.reconstruct import kept_channels, reconstruct
+from automl_prune.prune.calibration import Calibration
+from automl_prune.prune.criteria import get_criterion
+from automl_prune.prune.criteria_ccp import CCP, ccp_objective, solve_ccp
+from automl_prune.prune.pruning import channel_order, compress, compress_widths
+from automl_prune.prune.reconstruct import kept_channels, reconstruct
 from search_spaces import SearchSpace
 
 SEED_CRITERIA = ["l1-std", "taylor", "ezcrop", "similarity", "reap", "ccp"]
@@ -223,8 +223,8 @@ def test_reap_keeps_a_prefix_of_one_ranking_so_a_search_can_rank_once(model_name
     """`reap` is ``nested``: for every width, `select` keeps the first channels of its `ranking`. So the
     search's evaluator, which ranks once and re-fits to cached original outputs, builds exactly the model a
     plain `compress_widths` (a fresh greedy elimination per width, as export does) builds."""
-    from automl_prune.evaluate import Evaluator
-    from automl_prune.reconstruct import OriginalOutputs
+    from automl_prune.prune.reconstruct import OriginalOutputs
+    from automl_prune.scoring.evaluator import Evaluator
 
     model, space = _zoo(model_name)
     calibration = _data(n=32, channels=1, size=16)

@@ -12,11 +12,12 @@ from torch.nn import functional as F
 
 import automl_prune
 from automl_prune.config import SearchConfig
-from automl_prune.data import load_dataset
+from automl_prune.data.datasets import load_dataset
+from automl_prune.data.user_data import user_splits
 from automl_prune.errors import ConfigError
-from automl_prune.pipeline import base_from_model, make_evaluator
-from automl_prune.training import Trainer, train
-from automl_prune.user_data import user_splits
+from automl_prune.run.base_model import base_from_model
+from automl_prune.run.search_stage import make_evaluator
+from automl_prune.train.training import Trainer, train
 from search_spaces import Architecture
 
 #: A labelling with no fixed point: class i is called PERM[i].
@@ -163,7 +164,7 @@ def test_a_loss_towards_another_labelling_changes_what_the_final_model_predicts(
 
 def test_distillation_blends_into_the_custom_loss(trained) -> None:
     model, data = trained
-    from automl_prune.data import Split
+    from automl_prune.data.datasets import Split
 
     CALLS.clear()
     student = copy.deepcopy(model)
@@ -195,9 +196,9 @@ def test_a_lambda_with_workers_is_refused_in_one_line_before_anything_is_written
 def test_the_task_reaches_ray_workers_through_the_pickled_job(trained, tmp_path) -> None:
     from ray import cloudpickle
 
-    from automl_prune.ladder_job import FineTuneRecipe, LadderJob
-    from automl_prune.pipeline import evaluator_kwargs
-    from automl_prune.task import Task
+    from automl_prune.data.task import Task
+    from automl_prune.run.search_stage import evaluator_kwargs
+    from automl_prune.scoring.rung_job import FineTuneRecipe, LadderJob
 
     model, data = trained
     task = Task(loss=permuted_ce, metric=permuted_top1)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from automl_prune.data import DEFAULT_FASHION_MNIST_ROOT, iterate_batches, load_dataset
+from automl_prune.data.datasets import DEFAULT_FASHION_MNIST_ROOT, iterate_batches, load_dataset
 from automl_prune.errors import ConfigError, DatasetNotFoundError, UnknownNameError
 
 

@@ -10,11 +10,11 @@ import torch
 
 from agents import SEARCHERS, uniform_architecture
 from agents.dmcp import DMCPConfig, DMCPSearcher, flops_loss
-from automl_prune.data import Splits, load_dataset
-from automl_prune.evaluate import Evaluator
+from automl_prune.data.datasets import Splits, load_dataset
 from automl_prune.models import build_model
-from automl_prune.pruning import compress
-from automl_prune.training import train
+from automl_prune.prune.pruning import compress
+from automl_prune.scoring.evaluator import Evaluator
+from automl_prune.train.training import train
 from search_spaces import SearchSpace
 
 FAST = {"steps": 120, "warmup_steps": 40, "batch_size": 32}

@@ -6,8 +6,8 @@ import copy
 
 import torch
 
-from automl_prune.evaluate import Evaluator, accuracy_and_loss
-from automl_prune.pruning import compress
+from automl_prune.prune.pruning import compress
+from automl_prune.scoring.evaluator import Evaluator, accuracy_and_loss
 from tests.helpers import trained
 
 

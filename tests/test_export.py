@@ -10,10 +10,10 @@ import torch
 
 import automl_prune
 from automl_prune.errors import CheckpointError, InvalidArchitectureError
-from automl_prune.export import export
-from automl_prune.graph import measure_flops
+from automl_prune.graph.analysis import measure_flops
 from automl_prune.models import build_model
-from automl_prune.pruning import compress
+from automl_prune.prune.pruning import compress
+from automl_prune.run.export import export
 from search_spaces import SearchSpace
 
 

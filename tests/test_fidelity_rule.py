@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from automl_prune.config import SearchConfig
-from automl_prune.fidelity_rule import LOW_BUDGET_STEPS, default_search_fidelity
+from automl_prune.scoring.fidelity_rule import LOW_BUDGET_STEPS, default_search_fidelity
 
 
 @pytest.mark.parametrize("flops", [0.1, 0.25, 0.5, 1.0])

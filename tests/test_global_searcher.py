@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from agents import SEARCHERS
-from automl_prune.calibration import Calibration
 from automl_prune.cli import main
-from automl_prune.data import load_dataset
-from automl_prune.evaluate import Evaluator
+from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
-from automl_prune.training import train
+from automl_prune.prune.calibration import Calibration
+from automl_prune.scoring.evaluator import Evaluator
+from automl_prune.train.training import train
 from search_spaces import SearchSpace
 
 

@@ -1,4 +1,4 @@
-"""Real int8 inference (`automl_prune.int8`): int8 kernels in the optimized ONNX Runtime graph, accuracy close to
+"""Real int8 inference (`quantize.int8`): int8 kernels in the optimized ONNX Runtime graph, accuracy close to
 float, latency measurements, and layers not at 8/8 bits left float."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from automl_prune.data import Splits, iterate_batches, load_dataset
+from automl_prune.data.datasets import Splits, iterate_batches, load_dataset
 from automl_prune.errors import ConfigError
-from automl_prune.int8 import (
+from automl_prune.models import build_model
+from automl_prune.quantize.fake import quantizable_layers, quantize
+from automl_prune.quantize.int8 import (
     create_session,
     export_int8_onnx,
     int8_layers_from_bits,
@@ -22,9 +24,7 @@ from automl_prune.int8 import (
     onnx_accuracy,
     reduced_weight_range_needed,
 )
-from automl_prune.models import build_model
-from automl_prune.quant import quantizable_layers, quantize
-from automl_prune.training import evaluate_accuracy, train
+from automl_prune.train.training import evaluate_accuracy, train
 
 # tiny-resnet: 6 convs (stem, 2 per block, one 1x1 shortcut) and the classifier; 2 residual adds.
 N_CONVS = 6

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from agents import SEARCHERS, fill_budget, project_to_budget, uniform_architecture
-from automl_prune import latency as latency_mod
 from automl_prune.cli import main
 from automl_prune.config import SearchConfig, load_config_file
+from automl_prune.cost import latency as latency_mod
+from automl_prune.cost.latency import LatencyCostModel, LatencyTable, latency_budget, latency_table
+from automl_prune.cost.timing import compare_latency
 from automl_prune.errors import BudgetError, ConfigError
-from automl_prune.latency import LatencyCostModel, LatencyTable, compare_latency, latency_budget, latency_table
 from automl_prune.models import build_model
 from search_spaces import SearchSpace
 

@@ -20,9 +20,9 @@ from optuna.trial import TrialState
 from agents import SEARCHERS
 from agents.optuna_search import OptunaMOSearcher, OptunaSearcher
 from agents.pareto import dominates, pareto_front
-from automl_prune.data import load_dataset
-from automl_prune.evaluate import Evaluator
+from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
+from automl_prune.scoring.evaluator import Evaluator
 from search_spaces import Architecture, SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The subprocess of the kill test and the in-process resume build exactly this set-up.
 SETUP = """
 import torch
-from automl_prune.data import load_dataset
-from automl_prune.evaluate import Evaluator
+from automl_prune.data.datasets import load_dataset
+from automl_prune.scoring.evaluator import Evaluator
 from automl_prune.models import build_model
 from search_spaces import SearchSpace
 
@@ -206,7 +206,7 @@ def test_kill_minus_9_mid_trial_resumes_and_retries_it(tmp_path: Path) -> None:
     script.write_text(SETUP + textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from automl_prune.runtime import configure_torch
+        from automl_prune.train.runtime import configure_torch
         from agents.optuna_search import OptunaSearcher
 
         configure_torch()

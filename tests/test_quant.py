@@ -10,11 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from automl_prune.data import iterate_batches
+from automl_prune.data.datasets import iterate_batches
 from automl_prune.errors import CheckpointError, ConfigError, InvalidArchitectureError
 from automl_prune.models import build_model
-from automl_prune.packing import pack, read_header, unpack
-from automl_prune.quant import (
+from automl_prune.quantize.fake import (
     QuantConv2d,
     QuantLinear,
     activation_qparams,
@@ -25,7 +24,8 @@ from automl_prune.quant import (
     quant_layers,
     quantize,
 )
-from automl_prune.training import evaluate_accuracy
+from automl_prune.quantize.packing import pack, read_header, unpack
+from automl_prune.train.training import evaluate_accuracy
 from search_spaces import Architecture, SearchSpace
 from tests.helpers import trained
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from automl_prune.errors import BudgetError
 from automl_prune.models import build_model
-from automl_prune.quant import FLOAT_BITS, QuantMixin, compress_and_quantize
+from automl_prune.quantize.fake import FLOAT_BITS, QuantMixin, compress_and_quantize
 from search_spaces import SearchSpace
 
 N_ARCHITECTURES = 50

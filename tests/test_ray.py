@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from automl_prune.ladder_job import FAIL_ONCE_ENV, FAIL_WHILE_ENV
+from automl_prune.scoring.rung_job import FAIL_ONCE_ENV, FAIL_WHILE_ENV
 
 # 14 steps per epoch on the synthetic set: 30 epochs = 420 steps, rungs (47, 140, 420); a rung saves progress
 # every 100 steps from its start (rung 1 ends before its first save; rung 2 saves at 240 and 340), so a trial of
@@ -116,7 +116,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     for name, text in before.items():  # finished trials were not run again
         assert after[name] == text and (run / name).stat().st_mtime_ns == mtimes[name]
     assert len(after) > len(before)
-    from automl_prune.app.ray_session import _proc_start_time
+    from automl_prune.parallel.ray_session import _proc_start_time
 
     alive = [p for p in started if _proc_start_time(p["pid"]) == p["start"]]
     assert alive == [], "Ray processes of the killed run are still running after the resume"

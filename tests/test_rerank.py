@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from automl_prune.errors import ConfigError
-from automl_prune.rerank import Candidate, Ladder, RungResult, plan_rungs, select_candidates
+from automl_prune.scoring.ladder import Candidate, Ladder, RungResult, plan_rungs, select_candidates
 from search_spaces import Architecture
 
 

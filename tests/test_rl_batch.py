@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from agents import SEARCHERS
-from agents.rl import DDPGSearcher, PPOSearcher
-from automl_prune.data import load_dataset
-from automl_prune.evaluate import Evaluator
+from agents.rl_ddpg import DDPGSearcher
+from agents.rl_ppo import PPOSearcher
+from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
+from automl_prune.scoring.evaluator import Evaluator
 from search_spaces import Architecture, SearchSpace
 
 WORKERS = 2

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from automl_prune.cli import main
-from automl_prune.report_plots import pareto_front
-from automl_prune.run_report import write_report
+from automl_prune.report.plots import pareto_front
+from automl_prune.report.run_report import write_report
 
 TINY = ["--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "1", "--no-progress",
         "--workers", "0", "--episodes", "4", "--flops", "0.5", "--finetune-epochs", "0.2",

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from agents import SEARCHERS, Searcher, SearchResult
-from automl_prune.data import load_dataset
-from automl_prune.evaluate import Evaluator
+from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
+from automl_prune.scoring.evaluator import Evaluator
 from search_spaces import SearchSpace
 
 N = 3  # evaluations before the save; the resumed search goes on to 2 * N
@@ -138,4 +138,5 @@ def test_save_restore_continue_equals_one_uninterrupted_search(
 def test_every_registered_searcher_is_covered() -> None:
     """The fixture reads the registry at collection time, so new searchers join the contract by registering."""
     assert {"uniform", "random", "ddpg", "ppo"} <= set(SEARCHERS.names())
-    assert importlib.import_module("agents.rl")
+    assert importlib.import_module("agents.rl_ddpg")
+    assert importlib.import_module("agents.rl_ppo")

@@ -1,4 +1,4 @@
-"""Sparsity-regularized pruning (`automl_prune.sparsity`): group lasso and growing L2 before the cut."""
+"""Sparsity-regularized pruning (`automl_prune.prune.sparsity`): group lasso and growing L2 before the cut."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from automl_prune.config import REGULARIZERS, SearchConfig
-from automl_prune.data import Split
+from automl_prune.config import SearchConfig
+from automl_prune.data.datasets import Split
 from automl_prune.errors import ConfigError
-from automl_prune.graph import NetworkGraph, analyze
-from automl_prune.pruning import channel_order, compress_widths
-from automl_prune.sparsity import ChannelPenalty, PinnedOrder, coupled_slices, regularize, removed_channels
-from automl_prune.training import Trainer, train
+from automl_prune.graph.analysis import NetworkGraph, analyze
+from automl_prune.prune.pruning import channel_order, compress_widths
+from automl_prune.prune.sparsity import (
+    REGULARIZERS,
+    ChannelPenalty,
+    PinnedOrder,
+    coupled_slices,
+    regularize,
+    removed_channels,
+)
+from automl_prune.train.training import Trainer, train
 
 
 class PlainNet(nn.Module):
@@ -216,7 +223,7 @@ def test_unknown_regularizer_on_the_command_line_writes_nothing(tmp_path, capsys
 def test_search_with_group_lasso_regularizes_each_candidate_then_exports_and_loads(tmp_path, capsys,
                                                                                    monkeypatch) -> None:
     import automl_prune
-    import automl_prune.sparsity as sparsity
+    import automl_prune.prune.sparsity as sparsity
     from automl_prune.cli import main
 
     regularized: list[tuple[str, int]] = []

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from automl_prune.cli import main
-from automl_prune.data import iterate_batches, load_dataset
+from automl_prune.data.datasets import iterate_batches, load_dataset
+from automl_prune.data.streaming import LazyImages, estimate_decoded_bytes
 from automl_prune.errors import ConfigError, DatasetNotFoundError
-from automl_prune.evaluate import accuracy_and_loss
-from automl_prune.streaming import LazyImages, estimate_decoded_bytes
+from automl_prune.scoring.evaluator import accuracy_and_loss
 
 CLASSES = ("circle", "square", "stripes")
 TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 20
@@ -199,8 +199,8 @@ def test_search_runs_end_to_end_on_a_streamed_folder(folder, tmp_path, capsys, m
 
 
 def test_evaluator_scores_streamed_and_in_memory_data_the_same(folder) -> None:
-    from automl_prune.evaluate import Evaluator
     from automl_prune.models import build_model
+    from automl_prune.scoring.evaluator import Evaluator
     from search_spaces import SearchSpace
 
     stats = {"mean": (0.3, 0.3, 0.3), "std": (0.25, 0.25, 0.25)}
@@ -222,9 +222,9 @@ def test_evaluator_scores_streamed_and_in_memory_data_the_same(folder) -> None:
 
 
 def test_a_streamed_validation_split_is_decoded_once_for_every_candidate(folder, capsys, monkeypatch) -> None:
-    from automl_prune import streaming
-    from automl_prune.evaluate import Evaluator
+    from automl_prune.data import streaming
     from automl_prune.models import build_model
+    from automl_prune.scoring.evaluator import Evaluator
     from search_spaces import SearchSpace
 
     stats = {"mean": (0.3, 0.3, 0.3), "std": (0.25, 0.25, 0.25)}
@@ -262,8 +262,8 @@ def test_a_streamed_validation_split_is_decoded_once_for_every_candidate(folder,
 def test_dmcp_searches_a_streamed_folder_as_it_searches_it_in_memory(folder, monkeypatch) -> None:
     """DMCP trains its supernet on streamed images a batch at a time, and finds what the in-memory copy finds."""
     from agents.dmcp import DMCPSearcher
-    from automl_prune.evaluate import Evaluator
     from automl_prune.models import build_model
+    from automl_prune.scoring.evaluator import Evaluator
     from search_spaces import SearchSpace
 
     largest = _count_largest_load(monkeypatch)

@@ -5,8 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import automl_prune.training as training
-from automl_prune.checkpoints import (
+import automl_prune.train.training as training
+from automl_prune.data.datasets import load_dataset
+from automl_prune.errors import CheckpointError, ConfigError
+from automl_prune.models import build_model
+from automl_prune.models.checkpoints import (
     cache_path,
     checkpoint_hash,
     data_fingerprint,
@@ -15,10 +18,7 @@ from automl_prune.checkpoints import (
     pretrain_or_load,
     save_checkpoint,
 )
-from automl_prune.data import load_dataset
-from automl_prune.errors import CheckpointError, ConfigError
-from automl_prune.models import build_model
-from automl_prune.training import evaluate_accuracy, train
+from automl_prune.train.training import evaluate_accuracy, train
 
 
 @pytest.fixture(scope="module")
@@ -148,9 +148,9 @@ def test_training_leaves_the_global_rng_alone(splits) -> None:  # type: ignore[n
 
 
 def test_distillation_weight_zero_is_plain_training_and_a_teacher_changes_the_result() -> None:
-    from automl_prune.data import load_dataset
+    from automl_prune.data.datasets import load_dataset
     from automl_prune.models import build_model
-    from automl_prune.training import Trainer
+    from automl_prune.train.training import Trainer
 
     splits = load_dataset("synthetic", seed=0)
 

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import automl_prune
 from automl_prune.cli import main
-from automl_prune.data import load_dataset
+from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
-from automl_prune.training import evaluate_accuracy, train
+from automl_prune.train.training import evaluate_accuracy, train
 
 # `l1`: the criterion is not what these tests check, and `reap` (the default) on resnet18 cost ~3 min per search.
 FAST = ["--no-progress", "--workers", "0", "--agent", "random", "--episodes", "2", "--flops", "0.5",
@@ -58,7 +58,7 @@ def test_weights_are_the_base_model_and_nothing_is_pretrained(resnet18_weights, 
     assert "no pretraining" in err
     arch = json.loads((run / "best" / "arch.json").read_text())
     assert arch["flops"] <= 0.5 * arch["base_flops"]
-    from automl_prune.checkpoints import checkpoint_hash
+    from automl_prune.models.checkpoints import checkpoint_hash
 
     assert arch["base_checkpoint_sha256"] == checkpoint_hash(path)
     assert automl_prune.load(run / "best" / "arch.json") is not None
@@ -67,7 +67,7 @@ def test_weights_are_the_base_model_and_nothing_is_pretrained(resnet18_weights, 
 def test_safetensors_weights_load_the_same(resnet18_weights, tmp_path) -> None:
     from safetensors.torch import save_file
 
-    from automl_prune.weights import load_state_dict_file
+    from automl_prune.models.weights import load_state_dict_file
 
     path, _ = resnet18_weights
     state = torch.load(path, weights_only=True)
@@ -170,8 +170,8 @@ def test_api_search_on_a_user_module_meets_the_budget_and_rebuilds(user_search) 
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model untouched
     summary = result.metrics
     assert summary["compressed"]["flops"] <= int(0.4 * summary["base"]["flops"])
-    from automl_prune.cost import CostModel
-    from automl_prune.graph import analyze
+    from automl_prune.cost.flops import CostModel
+    from automl_prune.graph.analysis import analyze
 
     x = next(iter(loaders["val"]))[0][:4]
     measured = CostModel(analyze(result.model, x)).full.flops
@@ -237,7 +237,7 @@ def test_time_limit_ends_the_search_and_the_run_still_finishes(tmp_path, capsys)
 
 
 def test_compress_is_the_public_function_whatever_was_imported(user_search) -> None:
-    import automl_prune.pruning  # a submodule import must not shadow the function
+    import automl_prune.prune.pruning  # a submodule import must not shadow the function
 
     model, _, loaders, result = user_search
     x = next(iter(loaders["val"]))[0][:2]

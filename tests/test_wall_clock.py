@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from automl_prune.wall_clock import WallClock
+from automl_prune.run.wall_clock import WallClock
 
 
 def test_a_new_clock_counts_on_from_the_recorded_seconds(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """Models: a small zoo for 28x28/32x32 inputs, any torchvision classifier as ``torchvision:NAME``, and the
 user's own as ``package.module:factory``.
 
->>> model = build_model("tiny-cnn", in_channels=1, num_classes=10)
+```python
+model = build_model("tiny-cnn", in_channels=1, num_classes=10)
+```
 """
 
 from __future__ import annotations

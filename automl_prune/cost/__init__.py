@@ -1,0 +1,1 @@
+"""Cost of an architecture: analytic FLOPs and parameters, measured latency."""

@@ -1,0 +1,1 @@
+"""Channel pruning: criteria, calibration, reconstruction and sparsity regularisation."""

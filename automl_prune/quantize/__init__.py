@@ -1,0 +1,1 @@
+"""Quantization: fake-quantized layers, their size and BOPs, packed storage, int8 realisation."""

@@ -1,0 +1,200 @@
+"""The search application: base model -> search -> re-rank -> finish and export -> summary.
+
+Everything is written under the run directory (``config.out``) except the cached base model (``cache_dir``);
+a run directory that already holds a search with the same settings is resumed. Each stage is a module of
+`automl_prune.run`; this one strings them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from automl_prune.config import SearchConfig
+from automl_prune.errors import ConfigError
+from automl_prune.run.base_model import BaseModel, base_identity, check_base_identity, load_base, log, with_latency_cost
+from automl_prune.run.finish import finish_run
+from automl_prune.run.rerank_stage import rerank_candidates
+from automl_prune.run.run_dir import check_run_dir, write_json
+from automl_prune.run.search_stage import (
+    bit_budgets,
+    calibration_data,
+    evaluator_kwargs,
+    make_evaluator,
+    spend_leftover_budget,
+)
+from automl_prune.run.wall_clock import WallClock
+
+__all__ = ["run_search"]
+
+
+def run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str, Any]:
+    """Run a whole search as configured; see `_run_search`. Leaves the caller's environment as it was.
+
+    Args:
+        config: The settings.
+        base: The trained base model with its data (the Python API's); ``None``: loaded as configured.
+    """
+    from automl_prune.train.runtime import scoped_environ
+
+    # FLOP counting imports torch._dynamo, which creates a compile cache in the system temp folder: keep it in
+    # the cache directory the user chose (set only for this call; an explicit setting of the user's wins).
+    caches = {} if "TORCHINDUCTOR_CACHE_DIR" in os.environ else {
+        "TORCHINDUCTOR_CACHE_DIR": str((Path(config.cache_dir) / "torchinductor").resolve())}
+    with scoped_environ(caches):
+        return _run_search(config, base)
+
+
+def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str, Any]:
+    """Run a whole search as configured; returns the summary (also written to ``RUN_DIR/summary.json``).
+
+    Stages: base model -> search (proxy scores) -> re-ranking ladder (the top candidates, uniform and the
+    widened best, fine-tuned in rungs; the top rung is the final fine-tune) -> test -> export -> summary.
+    Every setting is checked and the data loaded before anything is written to the run directory.
+    """
+
+    from agents import SEARCHERS
+    from automl_prune.prune.criteria import get_criterion
+
+    SEARCHERS.get(config.agent)  # fail on a bad name before any work
+    get_criterion(config.resolved_criterion)
+    run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {run_dir} is an existing file; give a directory (new or a run to resume)")
+    resuming = check_run_dir(config, run_dir)
+
+    if base is None:
+        base = load_base(config)
+    base.task.check(config.resolved_workers)  # functions Ray workers cannot receive are refused before writing
+    identity = base_identity(base)
+    if resuming:
+        check_base_identity(run_dir, identity)
+    if config.latency is not None:
+        from automl_prune.cost.latency import latency_budget
+
+        base = with_latency_cost(config, base)
+        budget = latency_budget(base.space, config.latency)
+    else:
+        budget = base.space.flops_budget(config.flops)
+    space = base.space
+    from automl_prune.prune.pruning import channel_order
+
+    # A criterion that cannot score a group, or an unknown name, is refused now.
+    channel_order(base.model, space.graph, config.resolved_criterion, calibration=calibration_data(config, base))
+    evaluator = make_evaluator(config, base)
+    options: dict[str, Any] = dict(config.agent_options)
+    options.update(bit_budgets(config, space))
+    if config.agent in ("ddpg", "ppo"):
+        options["reward"] = config.reward
+    if config.agent.startswith("optuna") and config.storage:
+        options["storage"] = config.storage
+    # Searchers are built against a scratch directory first, so a rejected option writes nothing to the run.
+    try:
+        SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=None, **options)
+    except TypeError as exc:  # an agent option the searcher does not take
+        raise ConfigError(f"agent {config.agent!r} rejected its options {sorted(options)}: {exc}") from exc
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config.to_dict())
+    write_json(run_dir / "base.json", identity)
+    with contextlib.ExitStack() as stack:
+        if config.resolved_workers > 0:
+            from automl_prune.parallel.ray_eval import RayEvaluatorPool
+            from automl_prune.parallel.ray_session import ray_session
+
+            stack.enter_context(ray_session(run_dir, config.resolved_workers, config.address, log=config.progress))
+            evaluator = RayEvaluatorPool(evaluator, config.resolved_workers, evaluator_kwargs(config, base))
+            stack.callback(evaluator.close)
+            log(f"evaluating candidates in {config.resolved_workers} Ray workers")
+        return _search_and_rerank(config, base, evaluator, options, budget, run_dir, resuming)
+
+
+def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, options: dict[str, Any], budget: int,
+                       run_dir: Path, resuming: bool) -> dict[str, Any]:
+    """Search, re-rank, test, export (inside the run's Ray session when there is one)."""
+    from tqdm import tqdm
+
+    from agents import SEARCHERS
+
+    space = base.space
+    searcher = SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=run_dir, **options)
+    searcher.set_time_limit(config.time_limit_seconds)
+    state_dir = run_dir / "agent_state"
+    if resuming and state_dir.exists():
+        searcher.restore(state_dir)
+    done = len(searcher.history)
+    if resuming:
+        log(f"resuming {run_dir}: {done} of {config.episodes} evaluations already done")
+    steps = config.search_finetune_steps
+    proxy = f"{steps} fine-tune steps + adaptive BN" if steps else "adaptive BN"
+    what = (f"budget {budget / 1e3:,.1f} us of predicted latency ({config.latency:g} of {space.full_flops / 1e3:,.1f} "
+            f"us at batch {config.latency_batch_size})" if config.latency is not None
+            else f"budget {budget:,} FLOPs ({config.flops:g} of {space.full_flops:,})")
+    log(f"searching {config.model} on {config.dataset} with {config.agent}: {len(space)} channel groups, {what}, "
+         f"candidates scored by {proxy}")
+
+    bar = tqdm(total=config.episodes, initial=min(done, config.episodes), desc=f"search ({config.agent})",
+               unit="eval", disable=not config.progress, file=sys.stderr, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    best_acc = [max((e.metrics["accuracy"] for e in searcher.history.entries), default=0.0)]
+
+    search_clock = WallClock(run_dir / "search_seconds.json")
+
+    def on_evaluation(entry: Any) -> None:
+        search_clock.save()
+        best_acc[0] = max(best_acc[0], entry.metrics["accuracy"])
+        bar.set_postfix(acc=f"{entry.metrics['accuracy']:.3f}", best=f"{best_acc[0]:.3f}",
+                        flops=f"{entry.metrics['flops_ratio']:.3f}")
+        bar.update(1)
+
+    resume_hint = f"resume with: automl-prune resume {run_dir}"
+    try:
+        result = searcher.search(config.episodes, callback=on_evaluation)
+    except KeyboardInterrupt:
+        searcher.save(state_dir)
+        search_clock.save()
+        bar.close()
+        log(f"interrupted; progress is saved. {resume_hint}")
+        raise
+    except Exception:
+        search_clock.save()
+        bar.close()
+        log(f"the search failed; every finished evaluation is in {run_dir / 'history.jsonl'}. {resume_hint}")
+        raise
+    bar.close()
+    searcher.save(state_dir)
+    search_seconds = search_clock.save()  # summed over the processes that worked on it (resumes included)
+    result.extra["stopped_by_time_limit"] = searcher.stopped_by_deadline
+    if searcher.stopped_by_deadline:
+        log(f"the time limit ({config.time_limit}) ended the search after {len(result.history)} of "
+             f"{config.episodes} evaluations; the run goes on with what it found")
+
+    best = space.complete(result.best)
+    flops = space.flops(best)
+    if flops > budget:  # the searchers guarantee this; checked again because it is the product's promise
+        raise RuntimeError(f"best architecture has {flops} FLOPs, over the budget {budget}")
+    widened = None
+    if config.fill_budget:
+        filled = spend_leftover_budget(best, space, budget, options)
+        if filled != best:
+            widened = (filled, evaluator.evaluate(filled).accuracy, space.flops(filled))
+            log(f"widened the best architecture to spend the leftover budget: {flops / budget:.3f} -> "
+                 f"{space.flops(filled) / budget:.3f} of it")
+
+    rerank_clock = WallClock(run_dir / "rerank_seconds.json")
+    try:
+        chosen, model, ladder, val_after = rerank_candidates(config, base, evaluator, result, budget, widened, run_dir,
+                                                   options, rerank_clock)
+    except KeyboardInterrupt:
+        rerank_clock.save()
+        log(f"interrupted during re-ranking; finished rungs are kept. {resume_hint}")
+        raise
+    except Exception:
+        rerank_clock.save()
+        log(f"re-ranking failed; finished rungs are kept in {run_dir / 'ladder.json'}. {resume_hint}")
+        raise
+    rerank_seconds = rerank_clock.save()
+    return finish_run(config, base, run_dir, result, chosen, model, ladder, val_after, search_seconds,
+                   rerank_seconds)

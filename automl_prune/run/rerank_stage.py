@@ -1,0 +1,107 @@
+"""The re-ranking stage: the search's best candidates and the uniform answer climb the ladder of fine-tunes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from automl_prune.config import SearchConfig
+from automl_prune.errors import ConfigError
+from automl_prune.run.base_model import BaseModel, log
+from automl_prune.run.run_dir import write_json
+from automl_prune.run.search_stage import calibration_data
+from automl_prune.run.wall_clock import WallClock
+
+__all__ = ["rerank_candidates"]
+
+
+def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: int,
+                      widened: tuple[Any, float, int] | None, run_dir: Path,
+                      options: dict[str, Any] | None = None,
+                      clock: WallClock | None = None) -> tuple[Any, torch.nn.Module, Any, float]:
+    """The re-ranking ladder; returns the chosen candidate, its fine-tuned model, the ladder, its val acc."""
+    from agents import uniform_architecture
+    from automl_prune.scoring.ladder import Ladder, plan_rungs, select_candidates
+    from automl_prune.scoring.rung_job import FineTuneRecipe, LadderJob, local_executor
+    from automl_prune.train.training import evaluate_accuracy
+
+    space = base.space
+    uniform = uniform_architecture(space, budget)
+    options = options or {}
+    if options.get("search") in ("bits", "both"):
+        from agents import uniform_bits_architecture
+
+        widths = space.full() if options["search"] == "bits" else uniform
+        uniform = uniform_bits_architecture(space, widths, options.get("size_budget_bits"),
+                                            options.get("bops_budget"))
+    size_budget, bops_budget = options.get("size_budget_bits"), options.get("bops_budget")
+    ranked = [(space.complete(e.architecture), e.metrics["accuracy"], e.metrics["flops"]) for e in result.history
+              if e.metrics["flops"] <= budget
+              and (size_budget is None or space.size_bits(e.architecture) <= size_budget)
+              and (bops_budget is None or space.bops(e.architecture) <= bops_budget)]
+    candidates = select_candidates(
+        ranked, top_k=config.rerank_top_k,
+        uniform=(uniform, evaluator.evaluate(uniform).accuracy, space.flops(uniform)), widened=widened,
+    )
+    if hasattr(evaluator, "close"):
+        evaluator.close()  # the evaluation workers hand their CPUs to the fine-tune trials
+    recipe = FineTuneRecipe(epochs=config.finetune_epochs, lr=config.finetune_lr, seed=config.seed,
+                            distill=config.distill, distill_temperature=config.distill_temperature,
+                            distill_weight=config.distill_weight, regularize=config.regularize,
+                            regularize_steps=config.regularize_steps, regularize_strength=config.regularize_strength)
+    if config.finetune_epochs <= 0:
+        # No fine-tune: the proxy is all there is; still never worse than uniform by it.
+        chosen = max(candidates, key=lambda c: (c.proxy_accuracy or 0.0, -candidates.index(c)))
+        model = evaluator.build(chosen.architecture).to("cpu", memory_format=torch.contiguous_format).eval()
+        return chosen, model, None, evaluate_accuracy(model, base.splits.val, batch_size=250,
+                                                      metric=base.task.metric)[0]
+    rungs = plan_rungs(recipe.total_steps(base.splits), config.rerank_rungs, config.rerank_eta)
+    job = LadderJob(run_dir, base.model, space, base.splits, recipe, rungs, criterion=config.resolved_criterion,
+                    calibration=calibration_data(config, base), reconstruct=config.reconstruct,
+                    bn_batches=config.bn_batches, task=base.task)
+    recipe_record = {"recipe": dataclasses.asdict(recipe)}
+    recipe_path = run_dir / "rerank_recipe.json"
+    same_recipe = not recipe_path.exists() or json.loads(recipe_path.read_text()) == recipe_record
+    try:
+        if not same_recipe:
+            raise ConfigError("the fine-tune recipe changed")
+        ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
+    except ConfigError:
+        # More evaluations or other fine-tune/re-rank settings than the recorded ladder: its results do not apply.
+        log("the re-ranking settings, the fine-tune recipe or the candidates changed since the last run: "
+             "re-ranking afresh")
+        import shutil
+
+        for stale in ("ladder.json", "rerank", "tune/rerank"):
+            path = run_dir / stale
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        ladder = Ladder(run_dir / "ladder.json", candidates, rungs, config.rerank_eta)
+    write_json(recipe_path, recipe_record)
+    workers = config.resolved_workers
+    log(f"re-ranking {len(candidates)} candidates ({', '.join(c.origin for c in candidates)}) over fine-tune "
+         f"rungs {list(rungs)} steps, keeping 1/{config.rerank_eta} per rung, "
+         + (f"{workers} Ray Tune workers" if workers > 0 else "in this process"))
+
+    def on_rung(rung: int, todo: list[Any]) -> None:
+        if clock is not None:
+            clock.save()
+        entrants = ladder.entrants(rung)
+        log(f"rung {rung + 1}/{len(rungs)} ({rungs[rung]} steps): {len(entrants)} candidates"
+             + (f", {len(entrants) - len(todo)} already done" if len(todo) < len(entrants) else ""))
+
+    if workers == 0:
+        winner = ladder.run(local_executor(job), on_rung)
+    else:
+        from automl_prune.parallel.tune_ladder import TuneLadderExecutor
+
+        executor = TuneLadderExecutor(job, workers, verbose=config.progress)
+        winner = executor.run(ladder)
+        ladder = executor.ladder
+    top = ladder.highest_rung_reached()
+    log(f"re-ranking chose {winner.id} ({winner.origin}): val "
+         f"{job.task.format_score(ladder.results[(winner.id, top)].val_acc)} after the whole fine-tune")
+    return winner, job.final_model(winner, top), ladder, ladder.results[(winner.id, top)].val_acc

@@ -1,0 +1,307 @@
+"""`Evaluator`: how good is an architecture, measured on the validation split, cached.
+
+Each candidate is compressed from the base model, optionally fine-tuned for a few steps, then its batch-norm
+statistics are recomputed on a few training batches (adaptive BN, EagleEye: Li et al. 2020) before the
+validation accuracy is measured. Stale statistics from the full-width model badly understate a pruned
+model, which would mislead every searcher. A candidate with bits is then fake-quantized (`automl_prune.quantize.fake`)
+and its activation ranges calibrated on the same training batches: its accuracy is simulated, not measured on
+integer kernels.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune.data.datasets import Split, iterate_batches
+from automl_prune.data.streaming import LazyImages
+from automl_prune.data.task import Task
+from automl_prune.prune.calibration import Calibration
+from automl_prune.prune.criteria import Criterion, get_criterion
+from automl_prune.prune.pruning import channel_order, compress_widths
+from automl_prune.prune.reconstruct import OriginalOutputs
+from search_spaces import Architecture, SearchSpace
+
+__all__ = ["VAL_IN_MEMORY_FRACTION", "Evaluator", "Metrics", "recalibrate_batch_norm"]
+
+VAL_IN_MEMORY_FRACTION = 0.25
+"""A streamed validation split is held in memory when its float pixels take at most this share of the
+streaming limit (`automl_prune.data.streaming.stream_limit_bytes`), instead of being read from disk and decoded
+again for every candidate."""
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What one evaluation measured (``accuracy``: top-1, or the task's metric; ``loss``: cross-entropy)."""
+
+    accuracy: float
+    loss: float
+    flops: int
+    params: int
+    flops_ratio: float
+    params_ratio: float
+    seconds: float
+    size_bits: int = 0
+    bops: int = 0
+    size_ratio: float = 1.0
+    bops_ratio: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON."""
+        return asdict(self)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Recompute every batch norm's running mean and variance as the exact average over ``batches``."""
+    bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
+    if not bns:
+        return
+    was_training = model.training
+    model.eval()
+    saved_momentum = []
+    for bn in bns:
+        bn.reset_running_stats()
+        saved_momentum.append(bn.momentum)
+        bn.momentum = None  # cumulative moving average: every batch counts equally
+        bn.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for bn, momentum in zip(bns, saved_momentum, strict=True):
+            bn.momentum = momentum
+        model.train(was_training)
+
+
+@torch.no_grad()
+def accuracy_and_loss(
+    model: nn.Module,
+    images: torch.Tensor | LazyImages,
+    labels: torch.Tensor,
+    batch_size: int,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+) -> tuple[float, float]:
+    """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on the given tensors (or streamed images:
+    read in batches, each moved to the model's device).
+
+    With ``metric`` the first number is ``metric(outputs, labels)`` of the whole split instead (outputs
+    concatenated in order, on the CPU: `automl_prune.data.task.Task`).
+    """
+    model.eval()
+    correct = 0
+    loss_sum = 0.0
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    device = next((p.device for p in model.parameters()), None)
+    for x, y in iterate_batches(Split(images, labels), batch_size, shuffle=False, seed=0):
+        if device is not None and x.device != device:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        if metric is not None:
+            outputs.append(logits.detach().float().cpu())
+            targets.append(y.cpu())
+    n = max(1, len(labels))
+    if metric is not None:
+        return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / n
+    return correct / n, loss_sum / n
+
+
+class Evaluator:
+    """Scores architectures of one base model on a held-out validation split.
+
+    Args:
+        model: The trained base model (not modified).
+        space: Its search space.
+        train_images: Training images; calibration (and short fine-tune) batches are drawn from them.
+        val_images, val_labels: The validation split the score is measured on (never the test set).
+        criterion: Which channels survive compression.
+        bn_batches, bn_batch_size: How much training data adaptive BN sees.
+        finetune_steps: Optional short fine-tune before adaptive BN (a second, costlier proxy).
+        train_labels: Needed only when ``finetune_steps > 0``.
+        seed: Same seed, same architecture -> same metrics.
+        device: Defaults to CUDA when available.
+        calibration: Training images (and labels) for data-driven criteria and for ``reconstruct``.
+        reconstruct: Re-fit every pruned layer by least squares to the base model's outputs after compression.
+        task: The short fine-tune's loss and the score (``Metrics.accuracy``) when they are not cross-entropy and
+            top-1 accuracy (`automl_prune.data.task.Task`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: SearchSpace,
+        train_images: torch.Tensor | LazyImages,
+        val_images: torch.Tensor | LazyImages,
+        val_labels: torch.Tensor,
+        *,
+        criterion: str | Criterion = "l1",
+        bn_batches: int = 10,
+        bn_batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        finetune_steps: int = 0,
+        finetune_lr: float = 0.01,
+        finetune_batch_size: int = 128,
+        train_labels: torch.Tensor | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        calibration: Calibration | None = None,
+        reconstruct: bool = False,
+        task: Task | None = None,
+    ) -> None:
+        if finetune_steps > 0 and train_labels is None:
+            raise ValueError("finetune_steps > 0 needs train_labels")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.space = space
+        self.criterion = criterion
+        self.calibration = calibration
+        self.reconstruct = reconstruct
+        self.task = task or Task()
+        self._order: dict[str, list[int]] | None = None
+        self._targets = OriginalOutputs()  # the re-fit targets, shared by every candidate
+        self.seed = seed
+        self.eval_batch_size = eval_batch_size
+        self.finetune_steps = finetune_steps
+        self.finetune_lr = finetune_lr
+        self.model = model.to(self.device).eval()
+        # Kept for searchers that train (DMCP) and for the short fine-tune proxy.
+        self.train_images = train_images
+        self.train_labels = train_labels
+        generator = torch.Generator().manual_seed(seed)
+        n_calib = min(len(train_images), bn_batches * bn_batch_size)
+        calib_idx = torch.randperm(len(train_images), generator=generator)[:n_calib]
+        self._calibration = [
+            train_images[calib_idx[i : i + bn_batch_size]].to(self.device)
+            for i in range(0, n_calib, bn_batch_size)
+        ]
+        self._finetune: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._finetune_index: torch.Tensor | None = None  # streamed images: batches read at each fine-tune
+        if finetune_steps > 0 and train_labels is not None:
+            ft_idx = torch.randint(
+                len(train_images), (finetune_steps, finetune_batch_size), generator=generator
+            )
+            if isinstance(train_images, LazyImages):
+                self._finetune_index = ft_idx
+            else:
+                self._finetune = [
+                    (train_images[idx].to(self.device), train_labels[idx].to(self.device)) for idx in ft_idx
+                ]
+        # Streamed validation images stay on disk; `accuracy_and_loss` moves each batch to the device. Every
+        # candidate is scored on them, so a split small enough is decoded once, at the first score (`_val`).
+        self.val_images = val_images if isinstance(val_images, LazyImages) else val_images.to(self.device)
+        self.val_labels = val_labels.to(self.device)
+        self._cache: dict[str, Metrics] = {}
+        self.evaluations = 0  # evaluations actually computed (cache misses)
+
+    def build(self, architecture: Architecture) -> nn.Module:
+        """The compressed, recalibrated (and optionally briefly fine-tuned) model for ``architecture``."""
+        self.space.validate(architecture)
+        # Seeded for determinism, inside a forked RNG so that evaluating never disturbs a searcher's own stream.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            pruned = compress_widths(self.model, self.space.graph, architecture.widths, self.criterion,
+                                     self._channel_order(), calibration=self.calibration,
+                                     reconstruct=self.reconstruct, targets=self._targets).to(self.device)
+            if self._finetune or self._finetune_index is not None:
+                self._short_finetune(pruned)
+            recalibrate_batch_norm(pruned, self._calibration)
+            if architecture.bits:
+                from automl_prune.quantize.fake import calibrate, quantize
+
+                pruned = calibrate(quantize(pruned, architecture.bits, inplace=True), self._calibration)
+        return pruned.eval()
+
+    def _channel_order(self) -> dict[str, list[int]] | None:
+        """Every group's channel ranking on the base model, scored once (a data-driven criterion runs its
+        calibration passes once, not per candidate); ``None`` for criteria that choose a set per width
+        other than a prefix of one ranking (``ccp``, ``similarity``)."""
+        crit = get_criterion(self.criterion)
+        if type(crit).select is not Criterion.select and not crit.nested:
+            return None
+        if self._order is None:
+            self._order = channel_order(self.model, self.space.graph, crit, calibration=self.calibration)
+        return self._order
+
+    def _short_finetune(self, model: nn.Module) -> None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
+        model.train()
+        batches: Any = self._finetune
+        if self._finetune_index is not None and isinstance(self.train_images, LazyImages):
+            labels: Any = self.train_labels  # not None: checked in __init__
+            batches = ((x.to(self.device), labels[idx].to(self.device)) for idx, x in
+                       zip(self._finetune_index, self.train_images.iter_batches(self._finetune_index), strict=True))
+        loss_fn = self.task.loss or nn.functional.cross_entropy
+        for x, y in batches:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        model.eval()
+
+    def evaluate(self, architecture: Architecture) -> Metrics:
+        """Metrics of ``architecture`` on the validation split; repeated calls hit the cache."""
+        key = architecture.key()
+        if key in self._cache:
+            return self._cache[key]
+        start = time.perf_counter()
+        pruned = self.build(architecture)
+        acc, loss = accuracy_and_loss(pruned, self._val(), self.val_labels, self.eval_batch_size,
+                                      self.task.metric)
+        costs = self.space.costs(architecture)
+        full = self.space.cost_model.full
+        metrics = Metrics(
+            accuracy=acc,
+            loss=loss,
+            flops=costs.flops,
+            params=costs.params,
+            flops_ratio=costs.flops / full.flops,
+            params_ratio=costs.params / full.params,
+            seconds=time.perf_counter() - start,
+            size_bits=self.space.size_bits(architecture),
+            bops=self.space.bops(architecture),
+            size_ratio=self.space.size_bits(architecture) / self.space.full_size_bits,
+            bops_ratio=self.space.bops(architecture) / self.space.full_bops,
+        )
+        self._cache[key] = metrics
+        self.evaluations += 1
+        return metrics
+
+    #: Candidates worth proposing at once (this evaluator scores one at a time; a worker pool says more).
+    parallelism = 1
+
+    def evaluate_many(self, architectures: list[Architecture]) -> list[Metrics]:
+        """Metrics of every architecture, in order (one after another here)."""
+        return [self.evaluate(arch) for arch in architectures]
+
+    def base_accuracy(self) -> float:
+        """Validation accuracy (or the task's metric) of the unpruned model with its own statistics."""
+        return accuracy_and_loss(self.model, self._val(), self.val_labels, self.eval_batch_size,
+                                 self.task.metric)[0]
+
+    def _val(self) -> torch.Tensor | LazyImages:
+        """The validation images to score on: a streamed split is decoded into memory once, in batches, when its
+        float pixels fit in `VAL_IN_MEMORY_FRACTION` of the streaming limit; a larger one stays on disk."""
+        images = self.val_images
+        if not isinstance(images, LazyImages):
+            return images
+        from automl_prune.data.streaming import stream_limit_bytes
+
+        size = math.prod(images.shape) * 4
+        if size > VAL_IN_MEMORY_FRACTION * stream_limit_bytes():
+            return images
+        decoded = [x for x, _ in iterate_batches(Split(images, self.val_labels.cpu()), self.eval_batch_size,
+                                                 shuffle=False, seed=0)]
+        self.val_images = torch.cat(decoded).to(self.device)
+        print(f"validation split: {len(images)} streamed images decoded once into memory for scoring "
+              f"({size / 2**20:.0f} MB)", file=sys.stderr, flush=True)
+        return self.val_images

@@ -1,0 +1,1 @@
+"""Training: the fine-tune loop and the process-wide torch settings."""

@@ -1,0 +1,351 @@
+"""Training and evaluation on in-memory splits: SGD + Nesterov, linear warm-up then cosine decay.
+
+On CPU the model and batches use the ``channels_last`` memory format by default (measured faster for the
+zoo here: see ``benchmarks/train_speed.py``). Torch's thread count is left at its default.
+
+With only 2 cores, set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported: when another process holds
+a core, OpenMP's spinning barriers made every elementwise op ~40x slower here (a 3-epoch tiny-cnn test:
+64 s with the default policy, 3 s with PASSIVE).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from automl_prune.data.datasets import Split, Splits, iterate_batches
+from automl_prune.errors import ConfigError
+
+__all__ = ["Trainer", "default_device", "evaluate_accuracy", "train"]
+
+WARMUP_FRACTION = 0.05
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train(
+    model: nn.Module,
+    data: Splits | Split,
+    *,
+    epochs: float,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    weight_decay: float = 5e-4,
+    progress: bool = True,
+    max_steps: int | None = None,
+    label_smoothing: float = 0.0,
+    augment: bool = False,
+    channels_last: bool | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place with SGD (momentum 0.9, Nesterov) and a warm-up + cosine schedule.
+
+    Args:
+        model: The model; moved to ``device`` and left in training mode.
+        data: `Splits` (its ``train`` split is used) or a single `Split`.
+        epochs: Passes over the training split; fractions allowed (``0.5`` = half an epoch of steps).
+        lr: Peak learning rate, reached after a linear warm-up of 5% of the steps.
+        batch_size: Images per step; a last batch smaller than this is dropped.
+        seed: Seeds the initial torch RNG state and the batch order: same seed, same result on one machine.
+        device: Where to train; ``None`` is `default_device`.
+        weight_decay: L2 penalty of SGD.
+        progress: Show a tqdm bar per epoch (with ETA) on stderr.
+        max_steps: Stop after this many optimizer steps (the schedule is planned for them).
+        label_smoothing: Cross-entropy label smoothing.
+        augment: Random crop + flip (needs ``data`` to be `Splits`, for its spec).
+        channels_last: Use the channels-last memory format; ``None``: on CPU yes, elsewhere no.
+
+    Returns:
+        ``{"steps", "epochs", "images", "seconds", "images_per_second", "train_loss", "train_acc"}``, the last
+        two averaged over the final epoch.
+
+    Raises:
+        ConfigError: Non-positive ``epochs``/``lr``/``batch_size``, or a split smaller than one batch.
+    """
+    trainer = Trainer(
+        model, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device,
+        weight_decay=weight_decay, max_steps=max_steps, label_smoothing=label_smoothing, augment=augment,
+        channels_last=channels_last,
+    )
+    return trainer.run(progress=progress)
+
+
+class Trainer:
+    """One training run planned for ``total_steps``, that can stop at any step and continue exactly.
+
+    The learning-rate schedule (warm-up + cosine) is planned over the whole run, so running it in segments
+    (``run(until=...)`` several times, or ``state_dict`` -> a new `Trainer` -> ``load_state_dict``) gives the
+    same weights as one call. The re-ranking ladder relies on this: a candidate's rungs are prefixes of the
+    final fine-tune, so the top rung *is* the final fine-tune. Arguments are those of `train`, and:
+    ``teacher`` (distil from it), ``penalty`` (a regularizer added to each step's loss, called with the model and
+    the step) and ``loss`` (``loss(outputs, targets)`` in place of cross-entropy: `automl_prune.data.task.Task`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Splits | Split,
+        *,
+        epochs: float,
+        lr: float = 0.1,
+        batch_size: int = 128,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        weight_decay: float = 5e-4,
+        max_steps: int | None = None,
+        label_smoothing: float = 0.0,
+        augment: bool = False,
+        channels_last: bool | None = None,
+        teacher: nn.Module | None = None,
+        distill_temperature: float = 4.0,
+        distill_weight: float = 0.5,
+        penalty: Callable[[nn.Module, int], torch.Tensor] | None = None,
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        split, spec = (data.train, data.spec) if isinstance(data, Splits) else (data, None)
+        _check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
+        if augment and spec is None:
+            raise ConfigError("`train(augment=True)` needs `Splits` (for the dataset spec), not a single `Split`")
+        self.steps_per_epoch = len(split) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}")
+        total = max(1, math.ceil(epochs * self.steps_per_epoch))
+        self.total_steps = min(total, max_steps) if max_steps is not None else total
+        self.split, self.spec = split, spec
+        self.batch_size, self.seed, self.augment = batch_size, seed, augment
+        self.device = torch.device(device) if device is not None else default_device()
+        channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model
+        # The initial RNG state is seeded inside a fork, so a caller's global stream is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._rng_state = torch.get_rng_state()
+        model.to(device=self.device, memory_format=self.memory_format).train()
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                         weight_decay=weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(self.total_steps))
+        # The user's loss (`automl_prune.data.task.Task`) replaces cross-entropy; label smoothing is cross-entropy's.
+        self.loss_fn = loss if loss is not None else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        if teacher is not None:
+            if distill_temperature <= 0 or not 0.0 <= distill_weight <= 1.0:
+                raise ConfigError(f"distillation needs a temperature > 0 and a weight in [0, 1], but got "
+                                  f"{distill_temperature} and {distill_weight}")
+            # A private copy: the caller's model (the base model, which others trace) is left exactly as it was.
+            teacher = copy.deepcopy(teacher).to(self.device).eval()
+            for parameter in teacher.parameters():
+                parameter.requires_grad_(False)
+        self.teacher = teacher
+        self.distill_temperature = distill_temperature
+        self.distill_weight = distill_weight
+        # A regularizer added to every step's loss, called with the model and the step (`prune.sparsity`).
+        self.penalty = penalty
+        self.step = 0
+        self.images = 0
+        self.seconds = 0.0
+        self._last_epoch_stats = (0.0, 0, 0)
+
+    def run(self, until: int | None = None, *, progress: bool = True) -> dict[str, Any]:
+        """Train up to step ``until`` (default: the end of the plan); returns the stats of `train`."""
+        until = self.total_steps if until is None else min(int(until), self.total_steps)
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            while self.step < until:
+                self._run_epoch_part(until, progress)
+            self._rng_state = torch.get_rng_state()
+        self.seconds += time.perf_counter() - start
+        loss_sum, correct, seen = self._last_epoch_stats
+        return {
+            "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch,
+            "images": self.images,
+            "seconds": self.seconds,
+            "images_per_second": self.images / self.seconds if self.seconds > 0 else float("inf"),
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+        }
+
+    def _run_epoch_part(self, until: int, progress: bool) -> None:
+        epoch, offset = divmod(self.step, self.steps_per_epoch)
+        epoch_end = min(until, (epoch + 1) * self.steps_per_epoch)
+        n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        bar = _progress_bar(epoch_end - self.step, f"epoch {epoch + 1}/{n_epochs}", progress)
+        loss_sum, correct, seen = self._last_epoch_stats if offset else (0.0, 0, 0)
+        batches = iterate_batches(
+            self.split,
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed * 100_003 + epoch,
+            augment=self.augment,
+            spec=self.spec,
+            drop_last=True,
+        )
+        self.model.train()
+        for position, (x, y) in enumerate(batches):
+            if position < offset:
+                continue  # continuing mid-epoch: the same order, from where the last segment stopped
+            if self.step >= epoch_end:
+                break
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = y.to(self.device, non_blocking=True)
+            logits = self.model(x)
+            loss = self._loss(logits, x, y)
+            if self.penalty is not None:
+                loss = loss + self.penalty(self.model, self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.images += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        self._last_epoch_stats = (loss_sum, correct, seen)
+
+    def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (or the given ``loss``), blended with distillation from ``teacher`` when there is one
+        (Hinton et al. 2015): ``(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))``."""
+        loss = self.loss_fn(logits, y)
+        if self.teacher is None:
+            return loss
+        with torch.no_grad():
+            target = self.teacher(x)
+        t = self.distill_temperature
+        soft = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1),
+                                    nn.functional.softmax(target / t, dim=1), reduction="batchmean") * (t * t)
+        return (1.0 - self.distill_weight) * loss + self.distill_weight * soft
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimizer, schedule, step, RNG."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "images": self.images,
+            "seconds": self.seconds,
+            "rng": self._rng_state,
+            "last_epoch_stats": self._last_epoch_stats,
+            "total_steps": self.total_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict` of a `Trainer` built with the same arguments."""
+        if int(state["total_steps"]) != self.total_steps:
+            raise ValueError(
+                f"the saved run was planned for {state['total_steps']} steps, this one for {self.total_steps}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.model.to(device=self.device, memory_format=self.memory_format)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.images = int(state["images"])
+        self.seconds = float(state["seconds"])
+        self._rng_state = state["rng"]
+        self._last_epoch_stats = tuple(state["last_epoch_stats"])  # type: ignore[assignment]
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module,
+    split: Split,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+) -> tuple[float, float]:
+    """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on ``split``, in eval mode.
+
+    With ``metric`` the first number is ``metric(outputs, labels)`` of the whole split instead (outputs
+    concatenated in order, on the CPU: `automl_prune.data.task.Task`). The model's training/eval mode is restored
+    afterwards.
+
+    Raises:
+        ConfigError: An empty split or a non-positive ``batch_size``.
+    """
+    if len(split) == 0:
+        raise ConfigError("cannot evaluate on an empty split (was `val_size=0`?)")
+    _check_positive(batch_size=batch_size)
+    device = torch.device(device) if device is not None else _model_device(model)
+    model.to(device)
+    memory_format = torch.channels_last if _uses_channels_last(model) else torch.contiguous_format
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    try:
+        for x, y in iterate_batches(split, batch_size, shuffle=False, seed=0):
+            x = x.to(device).contiguous(memory_format=memory_format)
+            y = y.to(device)
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            if metric is not None:
+                outputs.append(logits.detach().float().cpu())
+                targets.append(y.cpu())
+    finally:
+        model.train(was_training)
+    if metric is not None:
+        return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / len(split)
+    return correct / len(split), loss_sum / len(split)
+
+
+def _warmup_cosine(total_steps: int) -> Any:
+    warmup = max(1, int(WARMUP_FRACTION * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _progress_bar(total: int, description: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    # Redrawn often on a terminal; rarely when stderr is a log file, which would otherwise fill with frames.
+    interval = 0.1 if sys.stderr.isatty() else 10.0
+    return tqdm(total=total, desc=description, file=sys.stderr, unit="step", leave=False, dynamic_ncols=True,
+                mininterval=interval)
+
+
+def _check_positive(**values: float) -> None:
+    for label, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"`{label}` must be positive, but got {value!r}")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _uses_channels_last(model: nn.Module) -> bool:
+    for parameter in model.parameters():
+        if parameter.dim() == 4:
+            return parameter.is_contiguous(memory_format=torch.channels_last) and not parameter.is_contiguous()
+    return False
