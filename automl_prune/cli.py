@@ -17,24 +17,29 @@ __all__ = ["main"]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="zoo name, torchvision:NAME, or package.module:factory for your own "
-                        f"(called with in_channels= and num_classes= when it takes them; default {DEFAULTS.model})")
-    parser.add_argument("--weights", help="your trained state dict (.pt, .pth, .safetensors) for --model: used as "
-                        "the base model, no pretraining")
-    parser.add_argument("--dataset", help=f"fashion-mnist, cifar10, imagefolder, synthetic ({DEFAULTS.dataset})")
-    parser.add_argument("--data-root", help="folder with the dataset's files")
-    parser.add_argument("--input-size", type=int, help="imagefolder: side in pixels images are resized and "
-                        "center-cropped to (default 32)")
-    parser.add_argument("--stream", help="imagefolder: read batches from disk (on), decode into memory (off), or "
-                        "stream when the decoded folder is over a quarter of the memory (auto, default)")
-    parser.add_argument("--loader-workers", type=int, help="imagefolder streaming: DataLoader worker processes "
-                        "(default min(4, CPUs - 1))")
-    parser.add_argument("--cache-dir", help=f"where base models are cached (default {DEFAULTS.cache_dir})")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--pretrain-epochs", type=float, help=f"default {DEFAULTS.pretrain_epochs:g}")
-    parser.add_argument("--threads", type=int, help="torch threads (default 1: fastest on small CPUs)")
-    parser.add_argument("--config", help="YAML file of settings (flags override it)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    """Flags every subcommand takes: the model and its data, then how the process runs."""
+    data = parser.add_argument_group("model and data")
+    run = parser.add_argument_group("run")
+    data.add_argument("--model", help="zoo name, torchvision:NAME, or package.module:factory for your own "
+                      f"(called with in_channels= and num_classes= when it takes them; default {DEFAULTS.model})")
+    data.add_argument("--weights", help="your trained state dict (.pt, .pth, .safetensors) for --model: used as "
+                      "the base model, no pretraining")
+    data.add_argument("--dataset", help=f"fashion-mnist, cifar10, imagefolder, synthetic ({DEFAULTS.dataset})")
+    data.add_argument("--data-root", help="folder with the dataset's files")
+    data.add_argument("--input-size", type=int, help="imagefolder: side in pixels images are resized and "
+                      "center-cropped to (default 32)")
+    data.add_argument("--stream", help="imagefolder: read batches from disk (on), decode into memory (off), or "
+                      "stream when the decoded folder is over a quarter of the memory (auto, default)")
+    data.add_argument("--loader-workers", type=int, help="imagefolder streaming: DataLoader worker processes "
+                      "(default min(4, CPUs - 1))")
+    run.add_argument("--cache-dir", help=f"where base models are cached (default {DEFAULTS.cache_dir})")
+    run.add_argument("--seed", type=int, help="seed of the search and the fine-tunes (default 0)")
+    data.add_argument("--pretrain-epochs", type=float,
+                      help=f"epochs the zoo base model is trained for when not cached ({DEFAULTS.pretrain_epochs:g})")
+    run.add_argument("--threads", type=int, help="torch threads (default 1: fastest on small CPUs)")
+    run.add_argument("--config", help="YAML file of settings (flags override it)")
+    run.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                     help="no progress bars (one line per step instead)")
 
 
 def _config_from(args: argparse.Namespace) -> SearchConfig:
@@ -204,7 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "pretrain": (cmd_pretrain, "train or load the base model; print its accuracy and FLOPs"),
-    "search": (cmd_search, "search channel widths under a FLOPs budget, fine-tune, export"),
+    "search": (cmd_search, "search widths and/or bits under a budget, re-rank by fine-tuning, test, export"),
     "export": (cmd_export, "prune the base model to an architecture JSON and export it"),
     "info": (cmd_info, "show a model's channel groups and FLOPs"),
     "resume": (cmd_resume, "finish an interrupted search (search, re-rank, fine-tune, export) from its run directory"),
@@ -214,75 +219,91 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="automl-prune", description="AutoML channel pruning under a FLOPs budget.")
+    parser = argparse.ArgumentParser(
+        prog="automl-prune",
+        description="Compress a trained CNN: per-layer channel widths and quantization bits under a FLOPs, size, "
+        "BOPs or latency budget, found by a search, re-ranked by real fine-tunes, tested once and exported.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
         if name == "search":
-            p.add_argument("--flops", type=float, help=f"FLOPs budget, fraction of base ({DEFAULTS.flops}; 1 when only "
+            g = p.add_argument_group("budget")
+            g.add_argument("--flops", type=float, help=f"FLOPs budget, fraction of base ({DEFAULTS.flops}; 1 when only "
                            "--size or --bops is given)")
-            p.add_argument("--size", help="model size budget: a fraction of the float32 model (0.125 = 4 bits on "
+            g.add_argument("--size", help="model size budget: a fraction of the float32 model (0.125 = 4 bits on "
                            "average) or a size such as 1.5MB")
-            p.add_argument("--bops", type=float, help="bit-operations budget, fraction of the 32/32-bit model")
-            p.add_argument("--latency", type=float, help="latency budget, fraction of the base model's latency "
+            g.add_argument("--bops", type=float, help="bit-operations budget, fraction of the 32/32-bit model")
+            g.add_argument("--latency", type=float, help="latency budget, fraction of the base model's latency "
                            "measured on this device (replaces --flops; a per-layer latency table is measured once "
                            "and cached in --cache-dir)")
-            p.add_argument("--latency-batch-size", type=int,
+            g.add_argument("--latency-batch-size", type=int,
                            help=f"batch size the latency budget is measured at ({DEFAULTS.latency_batch_size})")
-            p.add_argument("--search", help="what is decided: widths, bits, both, or auto (default: widths, plus "
+            g = p.add_argument_group("search")
+            g.add_argument("--search", help="what is decided: widths, bits, both, or auto (default: widths, plus "
                            "bits when --size or --bops is given)")
-            p.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, global, uniform, "
+            g.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, global, uniform, "
                            "random (default ddpg)")
-            p.add_argument("--episodes", type=int, help="architectures to evaluate")
-            p.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
-            p.add_argument("--finetune-epochs", type=float)
-            p.add_argument("--distill", action="store_true", default=None,
-                           help="fine-tune with knowledge distillation from the base model")
-            p.add_argument("--distill-temperature", type=float, help="softmax temperature of --distill (4)")
-            p.add_argument("--distill-weight", type=float, help="weight of the distillation term in [0, 1] (0.5)")
-            p.add_argument("--regularize", help="before each candidate's fine-tune, train the full-width base model "
-                           "with a penalty driving the channels it removes to zero, then cut them: none (default), "
-                           "group-lasso, growing-l2")
-            p.add_argument("--regularize-steps", type=int,
-                           help=f"steps of that regularized phase ({DEFAULTS.regularize_steps})")
-            p.add_argument("--regularize-strength", type=float,
-                           help="group lasso's coefficient, or growing L2's ceiling "
-                           f"({DEFAULTS.regularize_strength:g})")
-            p.add_argument("--criterion", help="which channels a group keeps: auto (default: reap, or l1-std for "
-                           "--agent global), l1, l2, bn_scale, fpgm, l1-std, taylor, ezcrop, similarity, reap, ccp")
-            p.add_argument("--reconstruct", action="store_true", default=None,
-                           help="after pruning, re-fit each pruned layer by least squares to the base model's outputs")
-            p.add_argument("--calibration-size", type=int,
-                           help="training images data-driven criteria and --reconstruct see (default 512)")
-            p.add_argument("--proxy", help="how candidates are scored: auto (default: adaptive BN; with a criterion "
-                           "that does not re-fit, e.g. l1, 100 fine-tune steps first below 50%% FLOPs; as "
-                           "measured), adaptive-bn, or finetune")
-            p.add_argument("--proxy-finetune-steps", type=int,
-                           help="fine-tune steps per candidate with --proxy finetune (default 20)")
-            p.add_argument("--reward", help="RL reward: accuracy or acc_flops_log")
-            p.add_argument("--min-keep-ratio", type=float)
-            p.add_argument("--round-to", type=int)
-            p.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the run directory)")
-            p.add_argument("--onnx", action="store_true", default=None, help="also export ONNX")
-            p.add_argument("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
-                           help="keep the searcher's best as is instead of widening it to spend leftover FLOPs")
-            p.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
+            g.add_argument("--episodes", type=int, help="architectures to evaluate")
+            g.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
                            help="searcher option, repeatable (e.g. steps=300 for dmcp, warmup_episodes=10 for ddpg)")
-            p.add_argument("--workers", type=int,
-                           help="parallel single-thread Ray workers (default: one per CPU; 0: no Ray, in process)")
-            p.add_argument("--address", help="join an existing Ray cluster (auto, HOST:PORT or ray://...)")
-            p.add_argument("--rerank-top-k", type=int,
-                           help=f"search candidates re-ranked by fine-tuning, plus uniform ({DEFAULTS.rerank_top_k})")
-            p.add_argument("--rerank-rungs", type=int, help=f"fine-tune rungs of the ladder ({DEFAULTS.rerank_rungs})")
-            p.add_argument("--rerank-eta", type=int, help=f"keep 1/eta per rung ({DEFAULTS.rerank_eta})")
-            p.add_argument("--pretrain-seed", type=int, help="seed of the base model's training (default 0)")
-            p.add_argument("--exclude", action="append", metavar="PATTERN",
+            g.add_argument("--reward", help="RL reward: accuracy or acc_flops_log")
+            g.add_argument("--min-keep-ratio", type=float,
+                           help="no group keeps fewer than this fraction of its channels "
+                           f"({DEFAULTS.min_keep_ratio:g})")
+            g.add_argument("--round-to", type=int, help=f"widths are multiples of this ({DEFAULTS.round_to})")
+            g.add_argument("--exclude", action="append", metavar="PATTERN",
                            help="keep the layers whose module path matches at full width, repeatable (a path, a "
                            "prefix such as layer1, or a glob such as 'features.*.conv')")
-            p.add_argument("--time-limit", metavar="DURATION",
+            g.add_argument("--storage", help="Optuna storage URL (default: SQLite file in the run directory)")
+            g.add_argument("--no-fill-budget", dest="fill_budget", action="store_false", default=None,
+                           help="keep the searcher's best as is instead of widening it to spend leftover FLOPs")
+            g.add_argument("--time-limit", metavar="DURATION",
                            help="end the search after this wall-clock time (90s, 30m, 2h) and finish the run "
                            "(re-rank, fine-tune, export) with what it found")
+
+            g = p.add_argument_group("criterion and proxy")
+            g.add_argument("--criterion", help="which channels a group keeps: auto (default: reap, or l1-std for "
+                           "--agent global), l1, l2, bn_scale, fpgm, l1-std, taylor, ezcrop, similarity, reap, ccp")
+            g.add_argument("--reconstruct", action="store_true", default=None,
+                           help="after pruning, re-fit each pruned layer by least squares to the base model's outputs")
+            g.add_argument("--calibration-size", type=int,
+                           help="training images data-driven criteria and --reconstruct see (default 512)")
+            g.add_argument("--proxy", help="how candidates are scored: auto (default: adaptive BN; with a criterion "
+                           "that does not re-fit, e.g. l1, 100 fine-tune steps first below 50%% FLOPs; as "
+                           "measured), adaptive-bn, or finetune")
+            g.add_argument("--proxy-finetune-steps", type=int,
+                           help="fine-tune steps per candidate with --proxy finetune (default 20)")
+            g = p.add_argument_group("fine-tune")
+            g.add_argument("--finetune-epochs", type=float,
+                           help="epochs of the final fine-tune; the ladder's rungs lead up to it "
+                           f"({DEFAULTS.finetune_epochs:g})")
+            g.add_argument("--distill", action="store_true", default=None,
+                           help="fine-tune with knowledge distillation from the base model")
+            g.add_argument("--distill-temperature", type=float, help="softmax temperature of --distill (4)")
+            g.add_argument("--distill-weight", type=float, help="weight of the distillation term in [0, 1] (0.5)")
+            g.add_argument("--regularize", help="before each candidate's fine-tune, train the full-width base model "
+                           "with a penalty driving the channels it removes to zero, then cut them: none (default), "
+                           "group-lasso, growing-l2")
+            g.add_argument("--regularize-steps", type=int,
+                           help=f"steps of that regularized phase ({DEFAULTS.regularize_steps})")
+            g.add_argument("--regularize-strength", type=float,
+                           help="group lasso's coefficient, or growing L2's ceiling "
+                           f"({DEFAULTS.regularize_strength:g})")
+            g.add_argument("--pretrain-seed", type=int, help="seed of the base model's training (default 0)")
+            g = p.add_argument_group("re-ranking")
+            g.add_argument("--rerank-top-k", type=int,
+                           help=f"search candidates re-ranked by fine-tuning, plus uniform ({DEFAULTS.rerank_top_k})")
+            g.add_argument("--rerank-rungs", type=int, help=f"fine-tune rungs of the ladder ({DEFAULTS.rerank_rungs})")
+            g.add_argument("--rerank-eta", type=int, help=f"keep 1/eta per rung ({DEFAULTS.rerank_eta})")
+            g = p.add_argument_group("parallel")
+            g.add_argument("--workers", type=int,
+                           help="parallel single-thread Ray workers (default: one per CPU; 0: no Ray, in process)")
+            g.add_argument("--address", help="join an existing Ray cluster (auto, HOST:PORT or ray://...)")
+            g = p.add_argument_group("output")
+            g.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
+            g.add_argument("--onnx", action="store_true", default=None, help="also export ONNX")
         if name == "resume":
             p.add_argument("run_dir", help="the run directory of a search that was interrupted")
             p.add_argument("--workers", type=int, help="parallel workers for what is left (default: as before)")
