@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RUNS ?= runs
 
-.PHONY: setup data test lint demo clean
+.PHONY: setup data test lint docs demo clean
 
 setup: $(VENV)/.installed data
 
@@ -23,12 +23,19 @@ data:
 # CPU-bound and single-threaded per test, so two processes use both cores of the project's 2-core machines.
 TEST_WORKERS ?= 2
 
-test: setup
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
+# Style, the dependency rule (import-linter contracts in pyproject.toml), and the docs site (a broken link or
+# docstring reference fails the build).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(RUNS)/site
+
+# The documentation at http://127.0.0.1:8000 while you edit it.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The main job end to end: pretrain (cached), search under a FLOPs budget, fine-tune, test, export.
 DEMO_AGENT ?= ddpg
