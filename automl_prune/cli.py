@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from automl_prune.config import DEFAULTS, SearchConfig, load_config_file
+from automl_prune.config import DEFAULTS, SearchConfig, check_path, load_config_file
 from automl_prune.errors import AutoMLPruneError, ConfigError
 
 __all__ = ["main"]
@@ -113,18 +113,34 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+#: What a resume may change: where things are and how the work runs, never what the run searches.
+RESUME_MAY_CHANGE = ("data_root", "cache_dir", "threads", "workers", "progress", "loader_workers")
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     """Finish the search in RUN_DIR with the settings it was started with."""
-    run_dir = Path(args.run_dir)
+    run_dir = check_path("run_dir", args.run_dir, "folder", must_exist=True)
     saved = run_dir / "config.json"
     if not saved.is_file():
         raise ConfigError(f"{run_dir} holds no search to resume (no config.json); start one with `automl-prune search`")
+    if args.config is not None:
+        raise ConfigError(f"resume reads the settings the run was started with from {saved}; --config is not "
+                          "taken (to search with other settings, start a new search with another --out)")
     values = json.loads(saved.read_text())
     values["out"] = str(run_dir)
-    if args.workers is not None:
-        values["workers"] = args.workers
-    if args.progress is not None:
-        values["progress"] = args.progress
+    for key in SearchConfig.__dataclass_fields__:
+        given = getattr(args, key, None)
+        if given is None or key == "out":
+            continue
+        if key in RESUME_MAY_CHANGE:
+            values[key] = given
+        elif given != values.get(key):
+            may = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+            raise ConfigError(
+                f"--{key.replace('_', '-')} defines the run and cannot change on resume (the run has "
+                f"{values.get(key)!r}, given {given!r}); only {may} may; start a new search with another --out "
+                "to change it"
+            )
     known = set(SearchConfig.__dataclass_fields__)
     config = SearchConfig(**{k: v for k, v in values.items() if k in known})
     _setup(config)
@@ -145,7 +161,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from automl_prune.scoring.evaluator import accuracy_and_loss, recalibrate_batch_norm
     from search_spaces import Architecture
 
-    path = Path(args.arch)
+    path = check_path("arch", args.arch, "file", must_exist=True)
+    check_path("out", args.out, "folder")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -202,7 +219,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write RUN_DIR/report.md and a self-contained RUN_DIR/report.html of a finished search."""
     from automl_prune.report.run_report import write_report
 
-    md, page = write_report(args.run_dir)
+    md, page = write_report(check_path("run_dir", args.run_dir, "folder", must_exist=True))
     print(f"wrote {md} and {page}")
     return 0
 

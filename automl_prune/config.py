@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -42,8 +43,15 @@ Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_patterns)]
 #: A setting written as text that may be given as a number (``size``, ``time_limit``).
 NumberOrText = Annotated[str | None, BeforeValidator(_number_as_text)]
 
-__all__ = ["DEFAULTS", "SEARCH_MODES", "SearchConfig", "load_config_file", "parse_duration",
-           "parse_size"]
+__all__ = [
+    "DEFAULTS",
+    "SEARCH_MODES",
+    "SearchConfig",
+    "check_path",
+    "load_config_file",
+    "parse_duration",
+    "parse_size",
+]
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,9 @@ class SearchConfig:
             checked = check_setting(item.name, value)
             if checked is not value:
                 object.__setattr__(self, item.name, checked)
+            if isinstance(checked, float) and not math.isfinite(checked):
+                raise ConfigError(f"`{item.name}` must be a finite number, but got {checked}")
+        self._check_paths()
         if self.input_size is not None and self.input_size < 8:
             raise ConfigError(f"`input_size` must be >= 8 pixels, but got {self.input_size}")
         if self.stream not in STREAM_MODES:
@@ -141,9 +152,23 @@ class SearchConfig:
             raise ConfigError(f"`latency_batch_size` must be >= 1, but got {self.latency_batch_size}")
         if self.episodes < 1:
             raise ConfigError(f"`episodes` must be >= 1, but got {self.episodes}")
-        for name in ("pretrain_epochs", "finetune_epochs"):
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"`finetune_epochs` must be >= 0, but got {self.finetune_epochs}")
+        if self.pretrain_epochs <= 0:
+            raise ConfigError(f"`pretrain_epochs` must be > 0 (the epochs a zoo base model is trained for when "
+                              f"it is not cached), but got {self.pretrain_epochs}")
+        if not self.finetune_lr > 0:
+            raise ConfigError(f"`finetune_lr` must be > 0, but got {self.finetune_lr}")
+        for name in ("seed", "pretrain_seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, but got {getattr(self, name)}")
+        if self.bn_batches < 1:
+            raise ConfigError(f"`bn_batches` must be >= 1 (batches that re-estimate batch-norm statistics before "
+                              f"a candidate is scored), but got {self.bn_batches}")
+        if self.proxy_finetune_steps < 0:
+            raise ConfigError(f"`proxy_finetune_steps` must be >= 0, but got {self.proxy_finetune_steps}")
+        if self.val_size is not None and self.val_size < 1:
+            raise ConfigError(f"`val_size` must be >= 1 image, but got {self.val_size}")
         if self.proxy not in ("auto", "adaptive-bn", "finetune"):
             raise ConfigError(f"`proxy` must be one of ['adaptive-bn', 'auto', 'finetune'], but got {self.proxy!r}")
         if self.reward not in ("accuracy", "acc_flops_log"):
@@ -179,6 +204,15 @@ class SearchConfig:
             raise ConfigError(f"`threads` must be >= 1, but got {self.threads}")
         if self.storage is not None:
             check_storage(self.storage, self.agent)
+
+    def _check_paths(self) -> None:
+        """Settings that name a folder or a file must not name the other kind (nothing is created here)."""
+        check_path("out", self.out, "folder")
+        check_path("cache_dir", self.cache_dir, "folder")
+        if self.data_root is not None:
+            check_path("data_root", self.data_root, "folder")
+        if self.weights is not None:
+            check_path("weights", self.weights, "file")
 
     @property
     def search_finetune_steps(self) -> int:
@@ -251,7 +285,6 @@ AUTO_CRITERION = "reap"
 #: ``stream``: ``auto`` streams an image folder from disk when its decoded size is over the limit
 #: (`automl_prune.data.streaming`), ``on`` always, ``off`` never.
 STREAM_MODES = ("auto", "on", "off")
-#: Sparsity penalties of the pre-pruning phase (`automl_prune.prune.sparsity`); ``none``: one-shot pruning.
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)$")
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -315,8 +348,8 @@ def parse_duration(text: str | float | int) -> float:
                                   f"{text!r}") from None
             hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
             seconds = 3600 * hours + 60 * minutes + secs
-    if seconds <= 0:
-        raise ConfigError(f"`time_limit` must be positive, but got {text!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"`time_limit` must be a positive, finite duration, but got {text!r}")
     return seconds
 
 
@@ -351,6 +384,25 @@ def check_setting(key: str, value: Any, source: str | None = None) -> Any:
                           f"but got {value!r}") from None
 
 
+def check_path(setting: str, path: str | Path, kind: str, *, must_exist: bool = False) -> Path:
+    """``path`` as a `Path` when it can be the ``kind`` (``"file"`` or ``"folder"``) that ``setting`` names,
+    else one `ConfigError` line naming the setting, the path and what it must be."""
+    path = Path(path)
+    flag = "--" + setting.replace("_", "-")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, so nothing can be inside it; "
+                              f"{setting} must be a {kind} path")
+    if path.exists():
+        if kind == "file" and path.is_dir():
+            raise ConfigError(f"{flag} {str(path)!r} is a folder; {setting} must be a file")
+        if kind == "folder" and not path.is_dir():
+            raise ConfigError(f"{flag} {str(path)!r} is a file; {setting} must be a folder")
+    elif must_exist:
+        raise ConfigError(f"{flag} {str(path)!r}: no such {kind}")
+    return path
+
+
 DEFAULTS = SearchConfig()
 _TYPES = {f.name: f.type for f in fields(SearchConfig)}
 
@@ -359,7 +411,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML config; unknown keys and wrong types are errors that name the key."""
     import yaml
 
-    path = Path(path)
+    path = check_path("config", path, "file")
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:

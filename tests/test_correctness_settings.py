@@ -1,0 +1,143 @@
+"""Settings are checked before anything is written: bad numbers, paths of the wrong kind, resume flags.
+
+Each case must end with exit code 2, one line on stderr naming the setting, no traceback, and no run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from automl_prune.cli import main
+from automl_prune.config import SearchConfig
+
+TINY = ["--model", "tiny-cnn", "--dataset", "synthetic", "--episodes", "2"]
+
+
+def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *names: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert any(name in err for name in names), err
+    return err
+
+
+@pytest.mark.parametrize(("flag", "value", "key"), [
+    ("--finetune-epochs", "nan", "finetune_epochs"),
+    ("--distill-temperature", "nan", "distill_temperature"),
+    ("--distill-temperature", "inf", "distill_temperature"),
+    ("--time-limit", "nan", "time_limit"),
+    ("--time-limit", "inf", "time_limit"),
+    ("--seed", "-1", "seed"),
+    ("--pretrain-epochs", "0", "pretrain_epochs"),
+    ("--flops", "nan", "flops"),
+])
+def test_a_bad_number_on_the_command_line_is_one_line_and_no_run_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, key: str) -> None:
+    out = tmp_path / "run"
+    _refused(capsys, ["search", *TINY, "--out", str(out), "--cache-dir", str(tmp_path / "cache"), flag, value], key)
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("yaml_line", "key"), [
+    ("finetune_lr: -1", "finetune_lr"),
+    ("finetune_lr: 0", "finetune_lr"),
+    ("finetune_lr: .nan", "finetune_lr"),
+    ("bn_batches: 0", "bn_batches"),
+    ("seed: -1", "seed"),
+    ("proxy_finetune_steps: -5", "proxy_finetune_steps"),
+    ("val_size: 0", "val_size"),
+])
+def test_a_bad_number_in_the_yaml_file_is_one_line_and_no_run_directory(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], yaml_line: str, key: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_line + "\n")
+    out = tmp_path / "run"
+    _refused(capsys, ["search", *TINY, "--config", str(config), "--out", str(out)], key)
+    assert not out.exists()
+
+
+def _paths(tmp_path: Path) -> tuple[Path, Path]:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    a_folder = tmp_path / "a_folder"
+    a_folder.mkdir()
+    return a_file, a_folder
+
+
+@pytest.mark.parametrize(("case", "setting"), [
+    ("config_is_folder", "config"),
+    ("config_under_file", "config"),
+    ("weights_is_folder", "weights"),
+    ("out_is_file", "out"),
+    ("out_under_file", "out"),
+    ("cache_is_file", "cache-dir"),
+    ("data_root_is_file", "data-root"),
+    ("export_arch_is_folder", "arch"),
+    ("export_out_is_file", "out"),
+    ("report_run_dir_is_file", "run-dir"),
+    ("resume_run_dir_is_file", "run-dir"),
+    ("resume_run_dir_missing", "run-dir"),
+])
+def test_a_path_of_the_wrong_kind_names_the_setting_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, setting: str) -> None:
+    a_file, a_folder = _paths(tmp_path)
+    out = tmp_path / "run"
+    search = ["search", *TINY]
+    argv = {
+        "config_is_folder": [*search, "--config", str(a_folder), "--out", str(out)],
+        "config_under_file": [*search, "--config", str(a_file / "c.yaml"), "--out", str(out)],
+        "weights_is_folder": [*search, "--weights", str(a_folder), "--out", str(out)],
+        "out_is_file": [*search, "--out", str(a_file)],
+        "out_under_file": [*search, "--out", str(a_file / "run")],
+        "cache_is_file": [*search, "--cache-dir", str(a_file), "--out", str(out)],
+        "data_root_is_file": [*search, "--data-root", str(a_file), "--out", str(out)],
+        "export_arch_is_folder": ["export", *TINY[:4], "--arch", str(a_folder), "--out", str(out)],
+        "export_out_is_file": ["export", *TINY[:4], "--arch", str(a_file), "--out", str(a_file)],
+        "report_run_dir_is_file": ["report", str(a_file)],
+        "resume_run_dir_is_file": ["resume", str(a_file)],
+        "resume_run_dir_missing": ["resume", str(tmp_path / "missing")],
+    }[case]
+    err = _refused(capsys, argv, setting)
+    assert "must be" in err or "no such" in err or "nothing can be inside" in err
+    assert not out.exists()
+
+
+@pytest.fixture
+def saved_run(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    config = SearchConfig(model="tiny-cnn", dataset="synthetic", out=str(run), seed=3)
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    return run
+
+
+@pytest.mark.parametrize(("flags", "key"), [
+    (["--model", "tiny-resnet"], "--model"),
+    (["--seed", "4"], "--seed"),
+    (["--dataset", "fashion-mnist"], "--dataset"),
+    (["--pretrain-epochs", "7"], "--pretrain-epochs"),
+    (["--config", "missing.yaml"], "--config"),
+])
+def test_resume_refuses_a_flag_that_defines_the_run(
+        saved_run: Path, capsys: pytest.CaptureFixture[str], flags: list[str], key: str) -> None:
+    _refused(capsys, ["resume", str(saved_run), *flags], key)
+
+
+def test_resume_takes_what_may_change(saved_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import automl_prune.run.pipeline as pipeline
+
+    seen: list[SearchConfig] = []
+    monkeypatch.setattr(pipeline, "run_search", lambda config: seen.append(config))
+    data = tmp_path / "data"
+    data.mkdir()
+    code = main(["resume", str(saved_run), "--data-root", str(data), "--cache-dir", str(tmp_path / "c2"),
+                 "--workers", "0", "--threads", "1", "--seed", "3", "--model", "tiny-cnn"])
+    assert code == 0
+    (config,) = seen
+    assert (config.data_root, config.cache_dir, config.workers, config.threads) == (
+        str(data), str(tmp_path / "c2"), 0, 1)
+    assert (config.seed, config.model, config.out) == (3, "tiny-cnn", str(saved_run))
