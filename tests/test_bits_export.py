@@ -111,3 +111,51 @@ def test_the_summary_says_when_no_layer_could_run_as_int8() -> None:
     rows = {row[0]: row for row in summary_rows(summary)}
     assert rows["int8 realisation"][2] == "no layer at 8/8 bits: no int8 kernel applies"
     assert not any(name.startswith("latency") for name in rows)
+
+
+@pytest.mark.parametrize("w_bits, a_bits", [(4, 4), (8, 8), (3, 6)])
+def test_onnx_of_a_quantized_model_runs_at_any_batch_with_the_simulated_outputs(tmp_path, w_bits, a_bits) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from automl_prune.quantize.fake import calibrate, compress_and_quantize
+
+    splits = load_dataset("synthetic", seed=0)
+    torch.manual_seed(0)
+    model = build_model("tiny-resnet", 1, 10, 16).eval()
+    space = SearchSpace.from_model(model, splits.val.images[:1])
+    arch = space.uniform_bits(w_bits, a_bits, architecture=space.from_ratios(0.75))
+    quantized = calibrate(compress_and_quantize(model, space.graph, arch), [splits.train.images[:64]]).eval()
+    path = export(tmp_path / "best", model=quantized, space=space, architecture=arch, model_name="tiny-resnet",
+                  in_channels=1, num_classes=10, onnx=True)
+    assert "no integer kernels" in json.loads(path.read_text())["onnx"]["holds"]
+    session = ort.InferenceSession(str(tmp_path / "best" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 8):
+        x = splits.val.images[:batch]
+        (got,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            want = quantized(x).numpy()
+        assert got.shape == (batch, 10)
+        assert abs(got - want).max() < 1e-3 * max(1.0, abs(want).max())
+
+
+def test_a_bits_search_exports_onnx_and_the_export_command_quantizes_a_bits_arch(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from automl_prune.cli import main
+    from automl_prune.quantize.fake import QuantMixin
+
+    _search(tmp_path, "--size", "0.125", "--onnx")
+    best = tmp_path / "run" / "best"
+    session = ort.InferenceSession(str(best / "model.onnx"), providers=["CPUExecutionProvider"])
+    model = automl_prune.load(best / "arch.json")
+    x = load_dataset("synthetic", seed=0).test.images[:8]
+    for batch in (1, 8):
+        (got,) = session.run(None, {"input": x[:batch].numpy()})
+        with torch.no_grad():
+            assert abs(got - model(x[:batch]).numpy()).max() < 1e-4
+    code = main(["export", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "0.5",
+                 "--cache-dir", str(tmp_path / "cache"), "--arch", str(best / "arch.json"),
+                 "--out", str(tmp_path / "again")])
+    assert code == 0
+    again = automl_prune.load(tmp_path / "again" / "arch.json")  # the packed weights are really quantized
+    assert any(isinstance(m, QuantMixin) for m in again.modules())
+    record = json.loads((tmp_path / "again" / "arch.json").read_text())
+    assert record["bits"] == json.loads((best / "arch.json").read_text())["bits"]

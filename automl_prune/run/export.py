@@ -105,9 +105,13 @@ def export(
         record["packed_file_bytes"] = packed.stat().st_size
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out / "weights.pt", lambda fh: torch.save(state, fh))
-    atomic_write_text(out / "arch.json", json.dumps(record, indent=2))
     if onnx:
+        from automl_prune.quantize.onnx_export import ONNX_CONTENT
+
         _export_onnx(model, record["input_shape"], out / "model.onnx")
+        record["onnx"] = {"file": "model.onnx", "batch": "dynamic",
+                          "holds": ONNX_CONTENT if architecture.bits else "float graph"}
+    atomic_write_text(out / "arch.json", json.dumps(record, indent=2))
     return out / "arch.json"
 
 
@@ -116,10 +120,11 @@ def _export_onnx(model: nn.Module, input_shape: list[int], path: Path) -> None:
         import onnx  # noqa: F401
     except ImportError as exc:
         raise CheckpointError("ONNX export needs the onnx extra: pip install 'automl-prune[onnx]'") from exc
-    param = next(model.parameters())
-    example = torch.zeros(input_shape, device=param.device, dtype=param.dtype)
-    model.eval()
-    torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["input"], output_names=["logits"])
+    from automl_prune.quantize.onnx_export import export_onnx
+
+    temporary = path.with_name(f".{path.name}.partial")
+    export_onnx(model, input_shape, temporary)
+    temporary.replace(path)
 
 
 def read_arch_json(path: str | Path) -> dict[str, Any]:
