@@ -26,11 +26,12 @@ TEST_WORKERS ?= 2
 test: lint
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# Style, the dependency rule (import-linter contracts in pyproject.toml), and the docs site (a broken link or
-# docstring reference fails the build).
+# Style, the dependency rule (import-linter contracts in pyproject.toml), types (mypy, settings in pyproject.toml)
+# and the docs site (a broken link or docstring reference fails the build).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(RUNS)/site
 
 # The documentation at http://127.0.0.1:8000 while you edit it.

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from agents.base import SEARCH_MODES, BudgetViolation, HistoryEntry, Searcher, SearchHistory, SearchResult
+from agents.base import (
+    SEARCH_MODES,
+    BudgetViolation,
+    HistoryEntry,
+    SearchContext,
+    Searcher,
+    SearchHistory,
+    SearchResult,
+)
 from agents.bit_budget import project_bits, uniform_bits_architecture
 from agents.budget import fill_budget, project_to_budget, uniform_architecture
 from automl_prune.registry import Registry
@@ -12,6 +20,7 @@ __all__ = [
     "SEARCH_MODES",
     "BudgetViolation",
     "HistoryEntry",
+    "SearchContext",
     "SearchHistory",
     "SearchResult",
     "Searcher",
@@ -23,6 +32,7 @@ __all__ = [
 ]
 
 # Heavy dependencies (stable-baselines3, optuna) load only when their searcher is chosen.
+# ``SEARCHERS.create(name, context, **options)`` builds one: a `SearchContext` and that searcher's own options.
 SEARCHERS: Registry[Searcher] = Registry("agent")
 SEARCHERS.register("uniform", "agents.baselines:UniformSearcher")
 SEARCHERS.register("random", "agents.baselines:RandomSearcher")

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from automl_prune.errors import BudgetError, ConfigError
-from search_spaces import Architecture, SearchSpace
+from automl_prune.errors import ConfigError
+from search_spaces import Architecture, Budget, SearchSpace
 
-__all__ = ["SEARCH_MODES", "BudgetViolation", "EvaluatorLike", "HistoryEntry", "SearchHistory", "SearchResult",
-           "Searcher"]
+__all__ = ["SEARCH_MODES", "BudgetViolation", "EvaluatorLike", "HistoryEntry", "SearchContext", "SearchHistory",
+           "SearchResult", "Searcher"]
 
 #: What a searcher decides: ``"widths"`` (channels per group; float model), ``"bits"`` (weight and activation
 #: bits per conv/linear layer at full width) or ``"both"``.
@@ -146,15 +146,15 @@ class SearchHistory:
         return len(self.entries)
 
     def best(
-        self, budget_flops: int | None = None, *, within: Callable[[HistoryEntry], bool] | None = None
+        self, max_flops: int | None = None, *, within: Callable[[HistoryEntry], bool] | None = None
     ) -> HistoryEntry | None:
-        """The most accurate entry within ``budget_flops`` and accepted by ``within`` (ties: fewer FLOPs).
+        """The most accurate entry within ``max_flops`` and accepted by ``within`` (ties: fewer FLOPs).
 
         ``within`` is how a searcher with size or BOPs budgets keeps an entry over them from being chosen.
         """
         fitting = [
             e for e in self.entries
-            if (budget_flops is None or e.metrics["flops"] <= budget_flops) and (within is None or within(e))
+            if (max_flops is None or e.metrics["flops"] <= max_flops) and (within is None or within(e))
         ]
         if not fitting:
             return None
@@ -168,11 +168,34 @@ class SearchResult:
     best: Architecture
     best_metrics: dict[str, Any]
     history: list[HistoryEntry]
-    budget_flops: int
+    budget: Budget
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
-    budget_size_bits: int | None = None
-    budget_bops: int | None = None
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What every searcher is built with: the space, the evaluator, the budget, and where the search lives.
+
+    Attributes:
+        space: The search space.
+        evaluator: Scores architectures.
+        budget: Every limit each evaluated architecture meets (`search_spaces.Budget`).
+        seed: Seeds the searcher.
+        run_dir: Where ``history.jsonl`` (and the searcher's state) live; ``None`` keeps everything in memory.
+        history: An existing history to append to (default: ``run_dir/history.jsonl``).
+        search: One of `SEARCH_MODES` (and of the searcher's `Searcher.searches`): ``"widths"`` (default),
+            ``"bits"`` (full widths, so the budget's width limit must allow the full model) or ``"both"``; size
+            and BOPs limits need ``"bits"`` or ``"both"``.
+    """
+
+    space: SearchSpace
+    evaluator: EvaluatorLike
+    budget: Budget
+    seed: int = 0
+    run_dir: str | Path | None = None
+    history: SearchHistory | None = None
+    search: str = "widths"
 
 
 class BudgetViolation(RuntimeError):
@@ -180,58 +203,28 @@ class BudgetViolation(RuntimeError):
 
 
 class Searcher(abc.ABC):
-    """Proposes architectures of ``space`` under ``budget_flops`` and scores them with ``evaluator``.
+    """Proposes architectures of ``context.space`` within ``context.budget`` and scores them with its evaluator.
 
-    Subclasses implement `_run` (propose and call `self._evaluate` until ``self.n_evaluations`` entries
-    exist) and, when they carry learned state, `save`/`restore`. `_evaluate` refuses any architecture over
-    any budget (FLOPs, and size and BOPs when given), so the guarantee is enforced in one place for every
-    searcher.
-
-    Args:
-        space: The search space.
-        evaluator: Scores architectures.
-        budget_flops: FLOPs every evaluated architecture meets (absolute, as `SearchSpace.flops_budget`).
-        seed: Seeds the searcher.
-        run_dir: Where ``history.jsonl`` (and the searcher's state) live; ``None`` keeps everything in memory.
-        history: An existing history to append to (default: ``run_dir/history.jsonl``).
-        search: One of `SEARCH_MODES` (and of the searcher's `searches`): ``"widths"`` (default),
-            ``"bits"`` (full widths, so ``budget_flops`` must allow the full model) or ``"both"``.
-        size_budget_bits: Model size in bits every evaluated architecture meets (as `SearchSpace.size_budget`),
-            or ``None``; needs ``search="bits"`` or ``"both"``.
-        bops_budget: BOPs every evaluated architecture meets (as `SearchSpace.bops_budget`), or ``None``;
-            needs ``search="bits"`` or ``"both"``.
+    Subclasses take the `SearchContext` and only their own options (keyword-only), implement `_run` (propose
+    and call `self._evaluate` until ``self.n_evaluations`` entries exist) and, when they carry learned state,
+    `save`/`restore`. `_evaluate` refuses any architecture over any limit of the budget (FLOPs, and size and
+    BOPs when given), so the guarantee is enforced in one place for every searcher.
     """
 
     name: ClassVar[str] = "searcher"
     searches: ClassVar[tuple[str, ...]] = SEARCH_MODES
     """The search modes this searcher implements."""
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        evaluator: EvaluatorLike,
-        budget_flops: int,
-        *,
-        seed: int = 0,
-        run_dir: str | Path | None = None,
-        history: SearchHistory | None = None,
-        search: str = "widths",
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
-    ) -> None:
-        if budget_flops < space.min_flops:
-            raise ValueError(
-                f"`budget_flops >= min_flops` must hold, but got {budget_flops=} < {space.min_flops}"
-            )
-        self.search_mode = search
-        self.size_budget_bits = None if size_budget_bits is None else int(size_budget_bits)
-        self.bops_budget = None if bops_budget is None else int(bops_budget)
-        self._check_search(space, int(budget_flops))
-        self.space = space
-        self.evaluator = evaluator
-        self.budget_flops = int(budget_flops)
-        self.seed = seed
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+    def __init__(self, context: SearchContext) -> None:
+        self.search_mode = context.search
+        self._check_search()
+        context.budget.check(context.space, context.search)
+        self.space = context.space
+        self.evaluator = context.evaluator
+        self.budget = context.budget
+        self.seed = context.seed
+        self.run_dir = Path(context.run_dir) if context.run_dir is not None else None
+        history = context.history
         if history is None:
             history = SearchHistory(self.run_dir / "history.jsonl" if self.run_dir is not None else None)
         self.history = history
@@ -241,34 +234,13 @@ class Searcher(abc.ABC):
         self.deadline: float | None = None
         self.stopped_by_deadline = False
 
-    def _check_search(self, space: SearchSpace, budget_flops: int) -> None:
-        """Refuse a search mode this searcher lacks, or budgets no architecture it may propose can meet."""
+    def _check_search(self) -> None:
+        """Refuse a search mode this searcher lacks (the budget checks its own limits: `Budget.check`)."""
         mode = self.search_mode
         if mode not in SEARCH_MODES:
             raise ConfigError(f"unknown search {mode!r}; must be one of {list(SEARCH_MODES)}")
         if mode not in self.searches:
             raise ConfigError(f"agent {self.name!r} searches {' or '.join(self.searches)} only, not {mode!r}")
-        has_bit_budget = self.size_budget_bits is not None or self.bops_budget is not None
-        if mode == "widths":
-            if has_bit_budget:
-                raise ConfigError("size and BOPs budgets need search='bits' or 'both' (search='widths' keeps a "
-                                  "float model)")
-            return
-        if mode == "bits" and space.full_flops > budget_flops:
-            raise BudgetError(
-                f"search='bits' keeps every channel ({space.full_flops:,} FLOPs) but the FLOPs budget is "
-                f"{budget_flops:,}; use search='both' or a FLOPs budget of 1.0"
-            )
-        lowest = space.lowest_bits(space.full() if mode == "bits" else space.smallest())
-        for what, budget, cost in (("size", self.size_budget_bits, space.size_bits),
-                                   ("BOPs", self.bops_budget, space.bops)):
-            if budget is not None and cost(lowest) > budget:
-                widths = "full widths" if mode == "bits" else "every group at its minimum width"
-                raise BudgetError(
-                    f"the {what} budget ({budget:,}) cannot be met: with {widths} and every layer at its lowest "
-                    f"bits the model needs {cost(lowest):,}; raise the budget"
-                    f"{', or use search=both' if mode == 'bits' else ''}"
-                )
 
     @property
     def searches_bits(self) -> bool:
@@ -282,19 +254,7 @@ class Searcher(abc.ABC):
 
     def violations(self, architecture: Architecture) -> list[str]:
         """One line per budget ``architecture`` is over (FLOPs, size, BOPs); empty when it meets them all."""
-        found = []
-        flops = self.space.flops(architecture)
-        if flops > self.budget_flops:
-            found.append(f"{flops:,} FLOPs over the FLOPs budget of {self.budget_flops:,}")
-        if self.size_budget_bits is not None:
-            size = self.space.size_bits(architecture)
-            if size > self.size_budget_bits:
-                found.append(f"{size:,} bits of model size over the size budget of {self.size_budget_bits:,}")
-        if self.bops_budget is not None:
-            bops = self.space.bops(architecture)
-            if bops > self.bops_budget:
-                found.append(f"{bops:,} BOPs over the BOPs budget of {self.bops_budget:,}")
-        return found
+        return self.budget.violations(self.space, architecture)
 
     def within_budget(self, entry: HistoryEntry) -> bool:
         """Whether a history entry's architecture meets every budget of this search."""
@@ -381,18 +341,16 @@ class Searcher(abc.ABC):
 
     def result(self) -> SearchResult:
         """The best architecture found so far within budget, and the whole history."""
-        has_bit_budget = self.size_budget_bits is not None or self.bops_budget is not None
-        best = self.history.best(self.budget_flops, within=self.within_budget if has_bit_budget else None)
+        within = self.within_budget if self.budget.has_bit_limits else None
+        best = self.history.best(self.budget.flops, within=within)
         if best is None:
             raise RuntimeError(f"{self.name} has not evaluated any architecture yet")
         return SearchResult(
             best=best.architecture,
             best_metrics=best.metrics,
             history=list(self.history.entries),
-            budget_flops=self.budget_flops,
+            budget=self.budget,
             seconds=self._elapsed,
-            budget_size_bits=self.size_budget_bits,
-            budget_bops=self.bops_budget,
         )
 
     def save(self, path: str | Path) -> None:  # noqa: B027 - stateless searchers need nothing

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.base import EvaluatorLike, Searcher, SearchHistory
+from agents.base import SearchContext, Searcher
 from agents.bit_budget import project_bits, uniform_bits_architecture
 from agents.budget import (
     around_uniform,
@@ -17,7 +17,7 @@ from agents.budget import (
     uniform_architecture,
     uniform_ratios,
 )
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture
 
 __all__ = ["RandomSearcher", "UniformSearcher"]
 
@@ -34,10 +34,11 @@ class UniformSearcher(Searcher):
 
     def architecture(self) -> Architecture:
         """The one architecture this searcher evaluates."""
+        budget = self.budget
         if not self.searches_bits:
-            return uniform_architecture(self.space, self.budget_flops)
-        widths = uniform_architecture(self.space, self.budget_flops) if self.searches_widths else self.space.full()
-        return uniform_bits_architecture(self.space, widths, self.size_budget_bits, self.bops_budget)
+            return uniform_architecture(self.space, budget.flops)
+        widths = uniform_architecture(self.space, budget.flops) if self.searches_widths else self.space.full()
+        return uniform_bits_architecture(self.space, widths, budget.size_bits, budget.bops)
 
     def _run(self) -> None:
         if len(self.history) == 0:
@@ -48,7 +49,7 @@ class RandomSearcher(Searcher):
     """Random keep ratios per group around the uniform architecture, projected onto the budget when over it.
 
     Args:
-        space, evaluator, budget_flops, seed, run_dir, history: As `Searcher`.
+        context: As every `Searcher`.
         prior: ``"uniform"`` (default): each group's keep ratio is its uniform ratio for the budget times a
             log-uniform factor in ``[1 / spread, spread]``, so draws concentrate around the strongest simple
             solution; ``"box"``: uniformly over ``[min_keep / size, 1]`` (the whole space).
@@ -63,16 +64,12 @@ class RandomSearcher(Searcher):
 
     name = "random"
 
-    def __init__(self, space: SearchSpace, evaluator: EvaluatorLike, budget_flops: int, *, seed: int = 0,
-                 run_dir: str | Path | None = None, history: SearchHistory | None = None,
-                 prior: str = "uniform", spread: float = 2.0, search: str = "widths",
-                 size_budget_bits: int | None = None, bops_budget: int | None = None) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
-                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
+    def __init__(self, context: SearchContext, *, prior: str = "uniform", spread: float = 2.0) -> None:
+        super().__init__(context)
         check_prior(prior, spread)
         self.prior = prior
         self.spread = float(spread)
-        self._centre = uniform_ratios(space, self.budget_flops)
+        self._centre = uniform_ratios(self.space, self.budget.flops)
 
     def sample(self, rng: np.random.Generator) -> Architecture:
         """One draw from the prior (before the budget projection)."""
@@ -95,12 +92,12 @@ class RandomSearcher(Searcher):
     def candidate(self, rng: np.random.Generator) -> Architecture:
         """One draw, projected onto every budget (widths first, then bits)."""
         if self.searches_widths:
-            arch = project_to_budget(self.space, self.sample(rng), self.budget_flops, fill=True)
+            arch = project_to_budget(self.space, self.sample(rng), self.budget.flops, fill=True)
         else:
             arch = self.space.full()
         if not self.searches_bits:
             return arch
-        return project_bits(self.space, self.space.sample_bits(rng, arch), self.size_budget_bits, self.bops_budget)
+        return project_bits(self.space, self.space.sample_bits(rng, arch), self.budget.size_bits, self.budget.bops)
 
     def save(self, path: str | Path) -> None:
         """Nothing to learn; records the seed for a faithful continuation."""

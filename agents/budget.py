@@ -34,31 +34,31 @@ def _scaled(space: SearchSpace, target: Mapping[str, float], scale: float) -> di
     return {d.name: d.floor(target[d.name] * scale) for d in space.decisions}
 
 
-def uniform_architecture(space: SearchSpace, budget_flops: int) -> Architecture:
-    """The largest single keep ratio for every group whose architecture fits ``budget_flops``."""
+def uniform_architecture(space: SearchSpace, max_flops: int) -> Architecture:
+    """The largest single keep ratio for every group whose architecture fits ``max_flops``."""
     sizes = {d.name: float(d.size) for d in space.decisions}
-    return Architecture(_largest_fitting(space, sizes, budget_flops))
+    return Architecture(_largest_fitting(space, sizes, max_flops))
 
 
-def _largest_fitting(space: SearchSpace, target: Mapping[str, float], budget_flops: int) -> dict[str, int]:
+def _largest_fitting(space: SearchSpace, target: Mapping[str, float], max_flops: int) -> dict[str, int]:
     """Scale ``target`` widths down by one factor (bisection) until FLOPs fit; floors keep it monotone."""
     full = _scaled(space, target, 1.0)
-    if space.flops(full) <= budget_flops:
+    if space.flops(full) <= max_flops:
         return full
     lo, hi = 0.0, 1.0
     for _ in range(_BISECTION_STEPS):
         mid = (lo + hi) / 2
-        if space.flops(_scaled(space, target, mid)) <= budget_flops:
+        if space.flops(_scaled(space, target, mid)) <= max_flops:
             lo = mid
         else:
             hi = mid
     widths = _scaled(space, target, lo)
-    if space.flops(widths) > budget_flops:  # only if even the minimum does not fit
-        raise ValueError(f"no architecture fits {budget_flops} FLOPs (minimum is {space.min_flops})")
+    if space.flops(widths) > max_flops:  # only if even the minimum does not fit
+        raise ValueError(f"no architecture fits {max_flops} FLOPs (minimum is {space.min_flops})")
     return widths
 
 
-def fill_budget(space: SearchSpace, widths: Mapping[str, int], budget_flops: int,
+def fill_budget(space: SearchSpace, widths: Mapping[str, int], max_flops: int,
                 target: Mapping[str, float] | None = None) -> dict[str, int]:
     """Greedily widen groups (most under their target first) while the FLOPs stay within budget."""
     widths = dict(widths)
@@ -74,34 +74,34 @@ def fill_budget(space: SearchSpace, widths: Mapping[str, int], budget_flops: int
                 continue
             trial = dict(widths)
             trial[d.name] = choices[i + 1]
-            if space.flops(trial) <= budget_flops:
+            if space.flops(trial) <= max_flops:
                 widths = trial
                 improved = True
                 break
     return widths
 
 
-def project_to_budget(space: SearchSpace, architecture: Architecture | Mapping[str, int], budget_flops: int,
+def project_to_budget(space: SearchSpace, architecture: Architecture | Mapping[str, int], max_flops: int,
                       *, fill: bool = False) -> Architecture:
     """The architecture itself if it fits; else its widths scaled down together until they do.
 
     With ``fill`` the leftover budget is then spent by widening groups that were scaled down most, so
-    FLOPs end close to the budget. The result always satisfies ``flops <= budget_flops``.
+    FLOPs end close to the budget. The result always satisfies ``flops <= max_flops``.
     """
     widths = architecture.widths if isinstance(architecture, Architecture) else architecture
     widths = {d.name: int(widths.get(d.name, d.size)) for d in space.decisions}
-    if space.flops(widths) <= budget_flops:
+    if space.flops(widths) <= max_flops:
         return Architecture(widths)
     target = {k: float(v) for k, v in widths.items()}
-    projected = _largest_fitting(space, target, budget_flops)
+    projected = _largest_fitting(space, target, max_flops)
     if fill:
-        projected = fill_budget(space, projected, budget_flops, target)
+        projected = fill_budget(space, projected, max_flops, target)
     return Architecture(projected)
 
 
-def uniform_ratios(space: SearchSpace, budget_flops: int) -> dict[str, float]:
-    """Each group's keep ratio (width / size) in the uniform architecture of ``budget_flops``."""
-    widths = uniform_architecture(space, budget_flops).widths
+def uniform_ratios(space: SearchSpace, max_flops: int) -> dict[str, float]:
+    """Each group's keep ratio (width / size) in the uniform architecture of ``max_flops``."""
+    widths = uniform_architecture(space, max_flops).widths
     return {d.name: widths[d.name] / d.size for d in space.decisions}
 
 

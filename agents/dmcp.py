@@ -39,6 +39,7 @@ import copy
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,12 +49,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from agents.base import EvaluatorLike, Searcher, SearchHistory, SearchResult
+from agents.base import SearchContext, Searcher, SearchHistory, SearchResult
 from agents.budget import fill_budget, project_to_budget
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.data.streaming import is_lazy
 from automl_prune.prune.pruning import channel_order
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture
 
 __all__ = ["DMCPConfig", "DMCPSearcher", "flops_loss"]
 
@@ -186,16 +187,13 @@ class DMCPSearcher(Searcher):
     """Differentiable Markov channel pruning; the result is projected onto the FLOPs budget.
 
     Args:
-        space: The search space (one Markov chain per decision).
-        evaluator: An `automl_prune.scoring.evaluator.Evaluator` (its ``model``, ``train_images`` and, when present,
-            ``train_labels`` and ``criterion`` are used; without labels the base model's predictions are).
-        budget_flops: The FLOPs limit of the result.
-        seed: Seeds batches, random widths and sampling.
-        run_dir: Where ``history.jsonl`` and periodic checkpoints (``dmcp/dmcp.pt``) go; ``None``: memory only.
-        history: An existing history to append to.
+        context: As every `Searcher`: one Markov chain per decision of its space; its evaluator is an
+            `automl_prune.scoring.evaluator.Evaluator` (its ``model``, ``train_images`` and, when present,
+            ``train_labels`` and ``criterion`` are used; without labels the base model's predictions are); its
+            ``seed`` seeds batches, random widths and sampling; its ``run_dir`` holds ``history.jsonl`` and
+            periodic checkpoints (``dmcp/dmcp.pt``). This searcher decides widths only, so any search but
+            ``"widths"`` is refused with a `ConfigError`.
         config: A `DMCPConfig`; keyword ``options`` override its fields (``steps=50``, ...).
-        search, size_budget_bits, bops_budget: As `Searcher`; this searcher decides widths only, so any search
-            but ``"widths"`` (and any size or BOPs budget) is refused with a `ConfigError`.
         device: Default ``evaluator.device`` (else CUDA when present).
     """
 
@@ -204,22 +202,14 @@ class DMCPSearcher(Searcher):
 
     def __init__(
         self,
-        space: SearchSpace,
-        evaluator: EvaluatorLike,
-        budget_flops: int,
+        context: SearchContext,
         *,
-        seed: int = 0,
-        run_dir: str | Path | None = None,
-        history: SearchHistory | None = None,
         config: DMCPConfig | None = None,
         device: torch.device | str | None = None,
-        search: str = "widths",
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
-                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
+        super().__init__(context)
+        space, evaluator = self.space, self.evaluator
         fields = {f.name for f in dataclasses.fields(DMCPConfig)}
         unknown = sorted(set(options) - fields)
         if unknown:
@@ -231,7 +221,7 @@ class DMCPSearcher(Searcher):
                 f"DMCP trains a supernet, so its evaluator needs {missing} (an `Evaluator` "
                 f"has them); got {type(evaluator).__name__}"
             )
-        self.target_flops = int(self.config.target_flops or self.budget_flops)
+        self.target_flops = int(self.config.target_flops or self.budget.flops)
         if not space.min_flops <= self.target_flops <= space.full_flops:
             raise ValueError(
                 f"`min_flops <= target_flops <= full_flops` must hold, but got target_flops={self.target_flops} "
@@ -311,7 +301,7 @@ class DMCPSearcher(Searcher):
                     pairs.append((d.name, m.layer))
         return pairs
 
-    def _make_hook(self, group: str):  # type: ignore[no-untyped-def]
+    def _make_hook(self, group: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None]:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
             mask = self._masks[group]
             if mask is None:
@@ -458,9 +448,9 @@ class DMCPSearcher(Searcher):
         """Valid widths nearest to ``widths`` moved onto the budget: scaled down together when over it,
         widened where they fall furthest below ``widths`` when under it (both end within the budget)."""
         arch = Architecture({d.name: d.round(widths[d.name]) for d in self.space.decisions})
-        if self.space.flops(arch) > self.budget_flops:
-            return project_to_budget(self.space, arch, self.budget_flops, fill=True)
-        return Architecture(fill_budget(self.space, arch.widths, self.budget_flops, target=widths))
+        if self.space.flops(arch) > self.budget.flops:
+            return project_to_budget(self.space, arch, self.budget.flops, fill=True)
+        return Architecture(fill_budget(self.space, arch.widths, self.budget.flops, target=widths))
 
     def final_architecture(self) -> Architecture:
         """The expected-width architecture projected onto the budget (see `_onto_budget`)."""

@@ -14,12 +14,10 @@ fine-tune follow as for every searcher.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
-from agents.base import Searcher
+from agents.base import SearchContext, Searcher
 from search_spaces import Architecture
 
 __all__ = ["GlobalThresholdSearcher"]
@@ -31,8 +29,8 @@ class GlobalThresholdSearcher(Searcher):
     name = "global"
     searches = ("widths",)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, context: SearchContext) -> None:
+        super().__init__(context)
         from automl_prune.errors import ConfigError
         from automl_prune.prune.criteria import Criterion, get_criterion
 
@@ -71,11 +69,11 @@ class GlobalThresholdSearcher(Searcher):
         candidates = np.unique(np.concatenate([s for s in scores.values()]))
         candidates = np.append(candidates, np.inf)  # +inf keeps every group at its minimum
         lo, hi = 0, len(candidates) - 1  # the architecture at candidates[hi] fits (minimum widths always do)
-        if self.space.flops(self.architecture_at(float(candidates[lo]), scores)) <= self.budget_flops:
+        if self.space.flops(self.architecture_at(float(candidates[lo]), scores)) <= self.budget.flops:
             return self.architecture_at(float(candidates[lo]), scores)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if self.space.flops(self.architecture_at(float(candidates[mid]), scores)) <= self.budget_flops:
+            if self.space.flops(self.architecture_at(float(candidates[mid]), scores)) <= self.budget.flops:
                 hi = mid
             else:
                 lo = mid

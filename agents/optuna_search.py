@@ -65,19 +65,19 @@ import socket
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from agents.base import EvaluatorLike, HistoryEntry, Searcher, SearchHistory, SearchResult
+from agents.base import HistoryEntry, SearchContext, Searcher, SearchHistory, SearchResult
 from agents.bit_budget import project_bits, uniform_bits_architecture
 from agents.budget import around_uniform, check_prior, project_to_budget, uniform_architecture
 from agents.pareto import pareto_front, plot_pareto, write_pareto_json
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.errors import ConfigError
-from search_spaces import Architecture, SearchSpace, WidthDecision
+from search_spaces import Architecture, WidthDecision
 
 __all__ = ["OptunaMOSearcher", "OptunaSearcher"]
 
@@ -92,35 +92,26 @@ class OptunaSearcher(Searcher):
     """TPE over per-group keep ratios; the objective is validation accuracy under the FLOPs budget.
 
     Args:
-        space: The search space.
-        evaluator: Scores architectures.
-        budget_flops: The FLOPs limit every evaluated architecture meets.
-        seed: Seeds the sampler (together with the number of trials already stored, for resume).
-        run_dir: Where ``history.jsonl`` and ``optuna.db`` live; ``None`` keeps both in memory.
-        history: An existing history to append to (default: ``run_dir/history.jsonl``).
+        context: As every `Searcher`; its ``seed`` seeds the sampler (together with the number of trials already
+            stored, for resume), its ``run_dir`` holds ``history.jsonl`` and ``optuna.db`` (``None``: both in
+            memory), and its ``search`` may decide bits (see the module docstring).
         storage: An Optuna storage URL (``sqlite:///...``, ``postgresql://...``) or storage object used
             instead of ``run_dir/optuna.db``, e.g. one database shared by many machines.
-        study_name: Study name; default ``"<searcher name>-<budget_flops>"`` (fixed for a run).
+        study_name: Study name; default ``"<searcher name>-<the budget's width limit>"`` (fixed for a run).
         n_startup_trials: Random trials before TPE starts modelling.
         multivariate: Multivariate TPE (group widths interact through the FLOPs they share).
         integer_widths: Suggest integer widths (``suggest_int(group, low, high)``) instead of ratios.
         prior: ``"uniform"`` (default): suggest factors on the uniform keep ratio; ``"box"``: the whole range.
         spread: The largest factor away from the uniform ratio (``prior="uniform"`` only).
-        search, size_budget_bits, bops_budget: As `Searcher` (see the module docstring for bits).
     """
 
     name: ClassVar[str] = "optuna"
-    directions: ClassVar[tuple[str, ...]] = ("maximize",)
+    directions: ClassVar[tuple[Literal["maximize", "minimize"], ...]] = ("maximize",)
 
     def __init__(
         self,
-        space: SearchSpace,
-        evaluator: EvaluatorLike,
-        budget_flops: int,
+        context: SearchContext,
         *,
-        seed: int = 0,
-        run_dir: str | Path | None = None,
-        history: SearchHistory | None = None,
         storage: str | optuna.storages.BaseStorage | None = None,
         study_name: str | None = None,
         n_startup_trials: int = 10,
@@ -128,19 +119,16 @@ class OptunaSearcher(Searcher):
         integer_widths: bool = False,
         prior: str = "uniform",
         spread: float = 2.0,
-        search: str = "widths",
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
     ) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
-                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
+        super().__init__(context)
+        space, budget = self.space, self.budget
         check_prior(prior, spread)
         self.prior = prior
         self.spread = float(spread)
-        self.uniform = uniform_architecture(space, self.budget_flops) if self.searches_widths else space.full()
+        self.uniform = uniform_architecture(space, budget.flops) if self.searches_widths else space.full()
         self.bit_decisions = [d for d in space.bit_decisions if len(d.choices) > 1] if self.searches_bits else []
         self.uniform_bits = (
-            uniform_bits_architecture(space, self.uniform, self.size_budget_bits, self.bops_budget).bits
+            uniform_bits_architecture(space, self.uniform, budget.size_bits, budget.bops).bits
             if self.searches_bits else {}
         )
         self._centre = {d.name: self.uniform.widths[d.name] / d.size for d in space.decisions}
@@ -153,7 +141,7 @@ class OptunaSearcher(Searcher):
         self.n_startup_trials = n_startup_trials
         self.multivariate = multivariate
         self.integer_widths = integer_widths
-        self.study_name = study_name or f"{self.name}-{self.budget_flops}"
+        self.study_name = study_name or f"{self.name}-{budget.flops}"
         self._storage_arg = storage
         self._saved_sampler: optuna.samplers.BaseSampler | None = None
         # The default storage belongs to this run alone, so every RUNNING trial in it is a dead one of ours.
@@ -229,10 +217,11 @@ class OptunaSearcher(Searcher):
 
     def _study_attrs(self) -> dict[str, Any]:
         """The settings a new study records, and that a search continuing it must share."""
-        return {"searcher": self.name, "budget_flops": self.budget_flops, "decisions": self.space.names,
+        # The keys are those of studies already on disk (a resumed study must match them).
+        return {"searcher": self.name, "budget_flops": self.budget.flops, "decisions": self.space.names,
                 "prior": self.prior, "spread": self.spread, "integer_widths": self.integer_widths,
-                "search": self.search_mode, "size_budget_bits": self.size_budget_bits,
-                "bops_budget": self.bops_budget}
+                "search": self.search_mode, "size_budget_bits": self.budget.size_bits,
+                "bops_budget": self.budget.bops}
 
     # the search ------------------------------------------------------------------------------------------
     def _values(self, metrics: Mapping[str, Any], architecture: Architecture) -> list[float]:
@@ -296,18 +285,18 @@ class OptunaSearcher(Searcher):
                     trial.suggest_int(d.name, int(low), int(high), log=log)
                 else:
                     trial.suggest_float(d.name, low, high, log=log)
-        for d in self.bit_decisions:
-            trial.suggest_int(_W_PREFIX + d.name, 0, len(d.choices) - 1)
-            trial.suggest_int(_A_PREFIX + d.name, 0, len(d.choices) - 1)
+        for b in self.bit_decisions:
+            trial.suggest_int(_W_PREFIX + b.name, 0, len(b.choices) - 1)
+            trial.suggest_int(_A_PREFIX + b.name, 0, len(b.choices) - 1)
         return self.architecture_from_params(trial.params)
 
     def _project(self, proposed: Architecture) -> Architecture:
         """``proposed`` within every budget: widths onto the FLOPs budget, then bits onto size and BOPs."""
         arch = proposed
-        if self.space.flops(arch) > self.budget_flops:
-            arch = project_to_budget(self.space, arch, self.budget_flops, fill=True).with_bits(arch.bits)
+        if self.space.flops(arch) > self.budget.flops:
+            arch = project_to_budget(self.space, arch, self.budget.flops, fill=True).with_bits(arch.bits)
         if self.searches_bits:
-            arch = project_bits(self.space, arch, self.size_budget_bits, self.bops_budget)
+            arch = project_bits(self.space, arch, self.budget.size_bits, self.budget.bops)
         return arch
 
     def _run(self) -> None:
@@ -372,13 +361,13 @@ class OptunaSearcher(Searcher):
             if t.state == TrialState.COMPLETE and "history_index" in t.user_attrs
         }
         orphans: dict[str, HistoryEntry] = {}
-        for entry in self.history.entries:
-            if entry.index not in claimed and entry.searcher == self.name:
-                orphans.setdefault(entry.architecture.key(), entry)
+        for e in self.history.entries:
+            if e.index not in claimed and e.searcher == self.name:
+                orphans.setdefault(e.architecture.key(), e)
         queued = {t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.WAITING}
         storage = study._storage  # the storage API is public; the study keeps the object we may have been given
         for t in running:
-            entry = None
+            entry: HistoryEntry | None = None
             index = t.user_attrs.get("history_index")
             if isinstance(index, int) and 0 <= index < len(self.history) and index not in claimed:
                 entry = self.history.entries[index]
@@ -461,30 +450,25 @@ class OptunaMOSearcher(OptunaSearcher):
         population_size: NSGA-II's generation size (the first generation is random).
         objective: The cost minimized, one of `OBJECTIVES`: ``"flops"``, ``"size_bits"`` or ``"bops"``;
             default: ``"bops"`` with a BOPs budget, else ``"size_bits"`` with a size budget, else ``"flops"``.
-        **kwargs: As `OptunaSearcher`.
+        **options: As `OptunaSearcher`.
     """
 
     name: ClassVar[str] = "optuna-mo"
-    directions: ClassVar[tuple[str, ...]] = ("maximize", "minimize")
+    directions: ClassVar[tuple[Literal["maximize", "minimize"], ...]] = ("maximize", "minimize")
     SAMPLERS: ClassVar[tuple[str, ...]] = ("nsga2", "tpe")
 
     def __init__(
         self,
-        space: SearchSpace,
-        evaluator: EvaluatorLike,
-        budget_flops: int,
+        context: SearchContext,
         *,
-        seed: int = 0,
-        run_dir: str | Path | None = None,
-        history: SearchHistory | None = None,
         sampler: str = "nsga2",
         population_size: int = 16,
         objective: str | None = None,
-        **kwargs: Any,
+        **options: Any,
     ) -> None:
         if objective is None:
-            objective = ("bops" if kwargs.get("bops_budget") is not None
-                         else "size_bits" if kwargs.get("size_budget_bits") is not None else "flops")
+            budget = context.budget
+            objective = "bops" if budget.bops is not None else "size_bits" if budget.size_bits is not None else "flops"
         if objective not in OBJECTIVES:
             raise ConfigError(f"unknown objective {objective!r}; must be one of {list(OBJECTIVES)}")
         self.objective = objective
@@ -494,7 +478,7 @@ class OptunaMOSearcher(OptunaSearcher):
             raise ValueError(f"`population_size >= 2` must hold, but got {population_size=}")
         self.sampler_name = sampler
         self.population_size = population_size
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history, **kwargs)
+        super().__init__(context, **options)
 
     def _make_sampler(self, n_existing: int) -> optuna.samplers.BaseSampler:
         if self.sampler_name == "tpe":
@@ -521,7 +505,7 @@ class OptunaMOSearcher(OptunaSearcher):
         params, and ``size_bits`` and ``bops`` when bits are searched)."""
         points = []
         for e in self.history.entries:
-            if e.metrics["flops"] > self.budget_flops or not self.within_budget(e):
+            if e.metrics["flops"] > self.budget.flops or not self.within_budget(e):
                 continue
             point = {"index": e.index, "architecture": e.architecture.to_dict(), "flops": int(e.metrics["flops"]),
                      "accuracy": float(e.metrics["accuracy"]), "params": e.metrics.get("params")}
@@ -537,10 +521,10 @@ class OptunaMOSearcher(OptunaSearcher):
     def _objective_scale(self) -> tuple[int | None, int]:
         """The budget of the minimized objective (``None``: none given) and its value for the full float model."""
         if self.objective == "size_bits":
-            return self.size_budget_bits, self.space.full_size_bits
+            return self.budget.size_bits, self.space.full_size_bits
         if self.objective == "bops":
-            return self.bops_budget, self.space.full_bops
-        return self.budget_flops, self.space.full_flops
+            return self.budget.bops, self.space.full_bops
+        return self.budget.flops, self.space.full_flops
 
     def write_front(self, directory: str | Path | None = None) -> tuple[Path, Path] | None:
         """Write ``pareto.json`` and ``pareto.png`` into ``directory`` (default ``run_dir``); paths or None."""
@@ -552,14 +536,14 @@ class OptunaMOSearcher(OptunaSearcher):
         front = pareto_front(points, minimize=key)
         if key == "flops":
             full = self.space.full_flops
-            json_path = write_pareto_json(directory / "pareto.json", front, budget_flops=self.budget_flops,
+            json_path = write_pareto_json(directory / "pareto.json", front, budget_flops=self.budget.flops,
                                           full_flops=full)
-            png_path = plot_pareto(directory / "pareto.png", points, front, budget_flops=self.budget_flops,
+            png_path = plot_pareto(directory / "pareto.png", points, front, budget_flops=self.budget.flops,
                                    full_flops=full, title=f"{self.name}: accuracy vs FLOPs")
             return json_path, png_path
         budget, full = self._objective_scale()
         label = OBJECTIVES[key]
-        json_path = write_pareto_json(directory / "pareto.json", front, budget_flops=self.budget_flops,
+        json_path = write_pareto_json(directory / "pareto.json", front, budget_flops=self.budget.flops,
                                       full_flops=self.space.full_flops, objective=key, budget=budget, full=full)
         # The plot's x axis is the objective: each point's cost goes where the plot reads FLOPs.
         as_x = [{**p, "flops": p[key]} for p in points]

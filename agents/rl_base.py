@@ -60,10 +60,10 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from agents.base import EvaluatorLike, Searcher, SearchHistory
+from agents.base import SearchContext, Searcher
 from automl_prune.atomic import atomic_write, atomic_write_text
 from envs import ChannelPruningEnv, JointCompressionEnv, QuantizationEnv
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture
 
 _STATE_FILE = "rl_state.json"
 _MODEL_FILE = "model.zip"
@@ -182,19 +182,34 @@ _Snapshot = tuple[dict[str, Any], dict[str, bytes]]  # (plain state, file name -
 
 
 class _SB3Searcher(Searcher):
-    """What both RL searchers share: the environments, the learn loop, its random streams, save and restore."""
+    """What both RL searchers share: the environments, the learn loop, its random streams, save and restore.
+
+    Args:
+        context: As every `Searcher`: ``search="widths"`` (default) runs in `ChannelPruningEnv`, ``"bits"`` in
+            `QuantizationEnv` at full width, ``"both"`` in `JointCompressionEnv`; the budget's size and BOPs
+            limits are the environments' bit walls.
+        reward: ``"accuracy"`` or ``"acc_flops_log"`` (see `envs.REWARDS`).
+        min_flops_fraction: The environment's lower wall: episodes end with at least this fraction of the
+            budget where the rounding allows. Default: 0.95 with the ``"accuracy"`` reward (AMC's
+            FLOPs-constrained search, where using the budget is the point), 0 (AMC's one-sided wall) with
+            ``"acc_flops_log"``, which trades accuracy against FLOPs by itself.
+        episodes_per_round: Episodes run side by side and evaluated in one batch before each policy update;
+            default: the evaluator's ``parallelism`` (`Searcher.batch_size`).
+        net_arch: Hidden layers of the networks (DDPG: actor and critic; PPO: policy and value function).
+        learning_rate: Of those networks.
+        save_every: With a ``run_dir``, save the whole state to ``run_dir/agent_state`` every this many
+            episodes, checked between rounds (1: after every round, so a kill -9 loses at most the round in
+            flight; 0: at the end of `search` only).
+        device: ``"cuda"`` when present, else ``"cpu"``, unless given.
+        verbose: stable-baselines3 verbosity.
+    """
 
     algorithm: ClassVar[type[BaseAlgorithm]]
 
     def __init__(
         self,
-        space: SearchSpace,
-        evaluator: EvaluatorLike,
-        budget_flops: int,
+        context: SearchContext,
         *,
-        seed: int = 0,
-        run_dir: str | Path | None = None,
-        history: SearchHistory | None = None,
         reward: str = "accuracy",
         min_flops_fraction: float | None = None,
         episodes_per_round: int | None = None,
@@ -203,12 +218,9 @@ class _SB3Searcher(Searcher):
         save_every: int = 1,
         device: str | None = None,
         verbose: int = 0,
-        search: str = "widths",
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
     ) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
-                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
+        super().__init__(context)
+        space = self.space
         if learning_rate <= 0:
             raise ValueError(f"`learning_rate > 0` must hold, but got {learning_rate=}")
         if not net_arch or any(int(n) < 1 for n in net_arch):
@@ -248,13 +260,11 @@ class _SB3Searcher(Searcher):
 
         def env(score: _PreparedScore) -> gym.Env:
             if self.search_mode == "bits":
-                return QuantizationEnv(self.space, score, self.size_budget_bits, self.bops_budget,
-                                       reward=self.reward)
+                return QuantizationEnv(self.space, score, self.budget, reward=self.reward)
             if self.search_mode == "both":
-                return JointCompressionEnv(self.space, score, self.budget_flops, self.size_budget_bits,
-                                           self.bops_budget, reward=self.reward,
+                return JointCompressionEnv(self.space, score, self.budget, reward=self.reward,
                                            min_flops_fraction=self.min_flops_fraction)
-            return ChannelPruningEnv(self.space, score, self.budget_flops, reward=self.reward,
+            return ChannelPruningEnv(self.space, score, self.budget, reward=self.reward,
                                      min_flops_fraction=self.min_flops_fraction)
 
         def factory(score: _PreparedScore) -> Callable[[], gym.Env]:
@@ -347,7 +357,7 @@ class _SB3Searcher(Searcher):
                 cut = True
             # Searches end on round boundaries, where the envs have already been reset for the next round: the
             # next `learn` (here or after a restore) starts from a reset, which gives the same observations.
-            self.model._last_obs = None  # type: ignore[assignment]
+            self.model._last_obs = None
         if cut:
             if self._cut_snapshot is None:  # cannot happen: a round that may be cut is snapshotted first
                 raise RuntimeError(f"{self.name}: a round was cut without a snapshot to roll back to")
@@ -417,7 +427,7 @@ class _SB3Searcher(Searcher):
                     device=self.device,
                     tensorboard_log=self._tensorboard_log,
                 )
-                self.model._last_obs = None  # type: ignore[assignment]  # the fresh env needs its reset
+                self.model._last_obs = None  # the fresh env needs its reset
             self._load_extra_state(state, blobs)
         self._random_state = None
         if _RNG_FILE in blobs:

@@ -30,7 +30,6 @@ import io
 import math
 import pickle
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,9 +40,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
-from agents.base import EvaluatorLike, SearchHistory
+from agents.base import SearchContext
 from agents.rl_base import _BUFFER_FILE, _SaveBetweenEpisodes, _SB3Searcher
-from search_spaces import SearchSpace
 
 __all__ = ["DDPGSearcher", "DecayingTruncatedNormalNoise", "EpisodeRewardReplayBuffer"]
 
@@ -214,14 +212,7 @@ class DDPGSearcher(_SB3Searcher):
     """AMC: DDPG over per-group keep ratios, with warm-up, decaying truncated-normal noise and a baseline.
 
     Args:
-        space, evaluator, budget_flops, seed, run_dir, history: As for every `Searcher`.
-        reward: ``"accuracy"`` or ``"acc_flops_log"`` (see `envs.REWARDS`).
-        min_flops_fraction: The environment's lower wall: episodes end with at least this fraction of the
-            budget where the rounding allows. Default: 0.95 with the ``"accuracy"`` reward (AMC's
-            FLOPs-constrained search, where using the budget is the point), 0 (AMC's one-sided wall) with
-            ``"acc_flops_log"``, which trades accuracy against FLOPs by itself.
-        episodes_per_round: Episodes run side by side and evaluated in one batch before each policy update;
-            default: the evaluator's ``parallelism`` (`Searcher.batch_size`).
+        context: As for every `Searcher` (see `_SB3Searcher` for what ``search`` runs in).
         warmup_episodes: Episodes of uniform random actions before learning starts (AMC: 100 of 800),
             rounded up to whole rounds.
         noise_sigma, noise_decay: Exploration noise (action units) and its decay per episode after warm-up.
@@ -230,16 +221,9 @@ class DDPGSearcher(_SB3Searcher):
         replay_episodes: Replay buffer size in episodes.
         batch_size, tau: DDPG minibatch size (kept as `minibatch_size`: `Searcher.batch_size` is the number
             of candidates proposed at once) and target-network update rate.
-        net_arch: Hidden layers of both the actor and the critic.
-        learning_rate: Of actor and critic.
-        save_every: With a ``run_dir``, save the whole state to ``run_dir/agent_state`` every this many
-            episodes, checked between rounds (1: after every round, so a kill -9 loses at most the round in
-            flight; 0: at the end of `search` only).
-        device: ``"cuda"`` when present, else ``"cpu"``, unless given.
-        verbose: stable-baselines3 verbosity.
-        search, size_budget_bits, bops_budget: As for every `Searcher`: ``"widths"`` (default) runs in
-            `ChannelPruningEnv`, ``"bits"`` in `QuantizationEnv` at full width, ``"both"`` in
-            `JointCompressionEnv`; the size and BOPs budgets are the environments' bit walls.
+        **options: The options of every RL searcher (`_SB3Searcher`): ``reward``, ``min_flops_fraction``,
+            ``episodes_per_round``, ``net_arch`` (of both the actor and the critic), ``learning_rate`` (1e-3),
+            ``save_every``, ``device``, ``verbose``.
     """
 
     name = "ddpg"
@@ -247,16 +231,8 @@ class DDPGSearcher(_SB3Searcher):
 
     def __init__(
         self,
-        space: SearchSpace,
-        evaluator: EvaluatorLike,
-        budget_flops: int,
+        context: SearchContext,
         *,
-        seed: int = 0,
-        run_dir: str | Path | None = None,
-        history: SearchHistory | None = None,
-        reward: str = "accuracy",
-        min_flops_fraction: float | None = None,
-        episodes_per_round: int | None = None,
         warmup_episodes: int = 25,
         noise_sigma: float = 0.5,
         noise_decay: float = 0.99,
@@ -264,14 +240,7 @@ class DDPGSearcher(_SB3Searcher):
         replay_episodes: int = 100,
         batch_size: int = 64,
         tau: float = 0.01,
-        net_arch: Sequence[int] = (64, 64),
-        learning_rate: float = 1e-3,
-        save_every: int = 1,
-        device: str | None = None,
-        verbose: int = 0,
-        search: str = "widths",
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
+        **options: Any,
     ) -> None:
         if warmup_episodes < 0:
             raise ValueError(f"`warmup_episodes >= 0` must hold, but got {warmup_episodes=}")
@@ -283,18 +252,13 @@ class DDPGSearcher(_SB3Searcher):
         if not 0.0 < baseline_alpha <= 1.0:
             raise ValueError(f"`0 < baseline_alpha <= 1` must hold, but got {baseline_alpha=}")
         self.baseline_alpha = float(baseline_alpha)
-        super().__init__(
-            space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history, reward=reward,
-            min_flops_fraction=min_flops_fraction, episodes_per_round=episodes_per_round, net_arch=net_arch,
-            learning_rate=learning_rate, save_every=save_every, device=device, verbose=verbose,
-            search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget,
-        )
+        super().__init__(context, **options)
         rounds = math.ceil(warmup_episodes / self.episodes_per_round)
         self.warmup_episodes = rounds * self.episodes_per_round  # no round mixes random and policy episodes
         self.replay_episodes = replay_episodes
         self.minibatch_size = batch_size
         self.tau = tau
-        self.noise = DecayingTruncatedNormalNoise(noise_sigma, noise_decay, self.warmup_episodes, seed)
+        self.noise = DecayingTruncatedNormalNoise(noise_sigma, noise_decay, self.warmup_episodes, self.seed)
 
     @property
     def baseline(self) -> float | None:

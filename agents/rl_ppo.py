@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import RolloutBuffer
@@ -17,9 +17,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.base import EvaluatorLike, SearchHistory
+from agents.base import SearchContext
 from agents.rl_base import _ROLLOUT_FILE, _SB3Searcher
-from search_spaces import SearchSpace
 
 __all__ = ["PPOSearcher"]
 
@@ -44,6 +43,9 @@ class _ResumablePPO(PPO):
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
                          n_rollout_steps: int) -> bool:
         assert self._last_obs is not None, "No previous observation was provided"
+        # The environments have Box observations and actions, so stable-baselines3's wider types narrow to these.
+        assert isinstance(self._last_obs, np.ndarray) and self._last_episode_starts is not None
+        assert isinstance(self.action_space, spaces.Box)
         self.policy.set_training_mode(False)
         if self._paused_rollout:
             n_steps = rollout_buffer.buffer_size if rollout_buffer.full else rollout_buffer.pos
@@ -58,6 +60,7 @@ class _ResumablePPO(PPO):
             actions = actions.cpu().numpy()
             clipped = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped)
+            assert isinstance(new_obs, np.ndarray)
             self.num_timesteps += env.num_envs
             callback.update_locals(locals())
             if not callback.on_step():
@@ -84,53 +87,23 @@ class PPOSearcher(_SB3Searcher):
     """PPO over per-group keep ratios: rollouts of whole episodes, undiscounted returns.
 
     Args:
-        space, evaluator, budget_flops, seed, run_dir, history: As for every `Searcher`.
-        reward, min_flops_fraction: As for `DDPGSearcher`.
-        episodes_per_round: As for `DDPGSearcher`.
+        context: As for every `Searcher` (see `_SB3Searcher` for what ``search`` runs in).
         episodes_per_rollout: Episodes per rollout (policy update), rounded up to whole rounds: each of the
             ``episodes_per_round`` environments runs ``n_steps = ceil(episodes_per_rollout /
             episodes_per_round) * n_groups`` steps; minibatches hold half a rollout.
         n_epochs: PPO epochs per rollout.
-        net_arch: Hidden layers of the policy and of the value function.
         learning_rate: Adam step size.
-        save_every: As for `DDPGSearcher`.
-        device: ``"cuda"`` when present, else ``"cpu"``, unless given.
-        verbose: stable-baselines3 verbosity.
-        search, size_budget_bits, bops_budget: As for `DDPGSearcher`.
+        **options: The other options of every RL searcher (`_SB3Searcher`): ``reward``, ``min_flops_fraction``,
+            ``episodes_per_round``, ``net_arch`` (of the policy and of the value function), ``save_every``,
+            ``device``, ``verbose``.
     """
 
     name = "ppo"
     algorithm = _ResumablePPO
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        evaluator: EvaluatorLike,
-        budget_flops: int,
-        *,
-        seed: int = 0,
-        run_dir: str | Path | None = None,
-        history: SearchHistory | None = None,
-        reward: str = "accuracy",
-        min_flops_fraction: float | None = None,
-        episodes_per_round: int | None = None,
-        episodes_per_rollout: int = 4,
-        n_epochs: int = 10,
-        net_arch: Sequence[int] = (64, 64),
-        learning_rate: float = 3e-4,
-        save_every: int = 1,
-        device: str | None = None,
-        verbose: int = 0,
-        search: str = "widths",
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
-    ) -> None:
-        super().__init__(
-            space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history, reward=reward,
-            min_flops_fraction=min_flops_fraction, episodes_per_round=episodes_per_round, net_arch=net_arch,
-            learning_rate=learning_rate, save_every=save_every, device=device, verbose=verbose,
-            search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget,
-        )
+    def __init__(self, context: SearchContext, *, episodes_per_rollout: int = 4, n_epochs: int = 10,
+                 learning_rate: float = 3e-4, **options: Any) -> None:
+        super().__init__(context, learning_rate=learning_rate, **options)
         if episodes_per_rollout < 1 or episodes_per_rollout * self.episode_steps < 2:
             raise ValueError(
                 f"`episodes_per_rollout * episode_steps >= 2` must hold, but got {episodes_per_rollout=} "

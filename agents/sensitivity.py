@@ -39,11 +39,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agents.base import EvaluatorLike, Searcher, SearchHistory, SearchResult
+from agents.base import SearchContext, Searcher, SearchResult
 from agents.budget import fill_budget, project_to_budget, uniform_architecture
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.errors import ConfigError
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture
 
 __all__ = ["ProfilePoint", "SensitivitySearcher"]
 
@@ -67,36 +67,19 @@ class SensitivitySearcher(Searcher):
     """Per-group accuracy profile, one threshold on the accuracy drop bisected onto the budget.
 
     Args:
-        space, evaluator, budget_flops, seed, run_dir, history: As `Searcher` (``seed`` only affects the
-            random hedges after the blends).
+        context: As every `Searcher` (its ``seed`` only affects the random hedges after the blends); this
+            searcher decides widths only, so any search but ``"widths"`` is refused with a `ConfigError`.
         steps: Profile grid: each group at ``k / steps`` of its channels (``k = 1 .. steps - 1``) and at its
             minimum. ``None`` (default) adapts to the evaluation budget (see the module docstring).
         profile_factor: With ``steps=None``, the profile may cost at most this many times the evaluations
             asked for.
-        search, size_budget_bits, bops_budget: As `Searcher`; this searcher decides widths only, so any search
-            but ``"widths"`` (and any size or BOPs budget) is refused with a `ConfigError`.
     """
 
     name: ClassVar[str] = "sensitivity"
     searches: ClassVar[tuple[str, ...]] = ("widths",)
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        evaluator: EvaluatorLike,
-        budget_flops: int,
-        *,
-        seed: int = 0,
-        run_dir: str | Path | None = None,
-        history: SearchHistory | None = None,
-        steps: int | None = None,
-        profile_factor: float = 2.0,
-        search: str = "widths",
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
-    ) -> None:
-        super().__init__(space, evaluator, budget_flops, seed=seed, run_dir=run_dir, history=history,
-                         search=search, size_budget_bits=size_budget_bits, bops_budget=bops_budget)
+    def __init__(self, context: SearchContext, *, steps: int | None = None, profile_factor: float = 2.0) -> None:
+        super().__init__(context)
         if steps is not None and not 2 <= steps <= 100:
             raise ConfigError(f"`2 <= steps <= 100` must hold (grid points per group), but got {steps=}")
         if not (math.isfinite(profile_factor) and profile_factor > 0):
@@ -187,7 +170,7 @@ class SensitivitySearcher(Searcher):
         lo, hi = 0, len(candidates) - 1  # candidates[-1] puts every group at its minimum: it always fits
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.space.flops(self.architecture_at(candidates[mid], drops)) <= self.budget_flops:
+            if self.space.flops(self.architecture_at(candidates[mid], drops)) <= self.budget.flops:
                 hi = mid
             else:
                 lo = mid + 1
@@ -195,15 +178,15 @@ class SensitivitySearcher(Searcher):
         arch = self.architecture_at(self.threshold, drops)
         wider = self.architecture_at(candidates[lo - 1], drops) if lo > 0 else self.space.full()
         target = {k: float(v) for k, v in wider.widths.items()}
-        return Architecture(fill_budget(self.space, arch.widths, self.budget_flops, target))
+        return Architecture(fill_budget(self.space, arch.widths, self.budget.flops, target))
 
     # candidates ---------------------------------------------------------------------------------------------
     def _onto_budget(self, widths: Mapping[str, float]) -> Architecture:
         """Valid widths nearest to ``widths``, scaled onto the budget when over it, widened when under it."""
         arch = Architecture({d.name: d.round(widths[d.name]) for d in self.space.decisions})
-        if self.space.flops(arch) > self.budget_flops:
-            return project_to_budget(self.space, arch, self.budget_flops, fill=True)
-        return Architecture(fill_budget(self.space, arch.widths, self.budget_flops, dict(widths)))
+        if self.space.flops(arch) > self.budget.flops:
+            return project_to_budget(self.space, arch, self.budget.flops, fill=True)
+        return Architecture(fill_budget(self.space, arch.widths, self.budget.flops, dict(widths)))
 
     def _blend(self, a: Architecture, b: Architecture, alpha: float) -> Architecture:
         widths = {d.name: math.exp((1 - alpha) * math.log(a.widths[d.name]) + alpha * math.log(b.widths[d.name]))
@@ -212,7 +195,7 @@ class SensitivitySearcher(Searcher):
 
     def _fixed_candidates(self, best: Architecture) -> list[Architecture]:
         """The sensitivity architecture, uniform, then their dyadic blends (duplicates removed)."""
-        uniform = uniform_architecture(self.space, self.budget_flops)
+        uniform = uniform_architecture(self.space, self.budget.flops)
         alphas = [k / 2**depth for depth in range(1, _BLEND_DEPTH + 1) for k in range(1, 2**depth, 2)]
         seen: set[str] = set()
         result = []

@@ -204,12 +204,14 @@ def compress(
     from automl_prune.prune.pruning import compress_widths
 
     if isinstance(widths, (str, Path)):
-        widths = json.loads(Path(widths).read_text())["widths"]
-    if isinstance(widths, Architecture):
-        widths = widths.widths
+        chosen: Mapping[str, int] = json.loads(Path(widths).read_text())["widths"]
+    elif isinstance(widths, Architecture):
+        chosen = widths.widths
+    else:
+        chosen = widths
     graph = analyze(model, example_input)
-    unknown = [name for name in widths if name not in graph.group_index]
+    unknown = [name for name in chosen if name not in graph.group_index]
     if unknown:
         raise ConfigError(f"group {unknown[0]!r} is not a channel group of this model; its groups are "
                           f"{[g.name for g in graph.groups][:12]}")
-    return compress_widths(model, graph, {str(k): int(v) for k, v in widths.items()}, criterion)
+    return compress_widths(model, graph, {str(k): int(v) for k, v in chosen.items()}, criterion)

@@ -397,7 +397,7 @@ def check_path(setting: str, path: str | Path, kind: str, *, must_exist: bool = 
         if kind == "file" and path.is_dir():
             raise ConfigError(f"{flag} {str(path)!r} is a folder; {setting} must be a file")
         if kind == "folder" and not path.is_dir():
-            raise ConfigError(f"{flag} {str(path)!r} is a file; {setting} must be a folder")
+            raise ConfigError(f"{flag} {str(path)!r} is an existing file; {setting} must be a folder")
     elif must_exist:
         raise ConfigError(f"{flag} {str(path)!r}: no such {kind}")
     return path

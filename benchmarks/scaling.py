@@ -33,12 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _search_rate(agent: str, config: Any, base: Any, budget: int, evaluator: Any, evals: int,
                  options: dict[str, Any]) -> float:
-    from agents import SEARCHERS, uniform_architecture
+    from agents import SEARCHERS, SearchContext, uniform_architecture
+    from search_spaces import Budget
 
     evaluator.evaluate(uniform_architecture(base.space, budget))  # warm-up: actors started, caches filled
     with tempfile.TemporaryDirectory() as scratch:
-        searcher = SEARCHERS.create(agent, base.space, evaluator, budget, seed=config.seed, run_dir=scratch,
-                                    **options)
+        context = SearchContext(base.space, evaluator, Budget(budget), seed=config.seed, run_dir=scratch)
+        searcher = SEARCHERS.create(agent, context, **options)
         start = time.perf_counter()
         searcher.search(evals)
         return evals / (time.perf_counter() - start)

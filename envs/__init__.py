@@ -1,10 +1,10 @@
 """Gymnasium environments over a search space, registered with `gymnasium.register`.
 
-Example::
+Each takes the run's limits as one `search_spaces.Budget`. Example::
 
-    env = gymnasium.make(CHANNEL_PRUNING_ID, space=space, evaluate=fn, budget_flops=budget)
-    env = gymnasium.make(QUANTIZATION_ID, space=space, evaluate=fn, size_budget_bits=space.size_budget(0.1))
-    env = gymnasium.make(JOINT_ID, space=space, evaluate=fn, budget_flops=budget, bops_budget=limit)
+    env = gymnasium.make(CHANNEL_PRUNING_ID, space=space, evaluate=fn, budget=Budget.from_fractions(space, 0.5))
+    env = gymnasium.make(QUANTIZATION_ID, space=space, evaluate=fn, budget=Budget.from_fractions(space, size=0.1))
+    env = gymnasium.make(JOINT_ID, space=space, evaluate=fn, budget=Budget.from_fractions(space, 0.5, bops=0.02))
 """
 
 from __future__ import annotations

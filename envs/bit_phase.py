@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from automl_prune.errors import BudgetError, ConfigError
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 __all__ = ["BIT_FEATURES", "BitPhase"]
 
@@ -49,16 +49,15 @@ class BitPhase:
 
     Args:
         space: The search space (its bit decisions, in execution order, are the steps).
-        size_budget_bits: Model size in bits the final architecture may not exceed, or ``None``.
-        bops_budget: BOPs the final architecture may not exceed, or ``None``.
+        budget: Its ``size_bits`` and ``bops`` limits (either may be ``None``) are what the final architecture may
+            not exceed; its width limit is the width phase's business.
     """
 
-    def __init__(self, space: SearchSpace, size_budget_bits: int | None, bops_budget: int | None) -> None:
+    def __init__(self, space: SearchSpace, budget: Budget) -> None:
         if not space.bit_decisions:
             raise ConfigError("the search space has no conv or linear layer: there is nothing to quantize")
         self.space = space
-        self.size_budget_bits = None if size_budget_bits is None else int(size_budget_bits)
-        self.bops_budget = None if bops_budget is None else int(bops_budget)
+        self.budget = budget
         self.layers = space.quantizable_layers
         self.choices = [d.choices for d in space.bit_decisions]
         self._lowest = {name: (c[0], c[0]) for name, c in zip(self.layers, self.choices, strict=True)}
@@ -78,8 +77,9 @@ class BitPhase:
     def fits(self, widths: Mapping[str, int], bits: Mapping[str, tuple[int, int]]) -> bool:
         """Whether ``widths`` with ``bits`` meet the size and BOPs budgets."""
         cost = self.space.quant_cost_model
-        return ((self.size_budget_bits is None or cost.size_bits(widths, bits) <= self.size_budget_bits)
-                and (self.bops_budget is None or cost.bops(widths, bits) <= self.bops_budget))
+        size, bops = self.budget.size_bits, self.budget.bops
+        return ((size is None or cost.size_bits(widths, bits) <= size)
+                and (bops is None or cost.bops(widths, bits) <= bops))
 
     def fits_at_lowest(self, widths: Mapping[str, int]) -> bool:
         """Whether ``widths`` with every layer at its lowest bits meet the budgets (the episode's invariant)."""
@@ -171,8 +171,8 @@ class BitPhase:
         """Layer ``index``'s embedding (`BIT_FEATURES`) given the bits decided so far."""
         bits = {**self._lowest, **self._bits}
         cost = self.space.quant_cost_model
-        size_scale = self.size_budget_bits or cost.full_size_bits
-        bops_scale = self.bops_budget or cost.full_bops
+        size_scale = self.budget.size_bits or cost.full_size_bits
+        bops_scale = self.budget.bops or cost.full_bops
         dynamic = [cost.size_bits(self._widths, bits) / size_scale, cost.bops(self._widths, bits) / bops_scale,
                    previous[0], previous[1]]
         return np.clip(np.concatenate([self._static[index], dynamic]), 0.0, 1.0)

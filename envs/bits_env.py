@@ -19,7 +19,7 @@ Mapping of actions and the bit wall: `envs.bit_phase`. Nothing is random, and no
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -28,7 +28,7 @@ from gymnasium import spaces
 from automl_prune.errors import BudgetError, ConfigError
 from envs.bit_phase import BIT_FEATURES, BitPhase
 from envs.pruning_env import FEATURES, REWARDS, ChannelPruningEnv
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 __all__ = ["JOINT_FEATURES", "JointCompressionEnv", "QuantizationEnv"]
 
@@ -80,8 +80,8 @@ class QuantizationEnv(gym.Env[np.ndarray, np.ndarray]):
         space: The search space; its bit decisions are in execution order.
         evaluate: Scores a finished architecture (metrics with at least ``"accuracy"``; ``"flops"`` is filled
             in when missing).
-        size_budget_bits: Model size in bits the final architecture may not exceed, or ``None``.
-        bops_budget: BOPs the final architecture may not exceed, or ``None``.
+        budget: Its size and BOPs limits (``None``: no limit) are what the final architecture may not exceed;
+            its width limit must allow ``widths``.
         widths: The widths kept throughout (default: every group at full width).
         reward: One of `envs.REWARDS`.
 
@@ -97,25 +97,31 @@ class QuantizationEnv(gym.Env[np.ndarray, np.ndarray]):
         ``size_bits``, ``bops``, ``accuracy``, ``reward_raw`` and ``architecture`` (plain data).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    # gymnasium.Env declares `metadata` an instance variable, so a ClassVar here would not type-check.
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(
         self,
         space: SearchSpace,
         evaluate: Evaluate,
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
+        budget: Budget,
         widths: Mapping[str, int] | None = None,
         reward: str = "accuracy",
     ) -> None:
         super().__init__()
         _check_reward(reward)
+        budget.check(space, "both")  # what any widths need; these widths are checked next
         self.space = space
         self.evaluate = evaluate
         self.reward_name = reward
-        self.phase = BitPhase(space, size_budget_bits, bops_budget)
+        self.budget = budget
+        self.phase = BitPhase(space, budget)
         self.fixed_widths = space.complete(Architecture(dict(widths or {}))).widths
         space.validate(Architecture(self.fixed_widths))
+        flops = space.flops(Architecture(self.fixed_widths))
+        if flops > budget.flops:
+            raise BudgetError(f"the widths kept need {flops:,} {budget.width_unit}, over the budget's width limit of "
+                              f"{budget.flops:,}; raise the budget or narrow the widths")
         if not self.phase.fits_at_lowest(self.fixed_widths):
             raise BudgetError(
                 "the size or BOPs budget cannot be met at these widths even with every layer at its lowest bits; "
@@ -126,7 +132,9 @@ class QuantizationEnv(gym.Env[np.ndarray, np.ndarray]):
         self._step = 0
         self._done = True
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a new episode at the first layer (the episode itself has no randomness)."""
         super().reset(seed=seed)
         self.phase.start(self.fixed_widths)
@@ -167,12 +175,12 @@ class QuantizationEnv(gym.Env[np.ndarray, np.ndarray]):
 class _BoundedWidthEnv(ChannelPruningEnv):
     """`ChannelPruningEnv` whose upper wall also keeps the size and BOPs reachable at the lowest bits."""
 
-    def __init__(self, space: SearchSpace, budget_flops: int, phase: BitPhase, *, min_flops_fraction: float,
+    def __init__(self, space: SearchSpace, budget: Budget, phase: BitPhase, *, min_flops_fraction: float,
                  action_mapping: str) -> None:
         def no_score(architecture: Architecture) -> dict[str, Any]:  # the joint env scores after the bits
             return {"accuracy": 0.0, "flops": space.flops(architecture)}
 
-        super().__init__(space, no_score, budget_flops, min_flops_fraction=min_flops_fraction,
+        super().__init__(space, no_score, budget.without_bit_limits(), min_flops_fraction=min_flops_fraction,
                          action_mapping=action_mapping)
         self.phase = phase
 
@@ -192,9 +200,7 @@ class JointCompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     Args:
         space: The search space.
         evaluate: Scores a finished architecture, as for `QuantizationEnv`.
-        budget_flops: FLOPs the final architecture may not exceed.
-        size_budget_bits: Model size in bits it may not exceed, or ``None``.
-        bops_budget: BOPs it may not exceed, or ``None``.
+        budget: Every limit the final architecture may not exceed (width cost, and size and BOPs when set).
         reward: One of `envs.REWARDS`.
         min_flops_fraction, action_mapping: Of the width phase, as for `ChannelPruningEnv`.
 
@@ -209,15 +215,14 @@ class JointCompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         Width steps: ``group`` and ``width``; bit steps: ``layer`` and ``bits``; at the end as `QuantizationEnv`.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    # gymnasium.Env declares `metadata` an instance variable, so a ClassVar here would not type-check.
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(
         self,
         space: SearchSpace,
         evaluate: Evaluate,
-        budget_flops: int,
-        size_budget_bits: int | None = None,
-        bops_budget: int | None = None,
+        budget: Budget,
         reward: str = "accuracy",
         *,
         min_flops_fraction: float = 0.0,
@@ -225,18 +230,14 @@ class JointCompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     ) -> None:
         super().__init__()
         _check_reward(reward)
+        budget.check(space, "both")
         self.space = space
         self.evaluate = evaluate
         self.reward_name = reward
-        self.phase = BitPhase(space, size_budget_bits, bops_budget)
-        self.widths_env = _BoundedWidthEnv(space, budget_flops, self.phase, min_flops_fraction=min_flops_fraction,
+        self.budget = budget
+        self.phase = BitPhase(space, budget)
+        self.widths_env = _BoundedWidthEnv(space, budget, self.phase, min_flops_fraction=min_flops_fraction,
                                            action_mapping=action_mapping)
-        if not self.phase.fits_at_lowest(space.smallest().widths):
-            raise BudgetError(
-                "the size or BOPs budget cannot be met even with every group at its minimum width and every layer "
-                "at its lowest bits; raise the budget"
-            )
-        self.budget_flops = self.widths_env.budget_flops
         self.min_flops_fraction = self.widths_env.min_flops_fraction
         self.n_groups = len(space.decisions)
         self.observation_space = spaces.Box(0.0, 1.0, (len(JOINT_FEATURES),), np.float32)
@@ -253,7 +254,9 @@ class JointCompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         bits = np.zeros(len(BIT_FEATURES)) if bit_obs is None else bit_obs
         return np.concatenate([width, bits, [0.0 if bit_obs is None else 1.0]]).astype(np.float32)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a new episode at the first group (the episode itself has no randomness)."""
         super().reset(seed=seed)
         obs, _ = self.widths_env.reset()

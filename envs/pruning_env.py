@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from automl_prune.errors import BudgetError, ConfigError
-from search_spaces import Architecture, SearchSpace, WidthDecision
+from automl_prune.errors import ConfigError
+from search_spaces import Architecture, Budget, SearchSpace, WidthDecision
 
 __all__ = ["ACTION_MAPPINGS", "FEATURES", "REWARDS", "ChannelPruningEnv"]
 
@@ -72,11 +72,12 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         space: The search space; its decisions are already in execution order.
         evaluate: Scores a finished architecture; returns a metrics dict with at least ``"accuracy"`` and
             ``"flops"`` (a searcher passes its own ``_evaluate`` so every episode lands in its history).
-        budget_flops: FLOPs the final architecture may not exceed; at least ``space.min_flops``.
+        budget: What the final architecture may not exceed: its width limit (``budget.flops``, at least
+            ``space.min_flops``); a float model, so it has no size or BOPs limit (`Budget.check`).
         reward: ``"accuracy"`` (the validation accuracy) or ``"acc_flops_log"`` (AMC's
             ``-error * log(FLOPs)``).
         min_flops_fraction: An optional second, lower wall: each width is also raised so that, if every later
-            group took its full width, the FLOPs would reach ``min_flops_fraction * budget_flops``. With it
+            group took its full width, the FLOPs would reach ``min_flops_fraction * budget.flops``. With it
             episodes end between that fraction and the budget wherever the widths' rounding allows (a best
             effort; the budget itself is never exceeded). ``0`` (default) is AMC's one-sided wall.
         action_mapping: One of `ACTION_MAPPINGS`: ``"uniform"`` (default) centres actions on the uniform
@@ -98,13 +99,14 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         ``reward_raw`` and ``architecture`` (plain data: ``{"widths": {...}}``).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    # gymnasium.Env declares `metadata` an instance variable, so a ClassVar here would not type-check.
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
 
     def __init__(
         self,
         space: SearchSpace,
         evaluate: Callable[[Architecture], Mapping[str, Any]],
-        budget_flops: int,
+        budget: Budget,
         reward: str = "accuracy",
         *,
         min_flops_fraction: float = 0.0,
@@ -115,28 +117,24 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ConfigError("the search space has no channel groups: there is nothing to prune")
         if reward not in REWARDS:
             raise ConfigError(f"unknown reward {reward!r}; must be one of {sorted(REWARDS)}")
-        if not space.min_flops <= budget_flops:
-            raise BudgetError(
-                f"`budget_flops >= min_flops` must hold, but got budget_flops={budget_flops} < {space.min_flops} "
-                f"(valid range: {space.min_flops}..{space.full_flops})"
-            )
+        budget.check(space, "widths")
         if not 0.0 <= min_flops_fraction <= 1.0:
             raise ConfigError(f"`0 <= min_flops_fraction <= 1` must hold, but got {min_flops_fraction=}")
         if action_mapping not in ACTION_MAPPINGS:
             raise ConfigError(f"unknown action_mapping {action_mapping!r}; must be one of {list(ACTION_MAPPINGS)}")
         self.space = space
         self.evaluate = evaluate
-        self.budget_flops = int(budget_flops)
+        self.budget = budget
         self.reward_name = reward
         self._reward_fn = REWARDS[reward]
         self.min_flops_fraction = float(min_flops_fraction)
-        self._floor_flops = self.min_flops_fraction * self.budget_flops
+        self._floor_flops = self.min_flops_fraction * budget.flops
         self.decisions: list[WidthDecision] = list(space.decisions)
         self._choices = [d.choices() for d in self.decisions]
         self._full_flops = float(space.full_flops)
         self._static, self._rest_masks = self._embed_static()
         self.action_mapping = action_mapping
-        self.uniform_widths = _uniform_widths(space, self.budget_flops)
+        self.uniform_widths = _uniform_widths(space, budget.flops)
         if action_mapping == "uniform":
             self._centre = [float(self.uniform_widths[d.name]) for d in self.decisions]
         else:
@@ -210,7 +208,7 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
         The upper action wall; a subclass with more budgets (`envs.bits_env.JointCompressionEnv`) adds its own.
         """
-        return self._flops_with(index, width, "min") <= self.budget_flops
+        return self._flops_with(index, width, "min") <= self.budget.flops
 
     def _largest_fitting(self, index: int) -> int:
         """The largest valid width of group ``index`` that keeps the budget reachable (bisection)."""
@@ -252,7 +250,9 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         return min(width, self._largest_fitting(index))
 
     # gymnasium API ----------------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a new episode at the first group (the episode itself has no randomness)."""
         super().reset(seed=seed)
         self._step = 0
@@ -320,8 +320,8 @@ class ChannelPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         return dict(self._widths)
 
 
-def _uniform_widths(space: SearchSpace, budget_flops: int) -> dict[str, int]:
-    """The largest single keep ratio whose widths (floored) fit ``budget_flops``, as widths.
+def _uniform_widths(space: SearchSpace, max_flops: int) -> dict[str, int]:
+    """The largest single keep ratio whose widths (floored) fit ``max_flops``, as widths.
 
     The same rule as `agents.budget.uniform_architecture` (a test checks they agree); repeated here because
     environments sit below agents in the dependency order.
@@ -329,12 +329,12 @@ def _uniform_widths(space: SearchSpace, budget_flops: int) -> dict[str, int]:
     def widths(scale: float) -> dict[str, int]:
         return {d.name: d.floor(scale * d.size) for d in space.decisions}
 
-    if space.flops(widths(1.0)) <= budget_flops:
+    if space.flops(widths(1.0)) <= max_flops:
         return widths(1.0)
     lo, hi = 0.0, 1.0
     for _ in range(40):
         mid = (lo + hi) / 2
-        if space.flops(widths(mid)) <= budget_flops:
+        if space.flops(widths(mid)) <= max_flops:
             lo = mid
         else:
             hi = mid

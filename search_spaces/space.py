@@ -90,7 +90,8 @@ class SearchSpace:
 
     Width cost: `flops` (and `full_flops`, `min_flops`, `flops_budget`, `costs`, `cost_model`) is the analytic FLOPs
     count, or, in a space made by `with_width_cost`, another additive cost of the widths (predicted latency in
-    nanoseconds), which every searcher then budgets unchanged; `true_costs` is always FLOPs and params.
+    nanoseconds), which every searcher then budgets unchanged (a `search_spaces.budget.Budget` states the unit:
+    ``width_unit``, from `width_cost_unit`); `true_costs` is always FLOPs and params.
 
     Bit decisions: one per conv and linear layer (`quantizable_layers`, execution order), weight and input
     activation bits each from ``bit_choices`` (or 32, float); a layer in ``pinned_bits`` may only take its pinned

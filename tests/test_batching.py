@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from agents import SEARCHERS
+from agents import SEARCHERS, SearchContext
 from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
 from automl_prune.scoring.evaluator import Evaluator, Metrics
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 OPTIONS: dict[str, dict[str, Any]] = {"dmcp": {"steps": 40, "warmup_steps": 10}}
 
@@ -51,11 +51,12 @@ def setup() -> tuple[SearchSpace, Evaluator, int]:
 def test_batches_of_the_pool_size_and_the_same_candidates(name: str, setup, tmp_path: Path) -> None:
     space, evaluator, budget = setup
     pool = FakePool(evaluator, parallelism=2)
-    batched = SEARCHERS.create(name, space, pool, budget, seed=0, run_dir=tmp_path / "b", **OPTIONS.get(name, {}))
+    batched = SEARCHERS.create(name, SearchContext(space, pool, Budget(budget), seed=0, run_dir=tmp_path / "b"),
+                               **OPTIONS.get(name, {}))
     history = batched.search(5).history
     assert len(history) == 5 and all(e.metrics["flops"] <= budget for e in history)
     assert max(pool.batches) == 2 and sum(pool.batches) >= 5
     if name != "optuna":  # TPE conditions on what it was told, so its batch-of-2 stream differs by design
-        single = SEARCHERS.create(name, space, evaluator, budget, seed=0, run_dir=tmp_path / "s",
+        single = SEARCHERS.create(name, SearchContext(space, evaluator, Budget(budget), seed=0, run_dir=tmp_path / "s"),
                                   **OPTIONS.get(name, {}))
         assert [e.architecture for e in single.search(5).history] == [e.architecture for e in history]

@@ -25,7 +25,7 @@ from envs import (
     JointCompressionEnv,
     QuantizationEnv,
 )
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 
 def _space(pin: int | None = None) -> SearchSpace:
@@ -58,16 +58,14 @@ def evaluate_for(space: SearchSpace) -> Callable[[Architecture], dict[str, Any]]
 
 def _quant(space: SearchSpace, size: float | None = 0.15, bops: float | None = 0.02) -> QuantizationEnv:
     env = gymnasium.make(QUANTIZATION_ID, space=space, evaluate=evaluate_for(space),
-                         size_budget_bits=None if size is None else space.size_budget(size),
-                         bops_budget=None if bops is None else space.bops_budget(bops))
+                         budget=Budget.from_fractions(space, size=size, bops=bops))
     return env.unwrapped  # type: ignore[return-value]
 
 
 def _joint(space: SearchSpace, flops: float = 0.5, size: float | None = 0.06,
            bops: float | None = 0.005) -> JointCompressionEnv:
-    env = gymnasium.make(JOINT_ID, space=space, evaluate=evaluate_for(space), budget_flops=space.flops_budget(flops),
-                         size_budget_bits=None if size is None else space.size_budget(size),
-                         bops_budget=None if bops is None else space.bops_budget(bops))
+    env = gymnasium.make(JOINT_ID, space=space, evaluate=evaluate_for(space),
+                         budget=Budget.from_fractions(space, flops, size=size, bops=bops))
     return env.unwrapped  # type: ignore[return-value]
 
 
@@ -200,14 +198,13 @@ def test_unreachable_budgets_and_bad_input_are_one_line_errors(space: SearchSpac
     evaluate = evaluate_for(space)
     lowest_full = space.size_bits(space.lowest_bits(space.full()))
     with pytest.raises(BudgetError) as error:
-        QuantizationEnv(space, evaluate, size_budget_bits=lowest_full - 1)
+        QuantizationEnv(space, evaluate, Budget(space.full_flops, size_bits=lowest_full - 1))
     assert "\n" not in str(error.value)
     with pytest.raises(BudgetError) as error:
-        JointCompressionEnv(space, evaluate, space.flops_budget(0.5),
-                            bops_budget=space.bops(space.lowest_bits()) - 1)
+        JointCompressionEnv(space, evaluate, Budget(space.flops_budget(0.5), bops=space.bops(space.lowest_bits()) - 1))
     assert "\n" not in str(error.value)
     with pytest.raises(ConfigError):
-        QuantizationEnv(space, evaluate, reward="nope")
+        QuantizationEnv(space, evaluate, Budget(space.full_flops), reward="nope")
     env = _quant(space)
     with pytest.raises(RuntimeError):
         env.step(np.zeros(2, np.float32))  # before reset

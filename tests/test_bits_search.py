@@ -14,6 +14,7 @@ import torch
 
 from agents import (
     SEARCHERS,
+    SearchContext,
     Searcher,
     SearchHistory,
     project_bits,
@@ -23,7 +24,7 @@ from agents import (
 from agents.base import HistoryEntry
 from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.models import build_model
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 BIT_SEARCHERS = ("uniform", "random", "optuna", "optuna-mo", "ddpg", "ppo")
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -72,22 +73,22 @@ def space() -> SearchSpace:
 
 
 def _make(space: SearchSpace, name: str, mode: str, budgets: tuple[float, float | None, float | None], *,
-          seed: int = 0, run_dir: Path | None = None, **kwargs: Any) -> Searcher:
+          seed: int = 0, run_dir: Path | None = None, history: SearchHistory | None = None,
+          **kwargs: Any) -> Searcher:
     flops, size, bops = budgets
-    return SEARCHERS.create(
-        name, space, FakeEvaluator(space), space.flops_budget(flops), seed=seed, run_dir=run_dir, search=mode,
-        size_budget_bits=None if size is None else space.size_budget(size),
-        bops_budget=None if bops is None else space.bops_budget(bops), **{**OPTIONS.get(name, {}), **kwargs},
-    )
+    budget = Budget.from_fractions(space, flops, size=size, bops=bops)
+    context = SearchContext(space, FakeEvaluator(space), budget, seed=seed, run_dir=run_dir, history=history,
+                            search=mode)
+    return SEARCHERS.create(name, context, **{**OPTIONS.get(name, {}), **kwargs})
 
 
 def _assert_within(space: SearchSpace, searcher: Searcher, arch: Architecture) -> None:
     space.validate(arch)
-    assert space.flops(arch) <= searcher.budget_flops
-    if searcher.size_budget_bits is not None:
-        assert space.size_bits(arch) <= searcher.size_budget_bits
-    if searcher.bops_budget is not None:
-        assert space.bops(arch) <= searcher.bops_budget
+    assert space.flops(arch) <= searcher.budget.flops
+    if searcher.budget.size_bits is not None:
+        assert space.size_bits(arch) <= searcher.budget.size_bits
+    if searcher.budget.bops is not None:
+        assert space.bops(arch) <= searcher.budget.bops
 
 
 @pytest.mark.parametrize("mode", ["bits", "both"])
@@ -105,16 +106,16 @@ def test_every_candidate_within_every_budget(space: SearchSpace, name: str, mode
                 if mode == "bits":
                     assert entry.architecture.widths == space.full().widths
             _assert_within(space, searcher, result.best)
-            assert result.budget_size_bits == searcher.size_budget_bits
-            assert result.budget_bops == searcher.bops_budget
+            assert result.budget.size_bits == searcher.budget.size_bits
+            assert result.budget.bops == searcher.budget.bops
 
 
 def test_widths_search_is_unchanged_by_default(space: SearchSpace) -> None:
     """Defaults are the float width search: no bits in any candidate, no size or BOPs budget."""
     for name in BIT_SEARCHERS:
-        searcher = SEARCHERS.create(name, space, FakeEvaluator(space), space.flops_budget(0.5), seed=0,
-                                    **OPTIONS.get(name, {}))
-        assert searcher.search_mode == "widths" and searcher.size_budget_bits is None
+        context = SearchContext(space, FakeEvaluator(space), Budget(space.flops_budget(0.5)), seed=0)
+        searcher = SEARCHERS.create(name, context, **OPTIONS.get(name, {}))
+        assert searcher.search_mode == "widths" and searcher.budget.size_bits is None
         assert all(not e.architecture.bits for e in searcher.search(2).history)
 
 
@@ -153,25 +154,25 @@ def test_best_is_never_over_a_bit_budget(space: SearchSpace) -> None:
     searcher = _make(space, "random", "bits", (1.0, 0.15, None), history=history)
     result = searcher.search(3)
     assert result.best != over
-    assert space.size_bits(result.best) <= searcher.size_budget_bits
+    assert space.size_bits(result.best) <= searcher.budget.size_bits
     assert history.best(space.full_flops) is not None and history.best(space.full_flops).architecture == over
 
 
 def test_unreachable_budgets_and_bad_settings_are_one_line_errors(space: SearchSpace) -> None:
     evaluator = FakeEvaluator(space)
     flops = space.flops_budget(0.5)
-    cases: list[tuple[type[Exception], dict[str, Any], str]] = [
-        (BudgetError, {"search": "both", "size_budget_bits": space.size_bits(space.lowest_bits()) - 1}, "uniform"),
-        (BudgetError, {"search": "both", "bops_budget": space.bops(space.lowest_bits()) - 1}, "optuna"),
-        (BudgetError, {"search": "bits", "size_budget_bits": space.size_budget(0.5)}, "random"),  # FLOPs < full
-        (ConfigError, {"search": "widths", "size_budget_bits": space.size_budget(0.5)}, "random"),
-        (ConfigError, {"search": "nope"}, "uniform"),
-        (ConfigError, {"search": "bits"}, "dmcp"),
-        (ConfigError, {"search": "both"}, "sensitivity"),
+    cases: list[tuple[type[Exception], str, Budget, str]] = [
+        (BudgetError, "both", Budget(flops, size_bits=space.size_bits(space.lowest_bits()) - 1), "uniform"),
+        (BudgetError, "both", Budget(flops, bops=space.bops(space.lowest_bits()) - 1), "optuna"),
+        (BudgetError, "bits", Budget(flops, size_bits=space.size_budget(0.5)), "random"),  # FLOPs < full
+        (ConfigError, "widths", Budget(flops, size_bits=space.size_budget(0.5)), "random"),
+        (ConfigError, "nope", Budget(flops), "uniform"),
+        (ConfigError, "bits", Budget(flops), "dmcp"),
+        (ConfigError, "both", Budget(flops), "sensitivity"),
     ]
-    for error_type, kwargs, name in cases:
+    for error_type, search, budget, name in cases:
         with pytest.raises(error_type) as error:
-            SEARCHERS.create(name, space, evaluator, flops, seed=0, **kwargs)
+            SEARCHERS.create(name, SearchContext(space, evaluator, budget, seed=0, search=search))
         assert "\n" not in str(error.value) and str(error.value)
     with pytest.raises(BudgetError):
         _make(space, "ppo", "bits", (1.0, 0.10, None))  # full widths at 2 bits need ~0.109
@@ -184,12 +185,12 @@ def test_optuna_mo_minimizes_the_given_budget(space: SearchSpace, tmp_path: Path
     assert _make(space, "optuna-mo", "both", (0.5, None, None)).objective == "flops"
     result = searcher.search(8)
     front = result.extra["pareto_front"]
-    assert front and all(p["bops"] <= searcher.bops_budget for p in front)
+    assert front and all(p["bops"] <= searcher.budget.bops for p in front)
     assert [p["bops"] for p in front] == sorted(p["bops"] for p in front)
     trial_costs = sorted(t.values[1] for t in searcher.study.trials if t.values)
     assert trial_costs == sorted(float(space.bops(e.architecture)) for e in result.history)
     data = json.loads((tmp_path / "pareto.json").read_text())
-    assert data["objective"] == "bops" and data["budget"] == searcher.bops_budget
+    assert data["objective"] == "bops" and data["budget"] == searcher.budget.bops
     assert (tmp_path / "pareto.png").exists()
 
 

@@ -87,6 +87,7 @@ def test_widening_spends_the_leftover_budget_and_never_exceeds_it() -> None:
     import numpy as np
 
     from automl_prune.run.search_stage import spend_leftover_budget
+    from search_spaces import Budget
     from tests.helpers import trained
 
     _, _, space = trained()
@@ -96,7 +97,7 @@ def test_widening_spends_the_leftover_budget_and_never_exceeds_it() -> None:
         arch = space.sample(rng)
         while space.flops(arch) > budget:
             arch = space.sample(rng)
-        wide = spend_leftover_budget(arch, space, budget)
+        wide = spend_leftover_budget(arch, space, Budget(budget))
         assert space.flops(arch) <= space.flops(wide) <= budget
         assert all(wide.widths[k] >= v for k, v in arch.widths.items())
         # nothing more fits: every group one step wider would break the budget

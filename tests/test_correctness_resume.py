@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from agents import SEARCHERS
+from agents import SEARCHERS, SearchContext
 from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
 from automl_prune.scoring.evaluator import Evaluator
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 
 class Crash(BaseException):
@@ -48,8 +48,8 @@ def setup() -> tuple[SearchSpace, Evaluator, int]:
 def _make(name: str, setup, run_dir: Path | None, crash_at: int | None = None):  # type: ignore[no-untyped-def]
     space, evaluator, budget = setup
     kwargs = {"warmup_episodes": 2, "batch_size": 16} if name == "ddpg" else {}
-    return SEARCHERS.create(name, space, CrashingEvaluator(evaluator, crash_at), budget, seed=0, run_dir=run_dir,
-                            **kwargs)
+    context = SearchContext(space, CrashingEvaluator(evaluator, crash_at), Budget(budget), seed=0, run_dir=run_dir)
+    return SEARCHERS.create(name, context, **kwargs)
 
 
 @pytest.mark.parametrize("name", ["ddpg", "ppo"])

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents import SEARCHERS, uniform_architecture
+from agents import SEARCHERS, SearchContext, uniform_architecture
 from agents.dmcp import DMCPConfig, DMCPSearcher, flops_loss
 from automl_prune.data.datasets import Splits, load_dataset
 from automl_prune.models import build_model
 from automl_prune.prune.pruning import compress
 from automl_prune.scoring.evaluator import Evaluator
 from automl_prune.train.training import train
-from search_spaces import SearchSpace
+from search_spaces import Budget, SearchSpace
 
 FAST = {"steps": 120, "warmup_steps": 40, "batch_size": 32}
 
@@ -60,7 +60,8 @@ def test_expected_flops_reach_the_target_and_the_result_meets_the_budget(
     space, evaluator = _setup(splits, model_name)
     budget = space.flops_budget(fraction)
     # No calibration: the training alone must bring the expected FLOPs within 5% of the target.
-    searcher = SEARCHERS.create("dmcp", space, evaluator, budget, seed=0, calibration_steps=0, **FAST)
+    searcher = SEARCHERS.create("dmcp", SearchContext(space, evaluator, Budget(budget), seed=0), calibration_steps=0,
+                                **FAST)
     assert isinstance(searcher, DMCPSearcher)
     result = searcher.search(3)
     gap = result.extra["expected_flops_gap"]
@@ -80,8 +81,8 @@ def test_flops_loss_alone_moves_expected_flops_to_the_target(
 ) -> None:
     space, evaluator = cnn
     target = int(fraction * space.full_flops)
-    searcher = DMCPSearcher(space, evaluator, space.full_flops, target_flops=target, alpha_init=alpha_init,
-                            arch_lr=0.1)
+    searcher = DMCPSearcher(SearchContext(space, evaluator, Budget(space.full_flops)), target_flops=target,
+                            alpha_init=alpha_init, arch_lr=0.1)
     start = searcher.expected_flops()
     assert abs(start - target) / target > 0.3  # far from it to begin with
     trace = [start] + [searcher.flops_step() for _ in range(60)]
@@ -97,7 +98,7 @@ def test_calibration_brings_expected_flops_into_the_band(cnn: tuple[SearchSpace,
     space, evaluator = cnn
     budget = space.flops_budget(0.3)
     # Too few architecture steps to get there by training: the calibration finishes the job.
-    searcher = DMCPSearcher(space, evaluator, budget, steps=12, warmup_steps=10, alpha_init=6.0)
+    searcher = DMCPSearcher(SearchContext(space, evaluator, Budget(budget)), steps=12, warmup_steps=10, alpha_init=6.0)
     result = searcher.search(1)
     assert result.extra["expected_flops_after_training"] > 1.2 * budget
     assert result.extra["calibration_steps"] > 0
@@ -106,7 +107,7 @@ def test_calibration_brings_expected_flops_into_the_band(cnn: tuple[SearchSpace,
 
 def test_coupled_layers_share_one_mask_in_importance_order(splits: Splits) -> None:
     space, evaluator = _setup(splits, "tiny-resnet")
-    searcher = DMCPSearcher(space, evaluator, space.flops_budget(0.5), steps=1)
+    searcher = DMCPSearcher(SearchContext(space, evaluator, Budget(space.flops_budget(0.5))), steps=1)
     searcher._build()
     masked = searcher._masked_layers()
     # The residual stream's group masks its BNs; the convs right before them are covered by them.
@@ -134,10 +135,10 @@ def test_save_restore_continues_without_retraining(splits: Splits, tmp_path: Pat
     space, evaluator = _setup(splits, "tiny-cnn", labels=False)  # trains on the base model's predictions
     budget = space.flops_budget(0.5)
     options = {"steps": 30, "warmup_steps": 10, "batch_size": 16}
-    first = DMCPSearcher(space, evaluator, budget, run_dir=tmp_path, **options)
+    first = DMCPSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), **options)
     before = first.search(2)
     first.save(tmp_path / "state")
-    second = DMCPSearcher(space, evaluator, budget, run_dir=tmp_path, **options)
+    second = DMCPSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), **options)
     second.restore(tmp_path / "state")
     assert second.step == 30
     for a, b in zip(first.chains, second.chains, strict=True):
@@ -149,7 +150,7 @@ def test_save_restore_continues_without_retraining(splits: Splits, tmp_path: Pat
     assert [e.architecture for e in after.history[:2]] == [e.architecture for e in before.history]
     assert len(after.history) == 4 and all(e.metrics["flops"] <= budget for e in after.history)
     # A fresh searcher on the same run_dir picks up the checkpoint written at the end of training.
-    third = DMCPSearcher(space, evaluator, budget, run_dir=tmp_path, **options)
+    third = DMCPSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), **options)
 
     def no_training() -> None:
         raise AssertionError("a restored DMCP search must not train again")
@@ -164,10 +165,10 @@ def test_save_restore_continues_without_retraining(splits: Splits, tmp_path: Pat
 def test_in_memory_search_saves_its_history_too(cnn: tuple[SearchSpace, Evaluator], tmp_path: Path) -> None:
     space, evaluator = cnn
     budget = space.flops_budget(0.5)
-    first = DMCPSearcher(space, evaluator, budget, steps=5, warmup_steps=2)
+    first = DMCPSearcher(SearchContext(space, evaluator, Budget(budget)), steps=5, warmup_steps=2)
     before = first.search(2).history
     first.save(tmp_path)
-    second = DMCPSearcher(space, evaluator, budget, steps=5, warmup_steps=2)
+    second = DMCPSearcher(SearchContext(space, evaluator, Budget(budget)), steps=5, warmup_steps=2)
     second.restore(tmp_path)
     after = second.search(4).history
     assert len(after) == 4 and [e.architecture for e in after[:2]] == [e.architecture for e in before]
@@ -176,11 +177,11 @@ def test_in_memory_search_saves_its_history_too(cnn: tuple[SearchSpace, Evaluato
 def test_options_are_checked(cnn: tuple[SearchSpace, Evaluator]) -> None:
     space, evaluator = cnn
     with pytest.raises(TypeError, match="valid options are"):
-        DMCPSearcher(space, evaluator, space.full_flops, stepz=3)
+        DMCPSearcher(SearchContext(space, evaluator, Budget(space.full_flops)), stepz=3)
     with pytest.raises(ValueError, match="band"):
         DMCPConfig(band=1.5)
     with pytest.raises(ValueError, match="target_flops"):
-        DMCPSearcher(space, evaluator, space.full_flops, target_flops=1)
+        DMCPSearcher(SearchContext(space, evaluator, Budget(space.full_flops)), target_flops=1)
 
 
 def test_dmcp_and_compress_keep_the_same_channels(splits: Splits) -> None:
@@ -193,7 +194,7 @@ def test_dmcp_and_compress_keep_the_same_channels(splits: Splits) -> None:
                 module.running_mean.copy_(torch.randn_like(module.running_mean))
     space = SearchSpace.from_model(model, torch.zeros(1, 1, 16, 16), min_keep_ratio=0.25)
     evaluator = Evaluator(model, space, splits.train.images, splits.val.images, splits.val.labels, bn_batches=2)
-    searcher = DMCPSearcher(space, evaluator, space.flops_budget(0.5), steps=1, warmup_steps=0)
+    searcher = DMCPSearcher(SearchContext(space, evaluator, Budget(space.flops_budget(0.5))), steps=1, warmup_steps=0)
     searcher._build()
     architecture = uniform_architecture(space, space.flops_budget(0.5))
     widths = architecture.widths

@@ -19,7 +19,7 @@ from agents.budget import uniform_architecture
 from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.models import build_model
 from envs import CHANNEL_PRUNING_ID, FEATURES, ChannelPruningEnv, MovingAverageBaseline
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 
 def _space(model_name: str) -> SearchSpace:
@@ -63,7 +63,7 @@ def run_episode(env: gymnasium.Env, actions: Callable[[int], np.ndarray], seed: 
 
 def test_registered_and_made_through_gymnasium(vgg: SearchSpace) -> None:
     env = gymnasium.make(CHANNEL_PRUNING_ID, space=vgg, evaluate=cheap_evaluate(vgg),
-                         budget_flops=vgg.flops_budget(0.5))
+                         budget=Budget(vgg.flops_budget(0.5)))
     assert isinstance(env.unwrapped, ChannelPruningEnv)
     assert env.observation_space.shape == (len(FEATURES),)
     assert env.action_space == gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -73,7 +73,7 @@ def test_registered_and_made_through_gymnasium(vgg: SearchSpace) -> None:
 def test_gymnasium_checker_passes_without_warnings(spaces: dict[str, SearchSpace], model_name: str) -> None:
     space = spaces[model_name]
     env = gymnasium.make(CHANNEL_PRUNING_ID, space=space, evaluate=cheap_evaluate(space),
-                         budget_flops=space.flops_budget(0.5))
+                         budget=Budget(space.flops_budget(0.5)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gymnasium_check_env(env.unwrapped)
@@ -82,7 +82,7 @@ def test_gymnasium_checker_passes_without_warnings(spaces: dict[str, SearchSpace
 @pytest.mark.parametrize("model_name", ["vgg-small", "tiny-resnet"])
 def test_sb3_checker_passes_without_warnings(spaces: dict[str, SearchSpace], model_name: str) -> None:
     space = spaces[model_name]
-    env = ChannelPruningEnv(space, cheap_evaluate(space), space.flops_budget(0.5))
+    env = ChannelPruningEnv(space, cheap_evaluate(space), Budget(space.flops_budget(0.5)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sb3_check_env(env, warn=True)
@@ -92,7 +92,7 @@ def test_same_seed_same_actions_same_episode(vgg: SearchSpace) -> None:
     budget = vgg.flops_budget(0.4)
     actions = np.random.default_rng(7).uniform(-1, 1, size=(len(vgg), 1)).astype(np.float32)
     episodes = [
-        run_episode(ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget, reward="acc_flops_log"),
+        run_episode(ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(budget), reward="acc_flops_log"),
                     lambda i: actions[i], seed=11)
         for _ in range(2)
     ]
@@ -100,7 +100,7 @@ def test_same_seed_same_actions_same_episode(vgg: SearchSpace) -> None:
     for a, b in zip(*episodes, strict=True):
         assert data_equivalence(a, b)
     # the same env, reset again with the same seed, repeats itself too
-    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget)
+    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(budget))
     first = run_episode(env, lambda i: actions[i], seed=3)
     again = run_episode(env, lambda i: actions[i], seed=3)
     assert all(data_equivalence(a, b) for a, b in zip(first, again, strict=True))
@@ -112,7 +112,7 @@ def test_random_actions_never_exceed_the_budget(spaces: dict[str, SearchSpace], 
                                                 fraction: float) -> None:
     space = spaces[model_name]
     budget = space.flops_budget(fraction)
-    env = ChannelPruningEnv(space, cheap_evaluate(space), budget)
+    env = ChannelPruningEnv(space, cheap_evaluate(space), Budget(budget))
     rng = np.random.default_rng(0)
     for _ in range(30):
         steps = run_episode(env, lambda i: rng.uniform(-1, 1, size=(1,)).astype(np.float32))
@@ -131,15 +131,15 @@ def test_full_actions_end_close_to_the_budget(spaces: dict[str, SearchSpace], mo
                                               fraction: float) -> None:
     space = spaces[model_name]
     budget = space.flops_budget(fraction)
-    env = ChannelPruningEnv(space, cheap_evaluate(space), budget)
+    env = ChannelPruningEnv(space, cheap_evaluate(space), Budget(budget))
     info = run_episode(env, lambda i: np.ones(1, np.float32))[-1][-1]
     assert 0.95 * budget <= info["flops"] <= budget
 
 
 def test_lower_wall_keeps_random_episodes_near_the_budget(vgg: SearchSpace) -> None:
     budget = vgg.flops_budget(0.5)
-    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget, min_flops_fraction=0.95)
-    plain = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget)
+    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(budget), min_flops_fraction=0.95)
+    plain = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(budget))
     rng = np.random.default_rng(1)
     with_wall, without = [], []
     for _ in range(30):
@@ -151,7 +151,7 @@ def test_lower_wall_keeps_random_episodes_near_the_budget(vgg: SearchSpace) -> N
 
 
 def test_absolute_mapping_is_linear_on_the_keep_ratio(vgg: SearchSpace) -> None:
-    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), vgg.full_flops, action_mapping="absolute")
+    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(vgg.full_flops), action_mapping="absolute")
     lowest = run_episode(env, lambda i: -np.ones(1, np.float32))[-1][-1]
     assert Architecture.from_dict(lowest["architecture"]) == vgg.smallest()
     highest = run_episode(env, lambda i: np.ones(1, np.float32))[-1][-1]
@@ -167,7 +167,7 @@ def test_action_zero_is_the_uniform_architecture(spaces: dict[str, SearchSpace],
                                                  fraction: float) -> None:
     space = spaces[model_name]
     budget = max(space.min_flops, space.flops_budget(fraction))
-    env = ChannelPruningEnv(space, cheap_evaluate(space), budget)
+    env = ChannelPruningEnv(space, cheap_evaluate(space), Budget(budget))
     info = run_episode(env, lambda i: np.zeros(1, np.float32))[-1][-1]
     assert Architecture.from_dict(info["architecture"]) == uniform_architecture(space, budget)
     assert env.uniform_widths == uniform_architecture(space, budget).widths
@@ -175,7 +175,7 @@ def test_action_zero_is_the_uniform_architecture(spaces: dict[str, SearchSpace],
 
 def test_uniform_mapping_spans_the_range_on_both_sides_of_uniform(vgg: SearchSpace) -> None:
     budget = vgg.flops_budget(0.5)
-    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget)
+    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(budget))
     env.reset()
     d = vgg.decisions[0]
     centre = env.uniform_widths[d.name]
@@ -189,7 +189,7 @@ def test_uniform_mapping_spans_the_range_on_both_sides_of_uniform(vgg: SearchSpa
     widths = [env.width_for(0, a) for a in np.linspace(-1, 1, 41)]
     assert widths == sorted(widths)  # monotone in the action
     # with a budget that never clips, +1 is every channel and -1 the minimum, as before
-    free = ChannelPruningEnv(vgg, cheap_evaluate(vgg), vgg.full_flops)
+    free = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(vgg.full_flops))
     assert Architecture.from_dict(run_episode(free, lambda i: np.ones(1, np.float32))[-1][-1]["architecture"]) \
         == vgg.full()
     assert Architecture.from_dict(run_episode(free, lambda i: -np.ones(1, np.float32))[-1][-1]["architecture"]) \
@@ -200,8 +200,8 @@ def test_random_actions_centre_on_the_uniform_ratio(vgg: SearchSpace) -> None:
     """The prior a short search relies on: random actions land around uniform, not around the box's middle."""
     budget = vgg.flops_budget(0.25)
     rng = np.random.default_rng(0)
-    centred = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget)
-    absolute = ChannelPruningEnv(vgg, cheap_evaluate(vgg), budget, action_mapping="absolute")
+    centred = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(budget))
+    absolute = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(budget), action_mapping="absolute")
     uniform = np.array([centred.uniform_widths[d.name] / d.size for d in vgg.decisions])
     errors = {"uniform": [], "absolute": []}
     for _ in range(20):
@@ -214,7 +214,7 @@ def test_random_actions_centre_on_the_uniform_ratio(vgg: SearchSpace) -> None:
 
 
 def test_observation_features(vgg: SearchSpace) -> None:
-    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), vgg.flops_budget(0.5))
+    env = ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(vgg.flops_budget(0.5)))
     steps = run_episode(env, lambda i: -np.ones(1, np.float32))
     observations = np.array([s[0] for s in steps[:-1]])
     col = {name: i for i, name in enumerate(FEATURES)}
@@ -232,7 +232,7 @@ def test_observation_features(vgg: SearchSpace) -> None:
 def test_rewards_only_at_the_end_and_info(vgg: SearchSpace) -> None:
     evaluate = cheap_evaluate(vgg)
     for reward in ("accuracy", "acc_flops_log"):
-        env = ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5), reward=reward)
+        env = ChannelPruningEnv(vgg, evaluate, Budget(vgg.flops_budget(0.5)), reward=reward)
         steps = run_episode(env, lambda i: np.zeros(1, np.float32))
         assert all(s[1] == 0.0 and not s[2] for s in steps[1:-1])
         _, final, terminated, truncated, info = steps[-1]
@@ -256,7 +256,7 @@ def test_finishing_architecture_is_what_the_last_step_evaluates(vgg: SearchSpace
         seen.append(architecture)
         return evaluate(architecture)
 
-    env = ChannelPruningEnv(vgg, recording, vgg.flops_budget(0.5), min_flops_fraction=0.9)
+    env = ChannelPruningEnv(vgg, recording, Budget(vgg.flops_budget(0.5)), min_flops_fraction=0.9)
     rng = np.random.default_rng(1)
     env.reset()
     for _ in range(len(vgg) - 1):
@@ -279,14 +279,14 @@ def test_finishing_architecture_is_what_the_last_step_evaluates(vgg: SearchSpace
 def test_bad_arguments_name_the_value_and_the_range(vgg: SearchSpace) -> None:
     evaluate = cheap_evaluate(vgg)
     with pytest.raises(ConfigError, match=r"'top5'.*\['acc_flops_log', 'accuracy'\]"):
-        ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5), reward="top5")
+        ChannelPruningEnv(vgg, evaluate, Budget(vgg.flops_budget(0.5)), reward="top5")
     with pytest.raises(BudgetError, match=rf"budget_flops=10 < {vgg.min_flops}"):
-        ChannelPruningEnv(vgg, evaluate, 10)
+        ChannelPruningEnv(vgg, evaluate, Budget(10))
     with pytest.raises(ConfigError, match=r"'linear'.*\['uniform', 'absolute'\]"):
-        ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5), action_mapping="linear")
+        ChannelPruningEnv(vgg, evaluate, Budget(vgg.flops_budget(0.5)), action_mapping="linear")
     with pytest.raises(ConfigError, match=r"min_flops_fraction=1\.5"):
-        ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5), min_flops_fraction=1.5)
-    env = ChannelPruningEnv(vgg, evaluate, vgg.flops_budget(0.5))
+        ChannelPruningEnv(vgg, evaluate, Budget(vgg.flops_budget(0.5)), min_flops_fraction=1.5)
+    env = ChannelPruningEnv(vgg, evaluate, Budget(vgg.flops_budget(0.5)))
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(1, np.float32))
     env.reset()
@@ -297,7 +297,7 @@ def test_bad_arguments_name_the_value_and_the_range(vgg: SearchSpace) -> None:
 
 
 def test_moving_average_baseline_shifts_final_rewards_only(vgg: SearchSpace) -> None:
-    env = MovingAverageBaseline(ChannelPruningEnv(vgg, cheap_evaluate(vgg), vgg.flops_budget(0.5)), alpha=0.5)
+    env = MovingAverageBaseline(ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(vgg.flops_budget(0.5))), alpha=0.5)
     finals, raws = [], []
     for action in (-1.0, 1.0, 0.0):
         steps = run_episode(env, lambda i, a=action: np.full(1, a, np.float32))
@@ -309,7 +309,7 @@ def test_moving_average_baseline_shifts_final_rewards_only(vgg: SearchSpace) -> 
     baseline = raws[0] + 0.5 * (raws[1] - raws[0])
     assert finals[2] == pytest.approx(raws[2] - baseline)
     state = env.state_dict()
-    fresh = MovingAverageBaseline(ChannelPruningEnv(vgg, cheap_evaluate(vgg), vgg.flops_budget(0.5)))
+    fresh = MovingAverageBaseline(ChannelPruningEnv(vgg, cheap_evaluate(vgg), Budget(vgg.flops_budget(0.5))))
     fresh.load_state_dict(state)
     assert fresh.baseline == env.baseline and fresh.alpha == 0.5
     with pytest.raises(ValueError, match="alpha=0"):

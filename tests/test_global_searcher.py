@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from agents import SEARCHERS
+from agents import SEARCHERS, SearchContext
 from automl_prune.cli import main
 from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
 from automl_prune.prune.calibration import Calibration
 from automl_prune.scoring.evaluator import Evaluator
 from automl_prune.train.training import train
-from search_spaces import SearchSpace
+from search_spaces import Budget, SearchSpace
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def setup():
 def test_threshold_is_the_lowest_that_fits(setup, fraction: float) -> None:
     space, evaluator = setup
     budget = space.flops_budget(fraction)
-    searcher = SEARCHERS.create("global", space, evaluator, budget, seed=0)
+    searcher = SEARCHERS.create("global", SearchContext(space, evaluator, Budget(budget), seed=0))
     result = searcher.search(5)
     assert len(result.history) == 1  # deterministic: one evaluation
     best = result.best
@@ -44,12 +44,12 @@ def test_threshold_is_the_lowest_that_fits(setup, fraction: float) -> None:
     kept_at = {t: searcher.architecture_at(float(t), scores) for t in thresholds}
     fitting = [t for t, arch in kept_at.items() if space.flops(arch) <= budget]
     assert best == kept_at[min(fitting)]  # no lower threshold (more channels kept) fits
-    assert SEARCHERS.create("global", space, evaluator, budget, seed=1).architecture() == best
+    assert SEARCHERS.create("global", SearchContext(space, evaluator, Budget(budget), seed=1)).architecture() == best
 
 
 def test_full_budget_keeps_every_channel(setup) -> None:
     space, evaluator = setup
-    searcher = SEARCHERS.create("global", space, evaluator, space.flops_budget(1.0), seed=0)
+    searcher = SEARCHERS.create("global", SearchContext(space, evaluator, Budget(space.flops_budget(1.0)), seed=0))
     assert searcher.architecture().widths == space.full().widths
 
 

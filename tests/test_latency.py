@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import SEARCHERS, fill_budget, project_to_budget, uniform_architecture
+from agents import SEARCHERS, SearchContext, fill_budget, project_to_budget, uniform_architecture
 from automl_prune.cli import main
 from automl_prune.config import SearchConfig, load_config_file
 from automl_prune.cost import latency as latency_mod
@@ -22,7 +22,7 @@ from automl_prune.cost.latency import LatencyCostModel, LatencyTable, latency_bu
 from automl_prune.cost.timing import compare_latency
 from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.models import build_model
-from search_spaces import SearchSpace
+from search_spaces import Budget, SearchSpace
 
 TINY = ["--dataset", "synthetic", "--pretrain-epochs", "1", "--no-progress", "--workers", "0"]
 
@@ -121,7 +121,7 @@ def test_a_searcher_keeps_every_candidate_within_the_latency_budget(tiny) -> Non
             return Scored(accuracy=sum(arch.widths.values()) / 100.0, flops=lat.flops(arch),
                           flops_ratio=lat.flops(arch) / lat.full_flops)
 
-    searcher = SEARCHERS.create("random", lat, Scorer(), budget, seed=0)
+    searcher = SEARCHERS.create("random", SearchContext(lat, Scorer(), Budget.from_fractions(lat, latency=0.7), seed=0))
     result = searcher.search(6)
     assert len(result.history) == 6
     assert all(lat.flops(e.architecture) <= budget for e in result.history)

@@ -17,13 +17,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from agents import SEARCHERS
+from agents import SEARCHERS, SearchContext
 from agents.optuna_search import OptunaMOSearcher, OptunaSearcher
 from agents.pareto import dominates, pareto_front
 from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
 from automl_prune.scoring.evaluator import Evaluator
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,8 @@ def _states(study: optuna.Study) -> dict[TrialState, int]:
 
 def test_tpe_stays_within_budget_and_records_projections(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     space, evaluator, budget = setup
-    searcher = SEARCHERS.create("optuna", space, evaluator, budget, seed=0, run_dir=tmp_path, n_startup_trials=4)
+    searcher = SEARCHERS.create("optuna", SearchContext(space, evaluator, Budget(budget), seed=0, run_dir=tmp_path),
+                                n_startup_trials=4)
     assert isinstance(searcher, OptunaSearcher)
     result = searcher.search(12)
     assert len(result.history) == 12
@@ -101,10 +102,10 @@ def test_tpe_stays_within_budget_and_records_projections(setup, tmp_path: Path) 
 
 def test_in_memory_study_survives_save_and_restore(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     space, evaluator, budget = setup
-    first = OptunaSearcher(space, evaluator, budget, seed=1, n_startup_trials=3)
+    first = OptunaSearcher(SearchContext(space, evaluator, Budget(budget), seed=1), n_startup_trials=3)
     before = first.search(4).history
     first.save(tmp_path / "state")
-    second = OptunaSearcher(space, evaluator, budget, seed=1, n_startup_trials=3)
+    second = OptunaSearcher(SearchContext(space, evaluator, Budget(budget), seed=1), n_startup_trials=3)
     second.restore(tmp_path / "state")
     after = second.search(8).history
     assert len(after) == 8
@@ -114,16 +115,16 @@ def test_in_memory_study_survives_save_and_restore(setup, tmp_path: Path) -> Non
 
 def test_resumed_study_does_not_replay_the_random_start(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     space, evaluator, budget = setup
-    OptunaSearcher(space, evaluator, budget, run_dir=tmp_path, n_startup_trials=20).search(3)
-    OptunaSearcher(space, evaluator, budget, run_dir=tmp_path, n_startup_trials=20).search(6)
+    OptunaSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), n_startup_trials=20).search(3)
+    OptunaSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), n_startup_trials=20).search(6)
     params = [tuple(sorted(t.params.items())) for t in _load(tmp_path, f"optuna-{budget}").get_trials()]
     assert len(params) == 6 and len(set(params)) == 6
 
 
 def test_resume_refuses_a_study_of_another_budget(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     space, evaluator, budget = setup
-    OptunaSearcher(space, evaluator, budget, run_dir=tmp_path, study_name="s").search(1)
-    other = OptunaSearcher(space, evaluator, budget - 1000, run_dir=tmp_path, study_name="s")
+    OptunaSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), study_name="s").search(1)
+    other = OptunaSearcher(SearchContext(space, evaluator, Budget(budget - 1000), run_dir=tmp_path), study_name="s")
     with pytest.raises(ValueError, match="budget_flops"):
         other.search(2)
 
@@ -144,7 +145,8 @@ def test_pareto_front_of_hand_made_points() -> None:
 
 def test_multi_objective_front_is_non_dominated_and_written(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     space, evaluator, budget = setup
-    searcher = SEARCHERS.create("optuna-mo", space, evaluator, budget, seed=0, run_dir=tmp_path, population_size=6)
+    searcher = SEARCHERS.create("optuna-mo", SearchContext(space, evaluator, Budget(budget), seed=0, run_dir=tmp_path),
+                                population_size=6)
     assert isinstance(searcher, OptunaMOSearcher)
     result = searcher.search(18)
     front = result.extra["pareto_front"]
@@ -165,7 +167,7 @@ def test_multi_objective_front_is_non_dominated_and_written(setup, tmp_path: Pat
         assert space.flops(Architecture.from_dict(p["architecture"])) == p["flops"]
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="must be one of"):
-        OptunaMOSearcher(space, evaluator, budget, sampler="cmaes")
+        OptunaMOSearcher(SearchContext(space, evaluator, Budget(budget)), sampler="cmaes")
 
 
 class _Crash(BaseException):
@@ -174,7 +176,7 @@ class _Crash(BaseException):
 
 def test_crash_between_history_append_and_tell_is_not_evaluated_twice(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     space, evaluator, budget = setup
-    first = OptunaSearcher(space, evaluator, budget, run_dir=tmp_path, n_startup_trials=3)
+    first = OptunaSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), n_startup_trials=3)
     tells = 0
 
     def crashing_tell(study: optuna.Study, trial: Any, values: Any) -> None:
@@ -190,7 +192,7 @@ def test_crash_between_history_append_and_tell_is_not_evaluated_twice(setup, tmp
     assert len(first.history) == 3 and _states(first.study) == {TrialState.COMPLETE: 2, TrialState.RUNNING: 1}
 
     counting = CountingEvaluator(evaluator)
-    second = OptunaSearcher(space, counting, budget, run_dir=tmp_path, n_startup_trials=3)
+    second = OptunaSearcher(SearchContext(space, counting, Budget(budget), run_dir=tmp_path), n_startup_trials=3)
     result = second.search(5)
     assert second.recovered == {"adopted": 1, "retried": 0}
     assert len(result.history) == 5 and len(counting.calls) == 2  # the third was taken from the history
@@ -207,7 +209,9 @@ def test_kill_minus_9_mid_trial_resumes_and_retries_it(tmp_path: Path) -> None:
         import time
         from pathlib import Path
         from automl_prune.train.runtime import configure_torch
+        from agents import SearchContext
         from agents.optuna_search import OptunaSearcher
+        from search_spaces import Budget
 
         configure_torch()
         space, evaluator, budget = make_setup()
@@ -221,7 +225,8 @@ def test_kill_minus_9_mid_trial_resumes_and_retries_it(tmp_path: Path) -> None:
                 time.sleep(0.4 if Slow.calls <= {killed_after} else 60)  # the next one hangs until killed
                 return evaluator.evaluate(architecture)
 
-        OptunaSearcher(space, Slow(), budget, run_dir={str(run_dir)!r}, n_startup_trials=3).search({n_trials})
+        context = SearchContext(space, Slow(), Budget(budget), run_dir={str(run_dir)!r})
+        OptunaSearcher(context, n_startup_trials=3).search({n_trials})
     """))
     env = {**os.environ, "PYTHONPATH": str(REPO), "AUTOML_PRUNE_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=env,
@@ -250,10 +255,11 @@ def test_kill_minus_9_mid_trial_resumes_and_retries_it(tmp_path: Path) -> None:
     killed = _load(run_dir, study_name)
     assert _states(killed) == {TrialState.COMPLETE: killed_after, TrialState.RUNNING: 1}
     interrupted = next(t for t in killed.get_trials() if t.state == TrialState.RUNNING)
-    before = [e.architecture for e in OptunaSearcher(space, evaluator, budget, run_dir=run_dir).history.entries]
+    context = SearchContext(space, evaluator, Budget(budget), run_dir=run_dir)
+    before = [e.architecture for e in OptunaSearcher(context).history.entries]
     assert len(before) == killed_after
 
-    searcher = OptunaSearcher(space, evaluator, budget, run_dir=run_dir, n_startup_trials=3)
+    searcher = OptunaSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=run_dir), n_startup_trials=3)
     result = searcher.search(n_trials)
     trials = searcher.study.get_trials()
     assert searcher.recovered == {"adopted": 0, "retried": 1}
@@ -265,5 +271,5 @@ def test_kill_minus_9_mid_trial_resumes_and_retries_it(tmp_path: Path) -> None:
     assert retry.user_attrs["widths"] == interrupted.user_attrs["widths"]
     assert trials[interrupted.number].state == TrialState.FAIL
     # Running it again finds nothing to do and changes nothing.
-    again = OptunaSearcher(space, evaluator, budget, run_dir=run_dir).search(n_trials)
+    again = OptunaSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=run_dir)).search(n_trials)
     assert len(again.history) == n_trials

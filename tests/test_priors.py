@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents import SEARCHERS
+from agents import SEARCHERS, SearchContext
 from agents.baselines import RandomSearcher
 from agents.budget import around_uniform, uniform_architecture, uniform_ratios
 from agents.optuna_search import OptunaMOSearcher, OptunaSearcher
 from automl_prune.errors import ConfigError
 from automl_prune.models import build_model
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 
 @dataclass
@@ -56,14 +56,16 @@ def _log_distance(space: SearchSpace, arch: Architecture, centre: dict[str, floa
 def test_uniform_is_the_first_optuna_trial(space: SearchSpace, name: str, options: dict[str, Any],
                                            tmp_path: Path) -> None:
     budget = space.flops_budget(0.25)
-    searcher = SEARCHERS.create(name, space, FakeEvaluator(space), budget, run_dir=tmp_path, **options)
+    searcher = SEARCHERS.create(name, SearchContext(space, FakeEvaluator(space), Budget(budget), run_dir=tmp_path),
+                                **options)
     assert isinstance(searcher, OptunaSearcher)
     history = searcher.search(3).history
     assert history[0].architecture == uniform_architecture(space, budget)
     first = searcher.study.get_trials(deepcopy=False)[0]
     assert first.user_attrs["uniform"] is True and first.user_attrs["projected"] is False
     # a resumed study does not start from uniform a second time
-    again = SEARCHERS.create(name, space, FakeEvaluator(space), budget, run_dir=tmp_path, **options)
+    again = SEARCHERS.create(name, SearchContext(space, FakeEvaluator(space), Budget(budget), run_dir=tmp_path),
+                             **options)
     again.search(5)
     trials = again.study.get_trials(deepcopy=False)
     assert len(trials) == 5 and sum(bool(t.user_attrs.get("uniform")) for t in trials) == 1
@@ -74,7 +76,8 @@ def test_optuna_startup_trials_concentrate_around_uniform(space: SearchSpace) ->
     centre = uniform_ratios(space, budget)
     distances = {}
     for prior in ("uniform", "box"):
-        searcher = OptunaSearcher(space, FakeEvaluator(space), budget, seed=0, n_startup_trials=50, prior=prior)
+        searcher = OptunaSearcher(SearchContext(space, FakeEvaluator(space), Budget(budget), seed=0),
+                                  n_startup_trials=50, prior=prior)
         searcher.search(21)
         trials = searcher.study.get_trials(deepcopy=False)[1:]  # the random start-up, uniform left out
         distances[prior] = np.mean([_log_distance(space, searcher.architecture_from_params(t.params), centre)
@@ -86,13 +89,13 @@ def test_optuna_startup_trials_concentrate_around_uniform(space: SearchSpace) ->
 def test_random_draws_concentrate_around_uniform(space: SearchSpace) -> None:
     budget = space.flops_budget(0.25)
     centre = uniform_ratios(space, budget)
-    centred = RandomSearcher(space, FakeEvaluator(space), budget)
-    box = RandomSearcher(space, FakeEvaluator(space), budget, prior="box")
+    centred = RandomSearcher(SearchContext(space, FakeEvaluator(space), Budget(budget)))
+    box = RandomSearcher(SearchContext(space, FakeEvaluator(space), Budget(budget)), prior="box")
     near = [_log_distance(space, centred.sample(np.random.default_rng(i)), centre) for i in range(50)]
     far = [_log_distance(space, box.sample(np.random.default_rng(i)), centre) for i in range(50)]
     assert np.mean(near) < 0.8 * np.mean(far)
     # a narrower spread concentrates further, and every evaluated architecture is within budget
-    narrow = RandomSearcher(space, FakeEvaluator(space), budget, spread=1.2)
+    narrow = RandomSearcher(SearchContext(space, FakeEvaluator(space), Budget(budget)), spread=1.2)
     assert np.mean([_log_distance(space, narrow.sample(np.random.default_rng(i)), centre)
                     for i in range(50)]) < 0.5 * np.mean(near)
     history = centred.search(10).history
@@ -110,6 +113,6 @@ def test_around_uniform_with_unit_factors_is_uniform(space: SearchSpace) -> None
 def test_bad_prior_options_name_the_value_and_the_valid_ones(space: SearchSpace, cls: type) -> None:
     budget = space.flops_budget(0.5)
     with pytest.raises(ConfigError, match=r"'gauss'.*\['uniform', 'box'\]"):
-        cls(space, FakeEvaluator(space), budget, prior="gauss")
+        cls(SearchContext(space, FakeEvaluator(space), Budget(budget)), prior="gauss")
     with pytest.raises(ConfigError, match=r"spread=0\.5"):
-        cls(space, FakeEvaluator(space), budget, spread=0.5)
+        cls(SearchContext(space, FakeEvaluator(space), Budget(budget)), spread=0.5)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents import SEARCHERS
+from agents import SEARCHERS, SearchContext
 from agents.rl_ddpg import DDPGSearcher, DecayingTruncatedNormalNoise
 from agents.rl_ppo import PPOSearcher
 from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
 from automl_prune.scoring.evaluator import Evaluator
-from search_spaces import SearchSpace
+from search_spaces import Budget, SearchSpace
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def _make(name: str, setup: tuple[SearchSpace, Evaluator, int], run_dir: Path | 
     space, evaluator, budget = setup
     if name == "ddpg":
         kwargs = {"warmup_episodes": 2, "batch_size": 16, **kwargs}
-    return SEARCHERS.create(name, space, evaluator, budget, seed=0, run_dir=run_dir, **kwargs)
+    return SEARCHERS.create(name, SearchContext(space, evaluator, Budget(budget), seed=0, run_dir=run_dir), **kwargs)
 
 
 def test_registered() -> None:

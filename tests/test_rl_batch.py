@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 import torch
 
-from agents import SEARCHERS
+from agents import SEARCHERS, SearchContext
 from agents.rl_ddpg import DDPGSearcher
 from agents.rl_ppo import PPOSearcher
 from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
 from automl_prune.scoring.evaluator import Evaluator
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 WORKERS = 2
 
@@ -68,7 +68,7 @@ def _make(name: str, setup: tuple[SearchSpace, Evaluator, int], run_dir: Path | 
     if name == "ddpg":
         kwargs = {"warmup_episodes": 2, "batch_size": 16, **kwargs}
     evaluator = FakePool(inner) if evaluator is None else evaluator
-    return SEARCHERS.create(name, space, evaluator, budget, seed=0, run_dir=run_dir, **kwargs)
+    return SEARCHERS.create(name, SearchContext(space, evaluator, Budget(budget), seed=0, run_dir=run_dir), **kwargs)
 
 
 def _architectures(searcher: DDPGSearcher | PPOSearcher) -> list[Architecture]:

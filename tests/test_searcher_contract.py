@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents import SEARCHERS, Searcher, SearchResult
+from agents import SEARCHERS, SearchContext, Searcher, SearchResult
 from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model
 from automl_prune.scoring.evaluator import Evaluator
-from search_spaces import SearchSpace
+from search_spaces import Budget, SearchSpace
 
 N = 3  # evaluations before the save; the resumed search goes on to 2 * N
 FILLS_THE_BUDGET = {"ddpg", "ppo", "uniform"}
@@ -57,7 +57,8 @@ def searcher_name(request: pytest.FixtureRequest) -> str:
 
 def _make(name: str, setup: tuple[SearchSpace, Evaluator, int], run_dir: Path) -> Searcher:
     space, evaluator, budget = setup
-    return SEARCHERS.create(name, space, evaluator, budget, seed=0, run_dir=run_dir, **OPTIONS.get(name, {}))
+    context = SearchContext(space, evaluator, Budget(budget), seed=0, run_dir=run_dir)
+    return SEARCHERS.create(name, context, **OPTIONS.get(name, {}))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ class TestSearcherContract:
         result, _ = searched
         space.validate(result.best)
         assert space.flops(result.best) <= budget
-        assert result.budget_flops == budget
+        assert result.budget.flops == budget
         assert result.best_metrics["flops"] == space.flops(result.best)
         if searcher_name in FILLS_THE_BUDGET:
             assert space.flops(result.best) >= 0.95 * budget

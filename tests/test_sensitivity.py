@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from agents import SEARCHERS
+from agents import SEARCHERS, SearchContext
 from agents.budget import uniform_architecture
 from agents.sensitivity import SensitivitySearcher
 from automl_prune.errors import ConfigError
 from automl_prune.models import build_model
-from search_spaces import Architecture, SearchSpace
+from search_spaces import Architecture, Budget, SearchSpace
 
 
 @dataclass
@@ -55,7 +55,7 @@ def space() -> SearchSpace:
 def test_profile_points_narrow_one_group_each_and_stay_out_of_the_history(space: SearchSpace) -> None:
     budget = space.flops_budget(0.3)
     evaluator = SensitiveEvaluator(space)
-    searcher = SensitivitySearcher(space, evaluator, budget, steps=5)
+    searcher = SensitivitySearcher(SearchContext(space, evaluator, Budget(budget)), steps=5)
     plan = searcher.profile_plan()
     assert plan[0].architecture == space.full()
     for point in plan[1:]:
@@ -71,7 +71,7 @@ def test_profile_points_narrow_one_group_each_and_stay_out_of_the_history(space:
 
 def test_threshold_is_the_smallest_that_fits_and_the_budget_is_spent(space: SearchSpace) -> None:
     budget = space.flops_budget(0.3)
-    searcher = SensitivitySearcher(space, SensitiveEvaluator(space), budget, steps=10)
+    searcher = SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(budget)), steps=10)
     result = searcher.search(1)
     best = result.history[0].architecture
     assert result.best == best and space.flops(best) <= budget
@@ -90,7 +90,8 @@ def test_threshold_is_the_smallest_that_fits_and_the_budget_is_spent(space: Sear
 
 def test_later_evaluations_hedge_with_uniform_and_blends(space: SearchSpace) -> None:
     budget = space.flops_budget(0.3)
-    history = SensitivitySearcher(space, SensitiveEvaluator(space), budget, steps=5).search(8).history
+    history = SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(budget)),
+                                  steps=5).search(8).history
     archs = [e.architecture for e in history]
     assert archs[1] == uniform_architecture(space, budget)
     assert len({a.key() for a in archs}) == len(archs)
@@ -99,10 +100,10 @@ def test_later_evaluations_hedge_with_uniform_and_blends(space: SearchSpace) -> 
 
 def test_profile_is_a_batch_in_any_order(space: SearchSpace) -> None:
     budget = space.flops_budget(0.3)
-    in_order = SensitivitySearcher(space, SensitiveEvaluator(space), budget, steps=5)
+    in_order = SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(budget)), steps=5)
     in_order.search(1)
     evaluator = SensitiveEvaluator(space)
-    batch = SensitivitySearcher(space, evaluator, budget, steps=5)
+    batch = SensitivitySearcher(SearchContext(space, evaluator, Budget(budget)), steps=5)
     batch.n_evaluations = 1
     for point in reversed(batch.pending_profile()):  # as a parallel runner might finish them
         batch.record_profile(point, evaluator.evaluate(point.architecture).to_dict())
@@ -111,22 +112,23 @@ def test_profile_is_a_batch_in_any_order(space: SearchSpace) -> None:
 
 def test_killed_profile_resumes_without_re_evaluating(space: SearchSpace, tmp_path: Path) -> None:
     budget = space.flops_budget(0.3)
-    killed = SensitivitySearcher(space, SensitiveEvaluator(space, fail_after=7), budget, run_dir=tmp_path, steps=5)
+    killed_context = SearchContext(space, SensitiveEvaluator(space, fail_after=7), Budget(budget), run_dir=tmp_path)
+    killed = SensitivitySearcher(killed_context, steps=5)
     with pytest.raises(KeyboardInterrupt):
         killed.search(3)
     saved = json.loads((tmp_path / "sensitivity.json").read_text())
     assert sum(len(v) for v in saved["groups"].values()) + 1 == 7
     evaluator = SensitiveEvaluator(space)
-    resumed = SensitivitySearcher(space, evaluator, budget, run_dir=tmp_path, steps=5)
+    resumed = SensitivitySearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), steps=5)
     result = resumed.search(3)
     n_plan = len(resumed.profile_plan())
     assert len(evaluator.calls) == n_plan - 7 + 3
     assert not any(a in evaluator.calls for a in killed.evaluator.calls)  # type: ignore[attr-defined]
-    fresh = SensitivitySearcher(space, SensitiveEvaluator(space), budget, steps=5).search(3)
+    fresh = SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(budget)), steps=5).search(3)
     assert [e.architecture for e in result.history] == [e.architecture for e in fresh.history]
     # a finished search reopened does nothing; asked for more it only adds candidates
     again = SensitiveEvaluator(space)
-    SensitivitySearcher(space, again, budget, run_dir=tmp_path, steps=5).search(5)
+    SensitivitySearcher(SearchContext(space, again, Budget(budget), run_dir=tmp_path), steps=5).search(5)
     assert len(again.calls) == 2
 
 
@@ -134,22 +136,24 @@ def test_killed_profile_resumes_without_re_evaluating(space: SearchSpace, tmp_pa
 def test_save_restore_continue_equals_uninterrupted(space: SearchSpace, tmp_path: Path, options: dict[str, Any],
                                                     before: int, after: int) -> None:
     budget = space.flops_budget(0.4)
-    first = SEARCHERS.create("sensitivity", space, SensitiveEvaluator(space), budget, seed=3, **options)
+    first = SEARCHERS.create("sensitivity", SearchContext(space, SensitiveEvaluator(space), Budget(budget), seed=3),
+                             **options)
     first.search(before)
     first.save(tmp_path / "state")
     evaluator = SensitiveEvaluator(space)
-    second = SEARCHERS.create("sensitivity", space, evaluator, budget, seed=3, **options)
+    second = SEARCHERS.create("sensitivity", SearchContext(space, evaluator, Budget(budget), seed=3), **options)
     for entry in first.history.entries:
         second.history.append(entry)
     second.restore(tmp_path / "state")
     continued = second.search(after).history
     assert len(evaluator.calls) == after - before  # no profile point evaluated twice
-    whole = SEARCHERS.create("sensitivity", space, SensitiveEvaluator(space), budget, seed=3, **options)
+    whole = SEARCHERS.create("sensitivity", SearchContext(space, SensitiveEvaluator(space), Budget(budget), seed=3),
+                             **options)
     assert [e.architecture for e in continued] == [e.architecture for e in whole.search(after).history]
 
 
 def test_grid_adapts_to_the_evaluation_budget(space: SearchSpace) -> None:
-    searcher = SensitivitySearcher(space, SensitiveEvaluator(space), space.flops_budget(0.5))
+    searcher = SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(space.flops_budget(0.5))))
     sizes = {steps: len(searcher.profile_plan(steps)) for steps in (5, 10, 20)}
     assert sizes[5] < sizes[10] < sizes[20]
     assert searcher.grid_steps(1) == 5  # too few evaluations for any grid: the coarsest
@@ -159,12 +163,13 @@ def test_grid_adapts_to_the_evaluation_budget(space: SearchSpace) -> None:
     # the grids nest: a finer profile only adds points
     coarse = {(p.group, p.width) for p in searcher.profile_plan(5)}
     assert coarse <= {(p.group, p.width) for p in searcher.profile_plan(10)}
-    assert SensitivitySearcher(space, SensitiveEvaluator(space), space.flops_budget(0.5), steps=7).grid_steps(1) == 7
+    assert SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(space.flops_budget(0.5))),
+                               steps=7).grid_steps(1) == 7
 
 
 def test_profile_file_and_plot(space: SearchSpace, tmp_path: Path) -> None:
-    searcher = SensitivitySearcher(space, SensitiveEvaluator(space), space.flops_budget(0.3), run_dir=tmp_path,
-                                   steps=5)
+    context = SearchContext(space, SensitiveEvaluator(space), Budget(space.flops_budget(0.3)), run_dir=tmp_path)
+    searcher = SensitivitySearcher(context, steps=5)
     result = searcher.search(2)
     data = json.loads((tmp_path / "sensitivity.json").read_text())
     assert set(data["groups"]) == set(space.names) and data["full"]["accuracy"] == pytest.approx(0.9)
@@ -172,15 +177,18 @@ def test_profile_file_and_plot(space: SearchSpace, tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     other = build_model("tiny-cnn", 1, 10, 16)
     other_space = SearchSpace.from_model(other, torch.zeros(1, 1, 16, 16), min_keep_ratio=0.25)
+    other_context = SearchContext(other_space, SensitiveEvaluator(other_space), Budget(other_space.full_flops),
+                                  run_dir=tmp_path)
     with pytest.raises(ValueError, match="another search space"):
-        SensitivitySearcher(other_space, SensitiveEvaluator(other_space), other_space.full_flops, run_dir=tmp_path)
+        SensitivitySearcher(other_context)
 
 
 def test_bad_options_name_the_value(space: SearchSpace) -> None:
     with pytest.raises(ConfigError, match=r"steps=1\b"):
-        SensitivitySearcher(space, SensitiveEvaluator(space), space.flops_budget(0.5), steps=1)
+        SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(space.flops_budget(0.5))), steps=1)
     with pytest.raises(ConfigError, match=r"profile_factor=0"):
-        SensitivitySearcher(space, SensitiveEvaluator(space), space.flops_budget(0.5), profile_factor=0)
+        SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(space.flops_budget(0.5))),
+                            profile_factor=0)
 
 
 class ParallelEvaluator(SensitiveEvaluator):
@@ -200,7 +208,8 @@ class ParallelEvaluator(SensitiveEvaluator):
 def test_batches_follow_the_evaluators_workers_and_change_nothing(space: SearchSpace) -> None:
     budget = space.flops_budget(0.3)
     parallel = ParallelEvaluator(space)
-    batched = SensitivitySearcher(space, parallel, budget, steps=5).search(10).history
-    serial = SensitivitySearcher(space, SensitiveEvaluator(space), budget, steps=5).search(10).history
+    batched = SensitivitySearcher(SearchContext(space, parallel, Budget(budget)), steps=5).search(10).history
+    serial = SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), Budget(budget)),
+                                 steps=5).search(10).history
     assert [e.architecture for e in batched] == [e.architecture for e in serial]
     assert max(parallel.batches) == 3 and sum(parallel.batches) == len(parallel.calls)

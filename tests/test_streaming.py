@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from agents import SearchContext
 from automl_prune.cli import main
 from automl_prune.data.datasets import iterate_batches, load_dataset
 from automl_prune.data.streaming import LazyImages, estimate_decoded_bytes
 from automl_prune.errors import ConfigError, DatasetNotFoundError
 from automl_prune.scoring.evaluator import accuracy_and_loss
+from search_spaces import Budget
 
 CLASSES = ("circle", "square", "stripes")
 TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 20
@@ -276,8 +278,8 @@ def test_dmcp_searches_a_streamed_folder_as_it_searches_it_in_memory(folder, mon
         splits = load_dataset("imagefolder", folder, stream=stream, loader_workers=0, **stats)
         evaluator = Evaluator(model, space, splits.train.images, splits.val.images, splits.val.labels,
                               train_labels=splits.train.labels, bn_batches=1, bn_batch_size=32, seed=0, device="cpu")
-        searcher = DMCPSearcher(space, evaluator, space.flops_budget(0.5), seed=0, steps=4, warmup_steps=1,
-                                batch_size=16, calibration_steps=20)
+        searcher = DMCPSearcher(SearchContext(space, evaluator, Budget(space.flops_budget(0.5)), seed=0), steps=4,
+                                warmup_steps=1, batch_size=16, calibration_steps=20)
         searcher.train()
         found.append((searcher.expected_widths(), searcher.final_architecture().widths))
     assert isinstance(splits.train.images, torch.Tensor)  # the second pass was the in-memory one

@@ -24,6 +24,7 @@ latency where they otherwise see FLOPs, and every searcher works unchanged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -232,7 +233,7 @@ class LatencyTable:
                     for cout in gout:
                         layer, x = _layer_at(module, info.depthwise, cin if not info.depthwise else cout, cout,
                                              shape, batch_size, device, dtype)
-                        samples = time_call(lambda layer=layer, x=x: layer(x), repeats=repeats,
+                        samples = time_call(functools.partial(layer, x), repeats=repeats,
                                             min_seconds=min_seconds, device=device)
                         line.append(1e9 * min(samples) * calls)
                     table.append(line)
@@ -260,7 +261,7 @@ class LatencyTable:
         archs = [full, smallest]
         for ratio in (0.3, 0.6):
             if len(archs) < count:
-                near = {n: min(c, key=lambda v, n=n, r=ratio: abs(v - r * full[n])) for n, c in choices.items()}
+                near = {n: _nearest(c, ratio * full[n]) for n, c in choices.items()}
                 archs.append({**full, **near})
         while len(archs) < count:
             archs.append({**full, **{n: int(rng.choice(list(c))) for n, c in choices.items()}})
@@ -282,6 +283,11 @@ class LatencyTable:
         say(f"latency table: fitted on {len(archs)} whole-model measurements (alpha {self.alpha:.3f}, "
             f"{self.beta_ns:.4f} ns per output element, constant {self.constant_ns / 1e3:.1f} us); relative error "
             f"median {100 * fit['median_relative_error']:.1f}%, max {100 * fit['max_relative_error']:.1f}%")
+
+
+def _nearest(values: Sequence[int], target: float) -> int:
+    """The first of ``values`` closest to ``target``."""
+    return min(values, key=lambda v: abs(v - target))
 
 
 def _grid(lo: int, hi: int, points: int, step: int = 1) -> list[int]:
@@ -328,9 +334,12 @@ def _layer_at(module: nn.Module, depthwise: bool, cin: int, cout: int, sample_sh
         x = torch.randn(batch, *sample_shape[:-1], cin)
     elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         groups = cin if depthwise else module.groups
-        layer = type(module)(cin, cout, module.kernel_size, stride=module.stride, padding=module.padding,
-                             dilation=module.dilation, groups=groups, bias=module.bias is not None,
-                             padding_mode=module.padding_mode)
+        # The same class as ``module``, so its kernel_size, stride, padding and dilation fit: torch types them
+        # ``tuple[int, ...]``, while each class's constructor takes tuples of its own length.
+        conv_type: Callable[..., nn.Module] = type(module)
+        layer = conv_type(cin, cout, module.kernel_size, stride=module.stride, padding=module.padding,
+                          dilation=module.dilation, groups=groups, bias=module.bias is not None,
+                          padding_mode=module.padding_mode)
         x = torch.randn(batch, cin, *sample_shape[1:])
     else:
         raise ConfigError(f"cannot time layer of type {type(module).__name__} for a latency table (Conv1d/2d/3d "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import statistics
@@ -111,11 +112,11 @@ def compare_latency(models: Mapping[str, nn.Module], sample_shape: Sequence[int]
             samples: dict[str, list[float]] = {name: [] for name in models}
             with torch.inference_mode():
                 for name, m in models.items():  # warm up each model once before the rounds
-                    time_call(lambda m=m, x=inputs[name]: m(x), repeats=1, warmup=2, min_seconds=min_seconds,
+                    time_call(functools.partial(m, inputs[name]), repeats=1, warmup=2, min_seconds=min_seconds,
                               device=inputs[name].device)
                 for _ in range(rounds):
                     for name, m in models.items():
-                        samples[name] += time_call(lambda m=m, x=inputs[name]: m(x), repeats=1, warmup=0,
+                        samples[name] += time_call(functools.partial(m, inputs[name]), repeats=1, warmup=0,
                                                    min_seconds=min_seconds, device=inputs[name].device)
             results[int(batch)] = {name: _stats_ms(s) for name, s in samples.items()}
     finally:

@@ -219,8 +219,8 @@ def _streamed_imagefolder(
     if mean is None or std is None:
         every = LazyImages(train_root, files.train_paths, dataclasses.replace(transform, mean=(0.0,) * 3,
                                                                               std=(1.0,) * 3), workers)
-        transform = dataclasses.replace(transform, **dict(zip(("mean", "std"), sample_mean_std(every, seed=seed),
-                                                              strict=True)))
+        sample_mean, sample_std = sample_mean_std(every, seed=seed)
+        transform = dataclasses.replace(transform, mean=sample_mean, std=sample_std)
 
     def make(root: str, paths: tuple[str, ...], labels: np.ndarray, index: np.ndarray | None) -> Split:
         if index is not None:

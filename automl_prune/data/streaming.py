@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsInt
 
 import numpy as np
 import torch
@@ -223,7 +223,7 @@ def _mb(n_bytes: int) -> str:
     return f"{n_bytes / (1 << 30):.1f} GiB" if n_bytes >= 1 << 30 else f"{n_bytes / (1 << 20):.1f} MiB"
 
 
-class _Files(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _Files(torch.utils.data.Dataset[Tensor]):
     """Image ``i`` of a `LazyImages`, decoded and transformed (what DataLoader workers run)."""
 
     def __init__(self, images: LazyImages) -> None:
@@ -346,11 +346,14 @@ class LazyImages:
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             return torch.stack(list(pool.map(files.__getitem__, index)))
 
-    def iter_batches(self, batches: Iterable[Sequence[int]], *, pin_memory: bool | None = None) -> Iterator[Tensor]:
+    def iter_batches(
+        self, batches: Iterable[Iterable[SupportsInt]], *, pin_memory: bool | None = None
+    ) -> Iterator[Tensor]:
         """One N x C x H x W tensor per index batch, in order, decoded by ``workers`` DataLoader processes.
 
         Args:
-            batches: Index lists (every one non-empty), e.g. consecutive slices of a shuffled order.
+            batches: Index lists or 1-d index tensors (every one non-empty), e.g. consecutive slices of a shuffled
+                order.
             pin_memory: Page-locked batches for fast copies to the GPU; ``None``: when CUDA is available.
         """
         from torch.utils.data import DataLoader

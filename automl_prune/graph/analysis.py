@@ -251,7 +251,8 @@ def _channelwise_channels(module: nn.Module) -> int:
         return module.num_parameters
     if isinstance(module, nn.LayerNorm):
         return int(module.normalized_shape[0])
-    return int(module.num_features)  # batch norms
+    assert isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))  # the rest of `_NORM_TYPES`
+    return int(module.num_features)
 
 
 def analyze(model: nn.Module, example_input: torch.Tensor) -> NetworkGraph:

@@ -271,7 +271,7 @@ def pretrain_or_load(
     train_seconds = time.perf_counter() - start
     val_acc, _ = evaluate_accuracy(model, splits.val)
     test_acc, _ = evaluate_accuracy(model, splits.test)
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]  # torch's stub lacks to(device, memory_format=)
     meta = {
         "model": model_name,
         "dataset": dataset_name,

@@ -52,7 +52,9 @@ class RayEvaluatorPool:
         self.workers = max(1, workers)
         shared = ray.put(init_kwargs)
         actor = ray.remote(num_cpus=1)(_EvaluatorActor)
-        self._actors = [actor.remote(shared) for _ in range(self.workers)]
+        # Actor handles: Ray resolves their methods (``.evaluate.remote``) at run time; its stubs type them only
+        # for ``@ray.method``-decorated methods, which would need ray imported with this module.
+        self._actors: list[Any] = [actor.remote(shared) for _ in range(self.workers)]
         self._cache: dict[str, Metrics] = {}
         self.evaluations = 0
 

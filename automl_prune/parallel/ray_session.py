@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -175,7 +176,7 @@ def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *
     # Kept for the whole session, not only while Ray starts: Tune takes file locks under RAY_TMPDIR too.
     with scoped_environ({**RAY_ENV, **caches, "RAY_TMPDIR": str(temp), "PYTHONPATH": _driver_pythonpath()}):
         ray.init(address="local", num_cpus=workers, include_dashboard=False, _temp_dir=str(temp),
-                 log_to_driver=False, configure_logging=True, logging_level="warning")
+                 log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
         _record_started(record)
         try:
             yield

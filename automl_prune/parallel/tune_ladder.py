@@ -60,7 +60,7 @@ def _ladder_trial(config: dict[str, Any], job: list[Any], candidates: dict[str, 
     from automl_prune.train.runtime import configure_torch
 
     configure_torch(1)
-    job = _job(job)
+    ladder_job = _job(job)
     candidate = candidates[config["candidate"]]
     rung = int(config["rung"])
     progress_state = None
@@ -73,19 +73,19 @@ def _ladder_trial(config: dict[str, Any], job: list[Any], candidates: dict[str, 
 
     def save_progress(state: dict[str, Any]) -> None:
         # In the run directory, not the system temp folder: a worker killed mid-save leaves nothing outside it.
-        scratch = job.folder(candidate.id)
+        scratch = ladder_job.folder(candidate.id)
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch, prefix=".checkpoint-") as folder:
             torch.save(state, Path(folder) / _TRAINER_FILE)
             tune.report({"steps": int(state["step"]), "done": False},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    result = job.run_rung(candidate, rung, progress_state=progress_state, save_progress=save_progress)
+    result = ladder_job.run_rung(candidate, rung, progress_state=progress_state, save_progress=save_progress)
     tune.report({**result.to_dict(), "resumed_from_step": int(progress_state["step"]) if progress_state else -1,
                  "done": True})
 
 
-class LadderSearcher(Searcher):  # type: ignore[misc]
+class LadderSearcher(Searcher):
     """Tune's ask/tell interface over a `Ladder`: suggests the next (candidate, rung) trial, records results.
 
     Trials of a rung are suggested while any are pending; the next rung's start once every entrant of the
@@ -105,7 +105,8 @@ class LadderSearcher(Searcher):  # type: ignore[misc]
                 return rung
         return None
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    # Ray annotates `Searcher.suggest` as returning ``dict | None`` but documents returning `Searcher.FINISHED` too.
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         """The next trial's config, ``None`` to wait for running trials, or FINISHED."""
         if self.failed:
             return Searcher.FINISHED
@@ -176,7 +177,7 @@ class TuneLadderExecutor:
             tune.with_parameters(_ladder_trial, job=[self._job_ref()], candidates=candidates), {"cpu": 1}
         )
         start = time.perf_counter()
-        callbacks = [_TrialLines(self, candidates, start)] if self.verbose else []
+        callbacks: list[Callback] = [_TrialLines(self, candidates, start)] if self.verbose else []
         restored = tune.Tuner.can_restore(str(self.path))
         with scoped_environ(RAY_ENV):
             if restored:
@@ -208,11 +209,12 @@ class TuneLadderExecutor:
             finally:
                 if previous is not None:
                     signal.signal(signal.SIGINT, previous)
-        errors = [r.error for r in grid if r.error is not None]
+        results = [grid[i] for i in range(len(grid))]  # a ResultGrid is indexed, not declared iterable
+        errors = [r.error for r in results if r.error is not None]
         # The records on disk are the truth (the searcher in a restored experiment is a copy).
         ladder = Ladder(ladder.path, ladder.candidates, ladder.rungs, ladder.eta, ladder.always_climb)
         pending = any(ladder.pending(rung) for rung in range(len(ladder.rungs)))
-        if pending and not errors and restored and all((r.metrics or {}).get("done") for r in grid):
+        if pending and not errors and restored and all((r.metrics or {}).get("done") for r in results):
             # The experiment had stopped on a trial that failed for good: Tune restores its search as finished,
             # so it re-runs the failed trials (from their checkpoints) but schedules nothing after them. The
             # ladder's records hold every finished rung: go on in a new experiment.
@@ -238,7 +240,7 @@ class TuneLadderExecutor:
             print(message, file=sys.stderr, flush=True)
 
 
-class _TrialLines(Callback):  # type: ignore[misc]
+class _TrialLines(Callback):
     """One progress line per finished trial."""
 
     def __init__(self, executor: TuneLadderExecutor, candidates: dict[str, Candidate], start: float) -> None:

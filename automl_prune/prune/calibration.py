@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 import torch_pruning as tp
@@ -73,7 +74,7 @@ class Calibration:
 class Site:
     """A mixing layer that reads channels of a group: its input channel ``layer_idxs[k]`` is ``root_idxs[k]``."""
 
-    module: nn.Module
+    module: nn.Conv2d | nn.Linear
     layer_idxs: Tensor
     root_idxs: Tensor
 
@@ -83,7 +84,7 @@ def mixing_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
 
 
-def _is_mixing(module: object) -> bool:
+def _is_mixing(module: object) -> TypeGuard[nn.Linear | nn.Conv2d]:
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 

@@ -177,8 +177,9 @@ class CCP(ActivationCriterion):
         return self._problem(sites, size)
 
     def _problem(self, sites: list[Site], size: int) -> tuple[Tensor, Tensor]:
-        per_site = [torch.cat(list(self._stats[s.module]["sample_grads"].values())) for s in sites]
-        grads = sum(to_root(p.T, s, size).T for p, s in zip(per_site, sites, strict=True))  # (N, size)
+        per_site = [torch.cat(list(self._observed[s.module]["sample_grads"].values())) for s in sites]
+        # (N, size); a 0-d zero start, as `sum`'s int 0 but typed as a tensor
+        grads = sum((to_root(p.T, s, size).T for p, s in zip(per_site, sites, strict=True)), torch.zeros(()))
         return grads.mean(0), grads.T @ grads / grads.shape[0]
 
     def score(self, group: tp.Group, sites: list[Site], size: int) -> Tensor:

@@ -119,15 +119,25 @@ class ActivationCriterion(Criterion):
     def observe(self, stats: dict[str, Any], module: nn.Module, x: Tensor, gate_grad: Tensor | None) -> None:
         """Add one batch's input ``x`` of ``module`` (and its gate gradient) to ``stats`` (default: nothing)."""
 
-    def sites(self, group: tp.Group) -> list[Site]:
-        """The group's consumer sites that were observed in `prepare`."""
+    @property
+    def _observed(self) -> dict[nn.Module, dict[str, Any]]:
+        """The per-layer statistics recorded by `prepare`.
+
+        Raises:
+            ConfigError: `prepare` has not run.
+        """
         if self._stats is None:
             raise ConfigError(
                 f"criterion {self.name!r} is data-driven and was not prepared with calibration batches "
                 "(pass calibration=... to compress/channel_order)"
             )
+        return self._stats
+
+    def sites(self, group: tp.Group) -> list[Site]:
+        """The group's consumer sites that were observed in `prepare`."""
+        observed = self._observed
         sites = consumer_sites(group, group_size(group))
-        seen = [s for s in sites if s.module in self._stats]
+        seen = [s for s in sites if s.module in observed]
         if sites and not seen:
             raise ConfigError(f"criterion {self.name!r} was prepared on another model than the one being pruned")
         return seen
@@ -150,7 +160,8 @@ class ActivationCriterion(Criterion):
 
         Both lists are in the order they should go: the lowest ``raw`` score first.
         """
-        grams = [gram_to_root(self._stats[s.module]["gram"], s, size) for s in sites if "gram" in self._stats[s.module]]
+        observed = self._observed
+        grams = [gram_to_root(observed[s.module]["gram"], s, size) for s in sites if "gram" in observed[s.module]]
         if not grams:
             return [], []
         diag = torch.stack([g.diagonal() for g in grams])  # (sites, size)
@@ -225,7 +236,7 @@ class L1Std(ActivationCriterion):
 
     def score(self, group: tp.Group, sites: list[Site], size: int) -> Tensor:
         """L1 x std per root channel."""
-        std = mean_normalized([to_root(self._std(self._stats[s.module]), s, size) for s in sites])
+        std = mean_normalized([to_root(self._std(self._observed[s.module]), s, size) for s in sites])
         filters = producer_filters(group, size)
         if not filters:
             return std
@@ -258,10 +269,12 @@ class Taylor(ActivationCriterion):
 
     def score(self, group: tp.Group, sites: list[Site], size: int) -> Tensor:
         """Sum over batches of ``|sum over sites of the batch-mean gate gradient|``."""
-        batch_sizes = self._stats[sites[0].module]["batch_sizes"]
+        observed = self._observed
+        batch_sizes = observed[sites[0].module]["batch_sizes"]
         total = torch.zeros(size, dtype=torch.float64)
         for b, n in batch_sizes.items():
-            grad = sum(to_root(self._stats[s.module]["batch_grads"][b], s, size) for s in sites)
+            # A 0-d zero start (`sum`'s default is the int 0): the sum is a tensor of the terms' dtype and shape.
+            grad = sum((to_root(observed[s.module]["batch_grads"][b], s, size) for s in sites), torch.zeros(()))
             total += grad.abs() / n
         return total
 
@@ -300,7 +313,8 @@ class EZCrop(ActivationCriterion):
 
     def score(self, group: tp.Group, sites: list[Site], size: int) -> Tensor:
         """Mean low-frequency energy per root channel."""
-        return mean_normalized([to_root(self._stats[s.module]["energy"] / self._stats[s.module]["samples"], s, size)
+        observed = self._observed
+        return mean_normalized([to_root(observed[s.module]["energy"] / observed[s.module]["samples"], s, size)
                                 for s in sites])
 
 
@@ -321,7 +335,8 @@ class ChannelSimilarity(ActivationCriterion):
     name = "similarity"
 
     def _grams(self, sites: list[Site], size: int) -> list[Tensor]:
-        grams = [gram_to_root(self._stats[s.module]["gram"], s, size) for s in sites if "gram" in self._stats[s.module]]
+        observed = self._observed
+        grams = [gram_to_root(observed[s.module]["gram"], s, size) for s in sites if "gram" in observed[s.module]]
         if not grams:
             raise ConfigError(f"criterion {self.name!r} cannot compare channels read by layers of > 8192 inputs")
         return grams
@@ -369,9 +384,9 @@ class ChannelSimilarity(ActivationCriterion):
         removed = [c for c in range(size) if c not in set(kept)]
         nearest = kept_t[dist[removed][:, kept_t].argmin(1)].tolist()
         for site in sites:
-            if "gram" not in self._stats[site.module]:
+            if "gram" not in self._observed[site.module]:
                 continue
-            gram = gram_to_root(self._stats[site.module]["gram"], site, size)
+            gram = gram_to_root(self._observed[site.module]["gram"], site, size)
             layer_of = dict(zip(site.root_idxs.tolist(), site.layer_idxs.tolist(), strict=True))
             weight = site.module.weight
             for j, r in zip(removed, nearest, strict=True):

@@ -41,7 +41,7 @@ _MAX_ROWS = 9216  # a layer with more input patch entries than this (e.g. a big 
 class _SiteState:
     """The least-squares state of one consumer during elimination."""
 
-    def __init__(self, module: nn.Module, gram: Tensor, site: Site, size: int, ridge: float) -> None:
+    def __init__(self, module: nn.Conv2d | nn.Linear, gram: Tensor, site: Site, size: int, ridge: float) -> None:
         weight = flat_weight(module).double().cpu()  # (D, O)
         channels = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
         taps = weight.shape[0] // channels
@@ -125,9 +125,9 @@ class REAP(ActivationCriterion):
 
     def _states(self, sites: list[Site], size: int) -> list[_SiteState]:
         states = [
-            _SiteState(s.module, self._stats[s.module]["patch_gram"].double(), s, size, self.ridge)
+            _SiteState(s.module, self._observed[s.module]["patch_gram"].double(), s, size, self.ridge)
             for s in sites
-            if "patch_gram" in self._stats[s.module]
+            if "patch_gram" in self._observed[s.module]
         ]
         if not states:
             raise ConfigError(f"criterion {self.name!r} cannot fit layers with more than {_MAX_ROWS} input entries")
@@ -148,7 +148,7 @@ class REAP(ActivationCriterion):
                 if candidates.numel() == 1:
                     chosen = candidates.tolist()
                 else:
-                    error = sum(state.errors(candidates) for state in states)
+                    error = sum((state.errors(candidates) for state in states), torch.zeros(()))  # 0-d zero start
                     ranked = candidates[torch.argsort(error, stable=True)]
                     chosen = ranked[: min(per_round, remove - len(order))].tolist()
             order += chosen

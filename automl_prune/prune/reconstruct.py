@@ -91,13 +91,20 @@ def _mixing(module: nn.Module) -> bool:
 
 
 def patches(module: nn.Module, x: Tensor) -> Tensor:
-    """``(N, D, L)`` inputs of ``module`` per output position: unfolded patches of a conv, the input of a linear."""
+    """``(N, D, L)`` inputs of ``module`` per output position: unfolded patches of a conv, the input of a linear.
+
+    Raises:
+        ConfigError: A conv with string padding (``"same"``, ``"valid"``), which `unfold` does not take.
+    """
     if isinstance(module, nn.Conv2d):
+        if isinstance(module.padding, str):
+            raise ConfigError(f"cannot unfold the inputs of a Conv2d with padding={module.padding!r}: least-squares "
+                              "criteria and reconstruction need numeric padding")
         return nn.functional.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
     return x.reshape(-1, x.shape[-1], 1)
 
 
-def flat_weight(module: nn.Module) -> Tensor:
+def flat_weight(module: nn.Conv2d | nn.Linear) -> Tensor:
     """``(D, O)`` weight matching the columns of `patches`."""
     return module.weight.detach().reshape(module.weight.shape[0], -1).T
 
@@ -220,6 +227,8 @@ def _refit(
     targets: OriginalOutputs | None = None,
 ) -> None:
     layer, source = compressed.get_submodule(name), original.get_submodule(name)
+    # `reconstruct` refits only the layers that `_mixing` accepts in both models.
+    assert isinstance(layer, (nn.Conv2d, nn.Linear)) and isinstance(source, (nn.Conv2d, nn.Linear))
     out_idx = torch.as_tensor(dims["out"]) if "out" in dims else None
     generator = torch.Generator().manual_seed(seed)
     gram: Tensor | None = None

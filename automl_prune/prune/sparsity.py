@@ -234,7 +234,7 @@ def regularize(
     """
     from automl_prune.train.training import Trainer
 
-    regularized = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)
+    regularized: nn.Module = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks to(device, memory_format=)
     penalty = ChannelPenalty(regularized, graph, removed, method=method, strength=strength, steps=steps)
     split = data.train if hasattr(data, "train") else data
     per_epoch = max(1, len(split) // batch_size)
@@ -242,7 +242,7 @@ def regularize(
                       batch_size=batch_size, seed=seed, device=device, channels_last=False, penalty=penalty,
                       loss=loss)
     trainer.run(progress=False)
-    return regularized.to("cpu", memory_format=torch.contiguous_format).eval()
+    return regularized.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]  # torch's stub lacks to(device, memory_format=)
 
 
 class PinnedOrder(Criterion):

@@ -44,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -140,9 +140,12 @@ def _as_float_model(model: nn.Module) -> nn.Module:
     target = copy.deepcopy(model).to("cpu").float().eval()
     for name, module in list(target.named_modules()):
         if isinstance(module, QuantConv2d):
-            plain: nn.Module = nn.Conv2d(
-                module.in_channels, module.out_channels, module.kernel_size, stride=module.stride,
-                padding=module.padding, dilation=module.dilation, groups=module.groups,
+            # A Conv2d's kernel_size, stride and dilation are pairs, its padding a pair or a string; torch's stubs
+            # type the attributes ``tuple[int, ...]``.
+            plain: nn.Conv2d | nn.Linear = nn.Conv2d(
+                module.in_channels, module.out_channels, cast("tuple[int, int]", module.kernel_size),
+                stride=cast("tuple[int, int]", module.stride), padding=cast("str | tuple[int, int]", module.padding),
+                dilation=cast("tuple[int, int]", module.dilation), groups=module.groups,
                 bias=module.bias is not None, padding_mode=module.padding_mode,
             )
         elif isinstance(module, QuantLinear):
@@ -150,8 +153,8 @@ def _as_float_model(model: nn.Module) -> nn.Module:
         else:
             continue
         plain.weight.data.copy_(module.weight.data)
-        if module.bias is not None:
-            plain.bias.data.copy_(module.bias.data)  # type: ignore[union-attr]
+        if module.bias is not None and plain.bias is not None:  # the copy has a bias exactly when the layer has
+            plain.bias.data.copy_(module.bias.data)
         parent_name, _, child = name.rpartition(".")
         setattr(target.get_submodule(parent_name) if parent_name else target, child, plain.eval())
     return target

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from automl_prune.atomic import atomic_write
 from automl_prune.errors import CheckpointError, ConfigError
-from automl_prune.quantize.fake import FLOAT_BITS, quant_layers, weight_codes
+from automl_prune.quantize.fake import FLOAT_BITS, QuantMixin, quant_layers, weight_codes
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "load_packed", "pack", "read_header", "save_packed", "unpack"]
 
@@ -86,6 +86,7 @@ def pack(model: nn.Module) -> bytes:
         if name in quantized:
             bits = quantized[name]
             module = model.get_submodule(name.rpartition(".")[0])
+            assert isinstance(module, QuantMixin)  # `quantized` holds the weights of `quant_layers` only
             q, scale = weight_codes(tensor.float(), bits, module.fixed_weight_scale)
             unsigned = (q + (2 ** (bits - 1) - 1)).cpu().numpy().astype(np.uint32).ravel()
             entries.append({"name": name, "kind": "codes", "shape": list(tensor.shape), "offset": n_code_bits,

@@ -101,11 +101,11 @@ def _draw_panel(ax: Any, panel: TradeoffPanel) -> None:
         ax.scatter([cost], [scale * acc], s=110, facecolors="none", edgecolors="black", linewidths=1.3,
                    label="search's best (before re-ranking)", zorder=5)
     if panel.chosen is not None:
-        cost, acc = panel.chosen
-        if acc is None:
-            ax.axvline(cost, color=_CHOSEN, linewidth=2.0, label="chosen (not scored by the proxy)", zorder=5)
+        chosen_cost, chosen_acc = panel.chosen
+        if chosen_acc is None:
+            ax.axvline(chosen_cost, color=_CHOSEN, linewidth=2.0, label="chosen (not scored by the proxy)", zorder=5)
         else:
-            ax.scatter([cost], [scale * acc], s=220, marker="*", color=_CHOSEN, edgecolors="black",
+            ax.scatter([chosen_cost], [scale * chosen_acc], s=220, marker="*", color=_CHOSEN, edgecolors="black",
                        linewidths=0.8, label="chosen architecture", zorder=6)
     ax.set_xlabel(panel.cost_label)
     ax.set_ylabel(ylabel)
@@ -145,7 +145,7 @@ def plot_search_curve(accuracies: Sequence[float], within: Sequence[bool], path:
         if w and (running is None or a > running):
             running = a
         best.append(running)
-    shown = [(n, b) for n, b in zip(numbers, best, strict=True) if b is not None]
+    shown: list[tuple[float, float]] = [(n, b) for n, b in zip(numbers, best, strict=True) if b is not None]
     if shown:
         shown.append((len(numbers) + 0.5, shown[-1][1]))  # the last best holds to the end of the axis
         ax.step(*zip(*shown, strict=True), where="post", color=_FRONT, linewidth=2.0,

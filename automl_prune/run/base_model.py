@@ -110,7 +110,7 @@ def exclude_layers(space: Any, patterns: tuple[str, ...]) -> Any:
     if not kept:
         raise ConfigError(f"--exclude {list(patterns)} leaves no channel group to prune")
     log(f"excluded from compression (full width, float): {len(space.decisions) - len(kept)} of "
-         f"{len(space.decisions)} channel groups, {len(float_layers)} layers")
+        f"{len(space.decisions)} channel groups, {len(float_layers)} layers")
     pinned = {**space.pinned_bits, **{name: FLOAT_BITS for name in float_layers}}
     return SearchSpace(space.graph, kept, model_name=space.model_name, bit_choices=space.bit_choices,
                        pinned_bits=pinned)
@@ -123,6 +123,7 @@ def _base_from_weights(config: SearchConfig, splits: Any) -> tuple[torch.nn.Modu
     from automl_prune.models.weights import load_state_dict_file, load_weights_into
     from automl_prune.train.training import evaluate_accuracy
 
+    assert config.weights is not None, "called only for a run with --weights"
     spec = splits.spec
     model = build_model(config.model, spec.in_channels, spec.num_classes, spec.input_size)
     state = load_state_dict_file(config.weights)
@@ -130,9 +131,9 @@ def _base_from_weights(config: SearchConfig, splits: Any) -> tuple[torch.nn.Modu
     model = model.eval()
     val_acc, _ = evaluate_accuracy(model, splits.val, batch_size=250)
     test_acc, _ = evaluate_accuracy(model, splits.test, batch_size=250)
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     log(f"base model: {config.model} with the weights of {config.weights} (no pretraining): val "
-         f"{100 * val_acc:.2f}%, test {100 * test_acc:.2f}%")
+        f"{100 * val_acc:.2f}%, test {100 * test_acc:.2f}%")
     path = Path(config.weights).resolve()
     return model, {
         "model": config.model, "dataset": config.dataset, "in_channels": spec.in_channels,

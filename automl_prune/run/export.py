@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -108,7 +108,7 @@ def export(
     if onnx:
         from automl_prune.quantize.onnx_export import ONNX_CONTENT
 
-        _export_onnx(model, record["input_shape"], out / "model.onnx")
+        _export_onnx(model, cast("list[int]", record["input_shape"]), out / "model.onnx")
         record["onnx"] = {"file": "model.onnx", "batch": "dynamic",
                           "holds": ONNX_CONTENT if architecture.bits else "float graph"}
     atomic_write_text(out / "arch.json", json.dumps(record, indent=2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
 from automl_prune.run.base_model import BaseModel, log
 from automl_prune.run.run_dir import write_json
+from search_spaces import Budget
 
 __all__ = ["finish_run", "measure_final_latency"]
 
@@ -66,7 +66,7 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
         **({"loss": base.task.loss_name} if base.task.loss is not None else {}),
     }
     if config.latency is not None:
-        summary["latency"] = measure_final_latency(config, base, model, best)
+        summary["latency"] = measure_final_latency(config, base, model, best, result.budget)
     export(run_dir / "best", model=model, space=space, architecture=best, model_name=config.model,
            in_channels=base.meta["in_channels"], num_classes=base.meta["num_classes"], dataset=config.dataset,
            base_checkpoint_sha256=base.meta.get("sha256"), metrics=summary["compressed"], onnx=config.onnx,
@@ -99,14 +99,16 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
 
 
 def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn.Module, best: Any,
-                          rounds: int = 21) -> dict[str, Any]:
+                          budget: Budget, rounds: int = 21) -> dict[str, Any]:
     """Measured latency of the base and the compressed model at batch 1 and ``latency_batch_size``, interleaved,
     and whether the compressed one meets the latency budget, strictly and within the measured noise.
 
     Noise is half the compressed model's interquartile range plus the budget fraction times half the base
     model's (the uncertainty of both medians the check compares). A model with bits is timed as its float
-    realisation (the simulated quantization is not a deployment).
+    realisation (the simulated quantization is not a deployment). ``budget`` is the search's (a latency budget:
+    its width limit is the predicted latency in ns).
     """
+    assert config.latency is not None, "called only for a run with a latency budget"
     from automl_prune.cost.timing import compare_latency, device_name
 
     space = base.space
@@ -118,7 +120,7 @@ def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn
     batch = config.latency_batch_size
     batches = sorted({1, batch})
     log(f"measuring the latency of the base and the compressed model ({rounds} interleaved rounds, batch "
-         f"{', '.join(map(str, batches))}, {torch.get_num_threads()} threads)")
+        f"{', '.join(map(str, batches))}, {torch.get_num_threads()} threads)")
     measured = compare_latency({"base": base.model, "compressed": compressed}, tuple(space.graph.input_shape[1:]),
                                batches, rounds=rounds)
     b, c = measured[batch]["base"], measured[batch]["compressed"]
@@ -141,7 +143,7 @@ def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn
         "met": c["median_ms"] <= budget_ms,
         "met_within_noise": c["median_ms"] <= budget_ms + noise_ms,
         "predicted_ms": {"base": space.full_flops / 1e6, "compressed": space.flops(best) / 1e6,
-                         "budget": math.floor(config.latency * space.full_flops) / 1e6},
+                         "budget": budget.flops / 1e6},
     }
     if table is not None:
         record["table"] = {"file": table.meta.get("file"), "fit": table.meta.get("fit"), "device": table.device,
@@ -149,8 +151,8 @@ def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn
     verdict = ("met" if record["met"] else "met within the measured noise" if record["met_within_noise"]
                else "NOT met")
     log(f"latency at batch {batch}: base {b['median_ms']:.3f} ms, compressed {c['median_ms']:.3f} ms "
-         f"({record['ratio']:.3f}x; budget {config.latency:g}, {budget_ms:.3f} ms, noise +/-{noise_ms:.3f} ms): "
-         f"{verdict}")
+        f"({record['ratio']:.3f}x; budget {config.latency:g}, {budget_ms:.3f} ms, noise +/-{noise_ms:.3f} ms): "
+        f"{verdict}")
     return record
 
 

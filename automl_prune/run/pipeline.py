@@ -8,25 +8,30 @@ a run directory that already holds a search with the same settings is resumed. E
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from automl_prune.config import SearchConfig
 from automl_prune.errors import ConfigError
 from automl_prune.run.base_model import BaseModel, base_identity, check_base_identity, load_base, log, with_latency_cost
 from automl_prune.run.finish import finish_run
+from automl_prune.run.lock import run_dir_lock
 from automl_prune.run.rerank_stage import rerank_candidates
 from automl_prune.run.run_dir import check_run_dir, write_json
 from automl_prune.run.search_stage import (
-    bit_budgets,
     calibration_data,
     evaluator_kwargs,
     make_evaluator,
+    run_budget,
     spend_leftover_budget,
 )
 from automl_prune.run.wall_clock import WallClock
+
+if TYPE_CHECKING:
+    from agents import SearchContext
 
 __all__ = ["run_search"]
 
@@ -56,11 +61,15 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     Every setting is checked and the data loaded before anything is written to the run directory.
     """
 
-    from agents import SEARCHERS
+    from agents import SEARCHERS, SearchContext
     from automl_prune.prune.criteria import get_criterion
 
     SEARCHERS.get(config.agent)  # fail on a bad name before any work
     get_criterion(config.resolved_criterion)
+    if config.resolved_workers > 0:
+        from automl_prune.parallel.address import check_cluster_address
+
+        check_cluster_address(config.address)  # seconds, not the minute ray.init would wait
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir} is an existing file; give a directory (new or a run to resume)")
@@ -73,33 +82,30 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     if resuming:
         check_base_identity(run_dir, identity)
     if config.latency is not None:
-        from automl_prune.cost.latency import latency_budget
-
+        # The latency budget limits the space's width cost, so the space's width cost is the predicted latency.
         base = with_latency_cost(config, base)
-        budget = latency_budget(base.space, config.latency)
-    else:
-        budget = base.space.flops_budget(config.flops)
     space = base.space
+    budget = run_budget(config, space)
     from automl_prune.prune.pruning import channel_order
 
     # A criterion that cannot score a group, or an unknown name, is refused now.
     channel_order(base.model, space.graph, config.resolved_criterion, calibration=calibration_data(config, base))
     evaluator = make_evaluator(config, base)
     options: dict[str, Any] = dict(config.agent_options)
-    options.update(bit_budgets(config, space))
     if config.agent in ("ddpg", "ppo"):
         options["reward"] = config.reward
     if config.agent.startswith("optuna") and config.storage:
         options["storage"] = config.storage
     # Searchers are built against a scratch directory first, so a rejected option writes nothing to the run.
+    context = SearchContext(space, evaluator, budget, seed=config.seed, search=config.resolved_search)
     try:
-        SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=None, **options)
+        SEARCHERS.create(config.agent, context, **options)
     except TypeError as exc:  # an agent option the searcher does not take
         raise ConfigError(f"agent {config.agent!r} rejected its options {sorted(options)}: {exc}") from exc
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config.to_dict())
-    write_json(run_dir / "base.json", identity)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(run_dir_lock(run_dir))  # one process per run directory, from here to the end
+        write_json(run_dir / "config.json", config.to_dict())
+        write_json(run_dir / "base.json", identity)
         if config.resolved_workers > 0:
             from automl_prune.parallel.ray_eval import RayEvaluatorPool
             from automl_prune.parallel.ray_session import ray_session
@@ -108,39 +114,47 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
             evaluator = RayEvaluatorPool(evaluator, config.resolved_workers, evaluator_kwargs(config, base))
             stack.callback(evaluator.close)
             log(f"evaluating candidates in {config.resolved_workers} Ray workers")
-        return _search_and_rerank(config, base, evaluator, options, budget, run_dir, resuming)
+        context = dataclasses.replace(context, evaluator=evaluator, run_dir=run_dir)
+        return _search_and_rerank(config, base, context, run_dir, options, resuming)
 
 
-def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, options: dict[str, Any], budget: int,
-                       run_dir: Path, resuming: bool) -> dict[str, Any]:
+def _search_and_rerank(config: SearchConfig, base: BaseModel, context: SearchContext, run_dir: Path,
+                       options: dict[str, Any], resuming: bool) -> dict[str, Any]:
     """Search, re-rank, test, export (inside the run's Ray session when there is one)."""
     from tqdm import tqdm
 
     from agents import SEARCHERS
 
-    space = base.space
-    searcher = SEARCHERS.create(config.agent, space, evaluator, budget, seed=config.seed, run_dir=run_dir, **options)
-    searcher.set_time_limit(config.time_limit_seconds)
+    space, evaluator, budget = base.space, context.evaluator, context.budget
+    searcher = SEARCHERS.create(config.agent, context, **options)
     state_dir = run_dir / "agent_state"
     if resuming and state_dir.exists():
         searcher.restore(state_dir)
     done = len(searcher.history)
     if resuming:
         log(f"resuming {run_dir}: {done} of {config.episodes} evaluations already done")
+    search_clock = WallClock(run_dir / "search_seconds.json")
+    episodes, spent_before = config.episodes, False
+    limit = config.time_limit_seconds
+    if limit is not None:  # the limit is the run's: the search seconds of earlier processes count
+        left = limit - search_clock.before
+        if left <= 0 and done > 0:
+            episodes, spent_before = done, True
+            log(f"the time limit ({config.time_limit}) was spent by the earlier processes of this run "
+                f"({search_clock.before:.0f} s); the run goes on with the {done} evaluations it has")
+        searcher.set_time_limit(max(left, 0.0))
     steps = config.search_finetune_steps
     proxy = f"{steps} fine-tune steps + adaptive BN" if steps else "adaptive BN"
-    what = (f"budget {budget / 1e3:,.1f} us of predicted latency ({config.latency:g} of {space.full_flops / 1e3:,.1f} "
-            f"us at batch {config.latency_batch_size})" if config.latency is not None
-            else f"budget {budget:,} FLOPs ({config.flops:g} of {space.full_flops:,})")
+    what = (f"budget {budget.flops / 1e3:,.1f} us of predicted latency ({config.latency:g} of "
+            f"{space.full_flops / 1e3:,.1f} us at batch {config.latency_batch_size})" if budget.latency
+            else f"budget {budget.flops:,} FLOPs ({config.flops:g} of {space.full_flops:,})")
     log(f"searching {config.model} on {config.dataset} with {config.agent}: {len(space)} channel groups, {what}, "
-         f"candidates scored by {proxy}")
+        f"candidates scored by {proxy}")
 
     bar = tqdm(total=config.episodes, initial=min(done, config.episodes), desc=f"search ({config.agent})",
                unit="eval", disable=not config.progress, file=sys.stderr, dynamic_ncols=True,
                mininterval=0.1 if sys.stderr.isatty() else 10.0)
     best_acc = [max((e.metrics["accuracy"] for e in searcher.history.entries), default=0.0)]
-
-    search_clock = WallClock(run_dir / "search_seconds.json")
 
     def on_evaluation(entry: Any) -> None:
         search_clock.save()
@@ -151,7 +165,7 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
 
     resume_hint = f"resume with: automl-prune resume {run_dir}"
     try:
-        result = searcher.search(config.episodes, callback=on_evaluation)
+        result = searcher.search(episodes, callback=on_evaluation)
     except KeyboardInterrupt:
         searcher.save(state_dir)
         search_clock.save()
@@ -166,27 +180,28 @@ def _search_and_rerank(config: SearchConfig, base: BaseModel, evaluator: Any, op
     bar.close()
     searcher.save(state_dir)
     search_seconds = search_clock.save()  # summed over the processes that worked on it (resumes included)
-    result.extra["stopped_by_time_limit"] = searcher.stopped_by_deadline
+    result.extra["stopped_by_time_limit"] = searcher.stopped_by_deadline or spent_before
     if searcher.stopped_by_deadline:
         log(f"the time limit ({config.time_limit}) ended the search after {len(result.history)} of "
-             f"{config.episodes} evaluations; the run goes on with what it found")
+            f"{config.episodes} evaluations; the run goes on with what it found")
 
     best = space.complete(result.best)
     flops = space.flops(best)
-    if flops > budget:  # the searchers guarantee this; checked again because it is the product's promise
-        raise RuntimeError(f"best architecture has {flops} FLOPs, over the budget {budget}")
+    over = budget.violations(space, best)
+    if over:  # the searchers guarantee this; checked again because it is the product's promise
+        raise RuntimeError(f"best architecture is over budget: {'; '.join(over)}")
     widened = None
     if config.fill_budget:
-        filled = spend_leftover_budget(best, space, budget, options)
+        filled = spend_leftover_budget(best, space, budget, config.resolved_search)
         if filled != best:
             widened = (filled, evaluator.evaluate(filled).accuracy, space.flops(filled))
-            log(f"widened the best architecture to spend the leftover budget: {flops / budget:.3f} -> "
-                 f"{space.flops(filled) / budget:.3f} of it")
+            log(f"widened the best architecture to spend the leftover budget: {flops / budget.flops:.3f} -> "
+                f"{space.flops(filled) / budget.flops:.3f} of it")
 
     rerank_clock = WallClock(run_dir / "rerank_seconds.json")
     try:
         chosen, model, ladder, val_after = rerank_candidates(config, base, evaluator, result, budget, widened, run_dir,
-                                                   options, rerank_clock)
+                                                             rerank_clock)
     except KeyboardInterrupt:
         rerank_clock.save()
         log(f"interrupted during re-ranking; finished rungs are kept. {resume_hint}")

@@ -15,13 +15,13 @@ from automl_prune.run.base_model import BaseModel, log
 from automl_prune.run.run_dir import write_json
 from automl_prune.run.search_stage import calibration_data
 from automl_prune.run.wall_clock import WallClock
+from search_spaces import Budget
 
 __all__ = ["rerank_candidates"]
 
 
-def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: int,
+def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: Budget,
                       widened: tuple[Any, float, int] | None, run_dir: Path,
-                      options: dict[str, Any] | None = None,
                       clock: WallClock | None = None) -> tuple[Any, torch.nn.Module, Any, float]:
     """The re-ranking ladder; returns the chosen candidate, its fine-tuned model, the ladder, its val acc."""
     from agents import uniform_architecture
@@ -30,19 +30,15 @@ def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, res
     from automl_prune.train.training import evaluate_accuracy
 
     space = base.space
-    uniform = uniform_architecture(space, budget)
-    options = options or {}
-    if options.get("search") in ("bits", "both"):
+    uniform = uniform_architecture(space, budget.flops)
+    search = config.resolved_search
+    if search in ("bits", "both"):
         from agents import uniform_bits_architecture
 
-        widths = space.full() if options["search"] == "bits" else uniform
-        uniform = uniform_bits_architecture(space, widths, options.get("size_budget_bits"),
-                                            options.get("bops_budget"))
-    size_budget, bops_budget = options.get("size_budget_bits"), options.get("bops_budget")
+        widths = space.full() if search == "bits" else uniform
+        uniform = uniform_bits_architecture(space, widths, budget.size_bits, budget.bops)
     ranked = [(space.complete(e.architecture), e.metrics["accuracy"], e.metrics["flops"]) for e in result.history
-              if e.metrics["flops"] <= budget
-              and (size_budget is None or space.size_bits(e.architecture) <= size_budget)
-              and (bops_budget is None or space.bops(e.architecture) <= bops_budget)]
+              if budget.fits(space, e.architecture)]
     candidates = select_candidates(
         ranked, top_k=config.rerank_top_k,
         uniform=(uniform, evaluator.evaluate(uniform).accuracy, space.flops(uniform)), widened=widened,
@@ -73,7 +69,7 @@ def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, res
     except ConfigError:
         # More evaluations or other fine-tune/re-rank settings than the recorded ladder: its results do not apply.
         log("the re-ranking settings, the fine-tune recipe or the candidates changed since the last run: "
-             "re-ranking afresh")
+            "re-ranking afresh")
         import shutil
 
         for stale in ("ladder.json", "rerank", "tune/rerank"):
@@ -83,15 +79,15 @@ def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, res
     write_json(recipe_path, recipe_record)
     workers = config.resolved_workers
     log(f"re-ranking {len(candidates)} candidates ({', '.join(c.origin for c in candidates)}) over fine-tune "
-         f"rungs {list(rungs)} steps, keeping 1/{config.rerank_eta} per rung, "
-         + (f"{workers} Ray Tune workers" if workers > 0 else "in this process"))
+        f"rungs {list(rungs)} steps, keeping 1/{config.rerank_eta} per rung, "
+        + (f"{workers} Ray Tune workers" if workers > 0 else "in this process"))
 
     def on_rung(rung: int, todo: list[Any]) -> None:
         if clock is not None:
             clock.save()
         entrants = ladder.entrants(rung)
         log(f"rung {rung + 1}/{len(rungs)} ({rungs[rung]} steps): {len(entrants)} candidates"
-             + (f", {len(entrants) - len(todo)} already done" if len(todo) < len(entrants) else ""))
+            + (f", {len(entrants) - len(todo)} already done" if len(todo) < len(entrants) else ""))
 
     if workers == 0:
         winner = ladder.run(local_executor(job), on_rung)
@@ -103,5 +99,5 @@ def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, res
         ladder = executor.ladder
     top = ladder.highest_rung_reached()
     log(f"re-ranking chose {winner.id} ({winner.origin}): val "
-         f"{job.task.format_score(ladder.results[(winner.id, top)].val_acc)} after the whole fine-tune")
+        f"{job.task.format_score(ladder.results[(winner.id, top)].val_acc)} after the whole fine-tune")
     return winner, job.final_model(winner, top), ladder, ladder.results[(winner.id, top)].val_acc

@@ -16,7 +16,9 @@ __all__ = ["IDENTITY_KEYS", "check_run_dir", "write_json"]
 IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
                  "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "pretrain_epochs", "reward",
                  "pretrain_seed", "agent_options", "exclude", "search", "size", "bops", "reconstruct",
-                 "calibration_size", "latency", "latency_batch_size")
+                 "calibration_size", "latency", "latency_batch_size",
+                 # the ladder's shape: other entrants or rungs would discard the rungs already fine-tuned
+                 "rerank_top_k", "rerank_rungs", "rerank_eta")
 
 
 def check_run_dir(config: SearchConfig, run_dir: Path) -> bool:

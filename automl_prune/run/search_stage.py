@@ -1,4 +1,4 @@
-"""The search stage's parts: the evaluator every searcher scores with, the bit budgets, the leftover budget."""
+"""The search stage's parts: the evaluator every searcher scores with, the run's budget, the leftover budget."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 from automl_prune.config import SearchConfig
 from automl_prune.errors import ConfigError
 from automl_prune.run.base_model import BaseModel
+from search_spaces import Budget
 
-__all__ = ["bit_budgets", "calibration_data", "evaluator_kwargs", "make_evaluator", "spend_leftover_budget"]
+__all__ = ["calibration_data", "evaluator_kwargs", "make_evaluator", "run_budget", "spend_leftover_budget"]
 
 
 def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
@@ -50,40 +51,36 @@ def make_evaluator(config: SearchConfig, base: BaseModel) -> Any:
                      kwargs.pop("val_labels"), **kwargs)
 
 
-def bit_budgets(config: SearchConfig, space: Any) -> dict[str, Any]:
-    """The searcher's bit settings: ``search`` and the size/BOPs budgets in bits and bit-operations ({} for
-    a widths-only search)."""
+def run_budget(config: SearchConfig, space: Any) -> Budget:
+    """Every limit of the run: the width limit (FLOPs, or predicted latency with ``latency``; ``space`` then has
+    the latency width cost) and, when bits are searched, the size and BOPs limits."""
     from automl_prune.config import parse_size
 
-    mode = config.resolved_search
-    if mode == "widths":
-        return {}
-    budgets: dict[str, Any] = {"search": mode}
-    if config.size is not None:
-        kind, value = parse_size(config.size)
-        fraction = value if kind == "fraction" else value / space.full_size_bits
-        if fraction > 1.0:
-            raise ConfigError(f"--size {config.size} is more than the float32 model ({space.full_size_bits / 8:,.0f} "
-                              "bytes); give a smaller size or a fraction")
-        budgets["size_budget_bits"] = space.size_budget(fraction)
-    if config.bops is not None:
-        budgets["bops_budget"] = space.bops_budget(config.bops)
-    return budgets
+    size, bops = None, None
+    if config.resolved_search != "widths":
+        if config.size is not None:
+            kind, value = parse_size(config.size)
+            size = value if kind == "fraction" else value / space.full_size_bits
+            if size > 1.0:
+                raise ConfigError(f"--size {config.size} is more than the float32 model "
+                                  f"({space.full_size_bits / 8:,.0f} bytes); give a smaller size or a fraction")
+        bops = config.bops
+    return Budget.from_fractions(space, config.flops, size=size, bops=bops, latency=config.latency)
 
 
-def spend_leftover_budget(best: Any, space: Any, budget: int, options: dict[str, Any] | None = None) -> Any:
+def spend_leftover_budget(best: Any, space: Any, budget: Budget, search: str = "widths") -> Any:
     """Widen ``best`` group by group (round robin) while FLOPs stay within budget: a superset of it. With bits,
-    they are kept and then taken off the costliest layers if the wider model is over the size/BOPs budgets."""
+    they are kept and then taken off the costliest layers if the wider model is over the size/BOPs budgets;
+    with ``search="bits"`` (widths not searched) ``best`` is returned as it is."""
     from agents import fill_budget
     from search_spaces import Architecture
 
     target = {name: float(width) for name, width in best.widths.items()}
-    widened = Architecture(fill_budget(space, best.widths, budget, target), dict(best.bits))
-    options = options or {}
-    if options.get("search") == "bits":
+    widened = Architecture(fill_budget(space, best.widths, budget.flops, target), dict(best.bits))
+    if search == "bits":
         return best  # widths are not searched: the model stays at full width
-    if best.bits and (options.get("size_budget_bits") is not None or options.get("bops_budget") is not None):
+    if best.bits and budget.has_bit_limits:
         from agents import project_bits
 
-        widened = project_bits(space, widened, options.get("size_budget_bits"), options.get("bops_budget"))
+        widened = project_bits(space, widened, budget.size_bits, budget.bops)
     return widened

@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,9 +23,12 @@ from torch import nn
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.data.datasets import Splits
 from automl_prune.data.task import LossFn, Task
-from automl_prune.scoring.ladder import Candidate, RungResult
+from automl_prune.scoring.ladder import Candidate, RungExecutor, RungResult
 from automl_prune.train.training import Trainer, evaluate_accuracy
 from search_spaces import Architecture, SearchSpace
+
+if TYPE_CHECKING:
+    from automl_prune.prune.criteria import Criterion
 
 __all__ = ["FineTuneRecipe", "LadderJob", "local_executor"]
 
@@ -135,7 +138,8 @@ class LadderJob:
         """
         from automl_prune.scoring.evaluator import Evaluator
 
-        model, criterion, reconstruct = self.model, self.criterion, self.reconstruct
+        model, reconstruct = self.model, self.reconstruct
+        criterion: str | Criterion = self.criterion  # `regularized_start` pins the order it trained for
         if regularize and self.recipe.regularize != "none":
             from automl_prune.prune.criteria import get_criterion
             from automl_prune.prune.sparsity import regularized_start
@@ -227,7 +231,7 @@ class LadderJob:
     def final_model(self, candidate: Candidate, rung: int) -> nn.Module:
         """The candidate's model at the end of ``rung`` (for the top rung: fine-tuned), in eval mode on CPU."""
         trainer = self.trainer_for(candidate, self.load_state(candidate.id, rung))
-        return trainer.model.to("cpu", memory_format=torch.contiguous_format).eval()
+        return trainer.model.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]  # torch's stub lacks to(device, memory_format=)
 
 
 def _fail_once_marker() -> Path | None:
@@ -244,10 +248,10 @@ def _fail_while_marker() -> Path | None:
     return Path(value) if value else None
 
 
-def local_executor(job: LadderJob) -> Callable[[int, list[Candidate]], Any]:
+def local_executor(job: LadderJob) -> RungExecutor:
     """Run a rung's candidates one after another in this process (``workers=0``); same files as Ray's."""
 
-    def execute(rung: int, todo: list[Candidate]) -> Any:
+    def execute(rung: int, todo: Sequence[Candidate]) -> Iterator[RungResult]:
         for candidate in todo:
             partial = job.folder(candidate.id) / f"rung{rung}.partial.pt"
             state = torch.load(partial, map_location="cpu", weights_only=True) if partial.exists() else None

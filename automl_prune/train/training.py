@@ -132,7 +132,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self._rng_state = torch.get_rng_state()
-        model.to(device=self.device, memory_format=self.memory_format).train()
+        model.to(device=self.device, memory_format=self.memory_format).train()  # type: ignore[call-overload]  # torch's stub lacks to(device, memory_format=)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                                          weight_decay=weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(self.total_steps))
@@ -254,14 +254,14 @@ class Trainer:
                 f"the saved run was planned for {state['total_steps']} steps, this one for {self.total_steps}"
             )
         self.model.load_state_dict(state["model"])
-        self.model.to(device=self.device, memory_format=self.memory_format)
+        self.model.to(device=self.device, memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stub lacks to(device, memory_format=)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.images = int(state["images"])
         self.seconds = float(state["seconds"])
         self._rng_state = state["rng"]
-        self._last_epoch_stats = tuple(state["last_epoch_stats"])  # type: ignore[assignment]
+        self._last_epoch_stats = tuple(state["last_epoch_stats"])
 
 
 @torch.no_grad()
