@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--finetune-epochs", type=float,
                            help="epochs of the final fine-tune; the ladder's rungs lead up to it "
                            f"({DEFAULTS.finetune_epochs:g})")
+            g.add_argument("--finetune-lr", type=float,
+                           help=f"peak learning rate of the fine-tunes (SGD + Nesterov; {DEFAULTS.finetune_lr:g})")
             g.add_argument("--distill", action="store_true", default=None,
                            help="fine-tune with knowledge distillation from the base model")
             g.add_argument("--distill-temperature", type=float, help="softmax temperature of --distill (4)")

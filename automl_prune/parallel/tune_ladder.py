@@ -26,6 +26,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
+from automl_prune.data.task import Task
 from automl_prune.parallel.ray_session import RAY_ENV
 from automl_prune.scoring.ladder import Candidate, Ladder, RungResult
 from automl_prune.scoring.rung_job import LadderJob
@@ -177,7 +178,9 @@ class TuneLadderExecutor:
             tune.with_parameters(_ladder_trial, job=[self._job_ref()], candidates=candidates), {"cpu": 1}
         )
         start = time.perf_counter()
-        callbacks: list[Callback] = [_TrialLines(self, candidates, start)] if self.verbose else []
+        # Tune pickles its callbacks into the experiment's tuner.pkl: this one holds the task, not the job (whose
+        # base model and data would make the run directory as large as the dataset).
+        callbacks: list[Callback] = [_TrialLines(self.job.task, candidates, start)] if self.verbose else []
         restored = tune.Tuner.can_restore(str(self.path))
         with scoped_environ(RAY_ENV):
             if restored:
@@ -241,18 +244,16 @@ class TuneLadderExecutor:
 
 
 class _TrialLines(Callback):
-    """One progress line per finished trial."""
+    """One progress line per finished trial (on stderr)."""
 
-    def __init__(self, executor: TuneLadderExecutor, candidates: dict[str, Candidate], start: float) -> None:
-        self.executor, self.candidates, self.start = executor, candidates, start
+    def __init__(self, task: Task, candidates: dict[str, Candidate], start: float) -> None:
+        self.task, self.candidates, self.start = task, candidates, start
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
         if not result.get("done"):
             return
         candidate = self.candidates[result["candidate"]]
-        self.executor._log(
-            f"  rung {result['rung'] + 1}: {candidate.id} ({candidate.origin}) val "
-            f"{self.executor.job.task.format_score(result['val_acc'])} "
-            f"after {result['steps']} steps [{time.perf_counter() - self.start:.0f} s]"
-        )
+        print(f"  rung {result['rung'] + 1}: {candidate.id} ({candidate.origin}) val "
+              f"{self.task.format_score(result['val_acc'])} "
+              f"after {result['steps']} steps [{time.perf_counter() - self.start:.0f} s]", file=sys.stderr, flush=True)
