@@ -144,6 +144,7 @@ class OptunaSearcher(Searcher):
         self.study_name = study_name or f"{self.name}-{budget.flops}"
         self._storage_arg = storage
         self._saved_sampler: optuna.samplers.BaseSampler | None = None
+        self._saved_sampler_trials: int | None = None  # trials in the study when that sampler was saved
         # The default storage belongs to this run alone, so every RUNNING trial in it is a dead one of ours.
         self._owns_storage = storage is None
         self._worker = f"{socket.gethostname()}:{self.run_dir.resolve()}" if self.run_dir is not None else None
@@ -195,7 +196,12 @@ class OptunaSearcher(Searcher):
             )
             self._check_study(study)
             saved, self._saved_sampler = self._saved_sampler, None
-            study.sampler = saved if saved is not None else self._make_sampler(len(study.get_trials(deepcopy=False)))
+            n_existing = len(study.get_trials(deepcopy=False))
+            # A sampler saved at an earlier point (a Ctrl-C, then a kill -9 after more trials) would propose
+            # again what it proposed after that save: only the state of exactly this study is restored.
+            if saved is None or self._saved_sampler_trials != n_existing:
+                saved = self._make_sampler(n_existing)
+            study.sampler = saved
             self._study = study
         return self._study
 
@@ -401,7 +407,7 @@ class OptunaSearcher(Searcher):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {"study_name": self.study_name, "storage": self.storage_url, "seed": self.seed,
-                 "searcher": self.name}
+                 "searcher": self.name, "sampler_trials": len(self.study.get_trials(deepcopy=False))}
         if self.storage_url is None and not isinstance(self._storage_arg, optuna.storages.BaseStorage):
             target = path / "optuna.db"
             target.unlink(missing_ok=True)
@@ -434,6 +440,7 @@ class OptunaSearcher(Searcher):
         sampler_file = path / _SAMPLER_FILE
         if sampler_file.exists():
             self._saved_sampler = pickle.loads(sampler_file.read_bytes())  # our own file, written by `save`
+            self._saved_sampler_trials = state.get("sampler_trials")
         if self.history.path is None and len(self.history) == 0 and (path / "history.jsonl").exists():
             for entry in SearchHistory(path / "history.jsonl").entries:
                 self.history.entries.append(entry)

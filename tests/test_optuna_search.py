@@ -121,6 +121,29 @@ def test_resumed_study_does_not_replay_the_random_start(setup, tmp_path: Path) -
     assert len(params) == 6 and len(set(params)) == 6
 
 
+def test_a_sampler_saved_before_later_trials_is_not_restored(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Ctrl-C saves the sampler after 3 trials; the resumed run does 3 more and is killed (no save); the next
+    # resume must not restore the 3-trial sampler, which would propose trials 4-6 again as 7-9.
+    space, evaluator, budget = setup
+
+    def searcher() -> OptunaSearcher:
+        return OptunaSearcher(SearchContext(space, evaluator, Budget(budget), seed=2, run_dir=tmp_path),
+                              n_startup_trials=20)
+
+    first = searcher()
+    first.search(3)
+    first.save(tmp_path / "agent_state")
+    second = searcher()
+    second.restore(tmp_path / "agent_state")
+    second.search(6)  # then killed: nothing saved
+    third = searcher()
+    third.restore(tmp_path / "agent_state")
+    history = third.search(9).history
+    assert [e.architecture for e in history[6:9]] != [e.architecture for e in history[3:6]]
+    params = [tuple(sorted(t.params.items())) for t in _load(tmp_path, f"optuna-{budget}").get_trials()]
+    assert len(params) == 9 and len(set(params)) == 9
+
+
 def test_resume_refuses_a_study_of_another_budget(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     space, evaluator, budget = setup
     OptunaSearcher(SearchContext(space, evaluator, Budget(budget), run_dir=tmp_path), study_name="s").search(1)
