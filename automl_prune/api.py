@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,16 +49,18 @@ class SearchResult:
 
     Attributes:
         model: The compressed and fine-tuned model (eval mode, CPU), rebuilt from the export.
-        architecture: Its per-group widths.
+        architecture: Its per-group widths and, when the search decided them, per-layer bits.
         metrics: The run's ``summary.json`` (FLOPs, params, accuracies, timings, the re-ranking ladder).
         run_dir: Where everything was written (``best/arch.json`` + ``best/weights.pt``: `load` them with the
             same base model).
+        criterion: The channel criterion the search pruned with (pass it to `compress` to cut the same channels).
     """
 
     model: nn.Module
     architecture: Architecture
     metrics: dict[str, Any]
     run_dir: Path
+    criterion: str = "l1"
 
 
 def search(
@@ -151,8 +153,9 @@ def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: Se
         torch.set_num_threads(previous_threads)
     run_dir = Path(config.out)
     compressed = load(run_dir / "best" / "arch.json", model=base_model)
-    return SearchResult(model=compressed, architecture=Architecture(dict(summary["architecture"])),
-                        metrics=summary, run_dir=run_dir)
+    bits = {name: (int(pair[0]), int(pair[1])) for name, pair in (summary.get("bits") or {}).items()}
+    return SearchResult(model=compressed, architecture=Architecture(dict(summary["architecture"]), bits=bits),
+                        metrics=summary, run_dir=run_dir, criterion=config.resolved_criterion)
 
 
 def _check_loss(model: nn.Module, train: Any, loss: LossFn) -> None:
@@ -188,25 +191,38 @@ def compress(
     example_input: torch.Tensor,
     *,
     criterion: str = "l1",
+    calibration: Iterable[torch.Tensor] | None = None,
 ) -> nn.Module:
     """A physically smaller copy of ``model`` keeping ``widths[group]`` channels per group (``model`` unchanged).
 
     Args:
         model: The trained model.
-        widths: Channels kept per group (group names as in an exported ``arch.json``), an `Architecture`, or
-            the path of an ``arch.json``.
+        widths: Channels kept per group (group names as in an exported ``arch.json``), an `Architecture`
+            (`SearchResult.architecture`: with bits, the copy is also fake-quantized), or the path of an
+            ``arch.json``.
         example_input: One input batch shaped as the model expects (traces its channel groups).
-        criterion: Which channels survive (a name of `automl_prune.prune.criteria`).
+        criterion: Which channels survive (a name of `automl_prune.prune.criteria`; `SearchResult.criterion` is
+            the search's, and a data-driven one reads ``calibration``).
+        calibration: Input batches: re-estimate batch-norm statistics, feed a data-driven criterion, and set the
+            activation ranges of quantized layers; needed when ``widths`` has bits.
+
+    Raises:
+        ConfigError: A group this model lacks, a width that is not a whole number of channels between 1 and the
+            group's size, or bits without ``calibration`` (one line each).
     """
     import json
+    import numbers
 
     from automl_prune.graph.analysis import analyze
     from automl_prune.prune.pruning import compress_widths
 
+    bits: Mapping[str, tuple[int, int]] = {}
     if isinstance(widths, (str, Path)):
-        chosen: Mapping[str, int] = json.loads(Path(widths).read_text())["widths"]
+        record = json.loads(Path(widths).read_text())
+        chosen: Mapping[str, Any] = record["widths"]
+        bits = Architecture.from_dict(record).bits
     elif isinstance(widths, Architecture):
-        chosen = widths.widths
+        chosen, bits = widths.widths, widths.bits
     else:
         chosen = widths
     graph = analyze(model, example_input)
@@ -214,4 +230,33 @@ def compress(
     if unknown:
         raise ConfigError(f"group {unknown[0]!r} is not a channel group of this model; its groups are "
                           f"{[g.name for g in graph.groups][:12]}")
-    return compress_widths(model, graph, {str(k): int(v) for k, v in chosen.items()}, criterion)
+    for name, kept in chosen.items():
+        size = graph.group(name).size
+        if isinstance(kept, bool) or not isinstance(kept, numbers.Integral) or not 1 <= int(kept) <= size:
+            raise ConfigError(f"the width of group {name!r} must be a whole number of channels from 1 to {size}, "
+                              f"but got {kept!r}")
+    batches = list(calibration) if calibration is not None else []
+    if bits and not batches:
+        raise ConfigError("this architecture has bits: pass calibration= (a few input batches) so that the "
+                          "quantized activations get their ranges, or use SearchResult.model / automl_prune.load")
+    pruned = compress_widths(model, graph, {str(k): int(v) for k, v in chosen.items()}, criterion,
+                             calibration=_calibration(batches, criterion) if batches else None)
+    if batches:
+        from automl_prune.scoring.evaluator import recalibrate_batch_norm
+
+        recalibrate_batch_norm(pruned, batches)
+    if bits:
+        from automl_prune.quantize.fake import calibrate, quantize
+
+        pruned = calibrate(quantize(pruned, dict(bits), inplace=True), batches)
+    return pruned.eval()
+
+
+def _calibration(batches: list[torch.Tensor], criterion: str) -> Any:
+    """The calibration a data-driven criterion reads, from the given batches (None for weight criteria)."""
+    from automl_prune.prune.calibration import Calibration
+    from automl_prune.prune.criteria import get_criterion
+
+    if not getattr(get_criterion(criterion), "requires_data", False):
+        return None
+    return Calibration(torch.cat(batches))

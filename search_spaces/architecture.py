@@ -67,7 +67,7 @@ class Architecture:
             raise InvalidArchitectureError(
                 "an architecture must be a JSON object with a 'widths' object mapping group names to channels"
             )
-        widths = {str(k): int(v) for k, v in data["widths"].items()}
+        widths = {str(k): _channel_count(k, v) for k, v in data["widths"].items()}
         bits = data.get("bits") or {}
         if not isinstance(bits, dict):
             raise InvalidBitsError(
@@ -84,6 +84,17 @@ class Architecture:
     def from_json(cls, text: str) -> Architecture:
         """Inverse of `to_json`."""
         return cls.from_dict(json.loads(text))
+
+
+def _channel_count(group: object, value: object) -> int:
+    """``value`` as a whole number of channels (``3`` or ``3.0``), or an `InvalidArchitectureError` naming ``group``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise InvalidArchitectureError(
+        f"the width of group {group!r} must be a whole number of channels, but got {value!r}"
+    )
 
 
 def _bit_pair(layer: object, value: object) -> tuple[int, int]:

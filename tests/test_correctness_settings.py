@@ -141,3 +141,12 @@ def test_resume_takes_what_may_change(saved_run: Path, tmp_path: Path, monkeypat
     assert (config.data_root, config.cache_dir, config.workers, config.threads) == (
         str(data), str(tmp_path / "c2"), 0, 1)
     assert (config.seed, config.model, config.out) == (3, "tiny-cnn", str(saved_run))
+
+
+@pytest.mark.parametrize("width", ['"abc"', "2.7", "true"])
+def test_an_architecture_width_that_is_not_a_channel_count_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], width: str) -> None:
+    arch = tmp_path / "arch.json"
+    arch.write_text('{"widths": {"features.0": ' + width + "}}")
+    _refused(capsys, ["export", *TINY[:4], "--arch", str(arch), "--out", str(tmp_path / "x")], "features.0")
+    assert not (tmp_path / "x").exists()

@@ -246,6 +246,29 @@ def test_compress_is_the_public_function_whatever_was_imported(user_search) -> N
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("bad", [0, -3, 10_000, 4.9, "abc", True])
+def test_compress_refuses_a_width_that_is_not_a_channel_count_of_the_group(user_search, bad) -> None:
+    model, _, loaders, result = user_search
+    x = next(iter(loaders["val"]))[0][:2]
+    group = next(iter(result.architecture.widths))
+    with pytest.raises(automl_prune.errors.ConfigError, match=f"width of group {group!r} must be a whole number"):
+        automl_prune.compress(model, {group: bad}, x)
+
+
+def test_compress_with_bits_quantizes_with_the_calibration_or_refuses(user_search) -> None:
+    from automl_prune.quantize.fake import QuantMixin
+
+    model, _, loaders, result = user_search
+    x = next(iter(loaders["val"]))[0]
+    name = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    with_bits = result.architecture.with_bits({name: (4, 8)})
+    with pytest.raises(automl_prune.errors.ConfigError, match="pass calibration="):
+        automl_prune.compress(model, with_bits, x[:2])
+    small = automl_prune.compress(model, with_bits, x[:2], criterion=result.criterion, calibration=[x])
+    assert isinstance(small.get_submodule(name), QuantMixin)
+    assert result.criterion == "reap"  # the search's default criterion, recorded for compress
+
+
 def test_excluded_layers_stay_float_when_bits_are_searched(tmp_path, capsys) -> None:
     run = tmp_path / "run"
     code = main(["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "0.2",
