@@ -282,3 +282,15 @@ def test_excluded_layers_stay_float_when_bits_are_searched(tmp_path, capsys) -> 
     assert summary["compressed"]["size_bits"] <= 0.2 * summary["base"]["size_bits"]
     for line in (run / "history.jsonl").read_text().splitlines():
         assert not any(name.startswith("stem") for name in json.loads(line)["architecture"].get("bits", {}))
+
+
+def test_a_bits_search_may_exclude_a_layer_that_is_quantizable_but_not_prunable(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    common = ["search", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs", "0.2",
+              "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--workers", "0", "--agent", "random",
+              "--episodes", "2", "--finetune-epochs", "0.05", "--rerank-top-k", "0", "--exclude", "fc"]
+    assert main([*common, "--size", "0.3", "--out", str(run)]) == 0, capsys.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["bits"] and "fc" not in summary["bits"]  # the classifier stays float
+    assert main([*common, "--flops", "0.5", "--out", str(tmp_path / "widths")]) == 2  # widths: fc prunes nothing
+    assert "matches no prunable layer" in capsys.readouterr().err

@@ -80,16 +80,17 @@ def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str
         model, example, min_keep_ratio=config.min_keep_ratio, round_to=config.round_to, model_name=config.model
     )
     if config.exclude:
-        space = exclude_layers(space, config.exclude)
+        space = exclude_layers(space, config.exclude, bits=config.resolved_search != "widths")
     return BaseModel(model=model, meta=meta, splits=splits, space=space, task=task or Task())
 
 
-def exclude_layers(space: Any, patterns: tuple[str, ...]) -> Any:
+def exclude_layers(space: Any, patterns: tuple[str, ...], *, bits: bool = False) -> Any:
     """The space without the width decisions of groups whose channels a matching layer outputs (kept full), and
     with every matching conv/linear layer pinned to float (32 bits) when bits are searched.
 
     A pattern matches a module path exactly, as a prefix (``layer1`` matches ``layer1.0.conv1``) or as a glob
-    (``features.*``). A pattern that matches no prunable layer is an error that lists some of them.
+    (``features.*``). A pattern that matches no prunable layer (nor, when ``bits`` are searched, no quantizable
+    layer) is an error that lists some of them.
     """
     from fnmatch import fnmatchcase
 
@@ -101,10 +102,14 @@ def exclude_layers(space: Any, patterns: tuple[str, ...]) -> Any:
 
     producers = {d.name: [m.layer for m in space.graph.group(d.name).members if m.dim == "out"]
                  for d in space.decisions}
+    candidates = {layer for layers in producers.values() for layer in layers}
+    if bits:
+        candidates |= set(space.quantizable_layers)
     for pattern in patterns:
-        if not any(matches(layer, pattern) for layers in producers.values() for layer in layers):
-            shown = sorted({layer for layers in producers.values() for layer in layers})[:8]
-            raise ConfigError(f"--exclude {pattern!r} matches no prunable layer; prunable layers include {shown}")
+        if not any(matches(layer, pattern) for layer in candidates):
+            what = "prunable or quantizable" if bits else "prunable"
+            raise ConfigError(f"--exclude {pattern!r} matches no {what} layer; {what} layers include "
+                              f"{sorted(candidates)[:8]}")
     kept = [d for d in space.decisions if not any(matches(layer, p) for layer in producers[d.name] for p in patterns)]
     float_layers = [name for name in space.quantizable_layers if any(matches(name, p) for p in patterns)]
     if not kept:
