@@ -150,3 +150,23 @@ def test_an_architecture_width_that_is_not_a_channel_count_is_one_line(
     arch.write_text('{"widths": {"features.0": ' + width + "}}")
     _refused(capsys, ["export", *TINY[:4], "--arch", str(arch), "--out", str(tmp_path / "x")], "features.0")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("def small_net(:\n    pass\n", "syntax error in module"),
+    ("import no_such_package_here\n", "cannot import module"),
+    ("raise RuntimeError('boom at import')\n", "raised RuntimeError: boom at import"),
+])
+def test_a_user_model_file_that_fails_to_import_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], source: str,
+        expected: str) -> None:
+    import sys
+
+    name = f"broken_{abs(hash(source)) % 10**8}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    err = _refused(capsys, ["search", "--model", f"{name}:small_net", "--dataset", "synthetic",
+                            "--out", str(tmp_path / "run")], expected)
+    assert f"{name}:small_net" in err
+    assert sys.path == path_before and not (tmp_path / "run").exists()

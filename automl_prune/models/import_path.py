@@ -38,13 +38,23 @@ def build_from_import_path(path: str, in_channels: int, num_classes: int) -> nn.
     """
     module_name, _, attribute = path.partition(":")
     cwd = os.getcwd()
-    if cwd not in sys.path:
+    added = cwd not in sys.path
+    if added:  # for this import only: the caller's sys.path is left as it was
         sys.path.insert(0, cwd)
     try:
         target: object = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"--model {path!r}: cannot import module {module_name!r} ({exc}); give "
                           "package.module:factory importable from the current directory or the Python path") from exc
+    except SyntaxError as exc:
+        raise ConfigError(f"--model {path!r}: {exc.filename}:{exc.lineno}: syntax error in module {module_name!r}: "
+                          f"{exc.msg}") from exc
+    except Exception as exc:  # the user's module raised while it was imported
+        raise ConfigError(f"--model {path!r}: importing module {module_name!r} raised {type(exc).__name__}: "
+                          f"{exc}") from exc
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise ConfigError(f"--model {path!r}: module {module_name!r} has no attribute {attribute!r}")
