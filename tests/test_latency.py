@@ -245,6 +245,14 @@ def test_latency_budget_end_to_end(capsys, tmp_path) -> None:
     assert "latency \u2264 0.8 of the base model's at batch 64" in report and "FLOPs \u2264" not in report
     config = json.loads((run / "config.json").read_text())
     assert config["latency"] == 0.8 and config["flops"] == 1.0
+    # the run keeps its own table: a resume after the cache was cleared reads it instead of measuring again
+    assert (run / "latency_table.json").is_file()
+    import shutil
+
+    shutil.rmtree(cache / "latency")
+    assert main(["resume", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "latency table: the run's own" in err and "latency table: timed" not in err
 
 
 def test_python_api_takes_a_latency_budget_instead_of_flops(monkeypatch, tiny) -> None:

@@ -15,9 +15,12 @@ from automl_prune.config import SearchConfig
 from automl_prune.data.task import Task
 from automl_prune.errors import ConfigError
 
-__all__ = ["PYTHON_MODEL_PREFIX", "BaseModel", "base_from_model", "base_identity", "check_base_identity",
-           "exclude_layers", "load_base", "log", "with_latency_cost"]
+__all__ = ["LATENCY_TABLE_FILE", "PYTHON_MODEL_PREFIX", "BaseModel", "base_from_model", "base_identity",
+           "check_base_identity", "exclude_layers", "load_base", "log", "with_latency_cost"]
 
+
+#: The run's copy of its latency table (a latency budget), read on resume instead of the cache's.
+LATENCY_TABLE_FILE = "latency_table.json"
 
 #: ``config.model`` of a search started from Python with a model object (`automl_prune.api.search`).
 PYTHON_MODEL_PREFIX = "python:"
@@ -174,13 +177,22 @@ def check_base_identity(run_dir: Path, identity: dict[str, Any]) -> None:
                           "to resume it")
 
 
-def with_latency_cost(config: SearchConfig, base: BaseModel) -> BaseModel:
+def with_latency_cost(config: SearchConfig, base: BaseModel, run_dir: Path | None = None) -> BaseModel:
     """``base`` with a search space whose width cost is the predicted latency (ns) at ``latency_batch_size``, from
-    the per-layer latency table of this device (`automl_prune.cost.latency`; measured once, cached in ``cache_dir``)."""
-    from automl_prune.cost.latency import LatencyCostModel, latency_table
+    the per-layer latency table of this device (`automl_prune.cost.latency`; measured once, cached in ``cache_dir``).
+
+    A run keeps its own copy (``RUN_DIR/latency_table.json``, `LATENCY_TABLE_FILE`): a resumed run reads that one,
+    so a cleared cache cannot change the costs (and the feasibility) of the run's budget.
+    """
+    from automl_prune.cost.latency import LatencyCostModel, LatencyTable, latency_table
 
     space = base.space
-    table, path = latency_table(base.model, space.graph, {d.name: d.choices() for d in space.decisions},
-                                config.cache_dir, batch_size=config.latency_batch_size, log=log)
+    own = run_dir / LATENCY_TABLE_FILE if run_dir is not None else None
+    if own is not None and own.is_file():
+        table, path = LatencyTable.from_dict(json.loads(own.read_text())), own
+        log(f"latency table: the run's own {own}")
+    else:
+        table, path = latency_table(base.model, space.graph, {d.name: d.choices() for d in space.decisions},
+                                    config.cache_dir, batch_size=config.latency_batch_size, log=log)
     table.meta["file"] = str(path)
     return dataclasses.replace(base, space=space.with_width_cost(LatencyCostModel(space.graph, table)))

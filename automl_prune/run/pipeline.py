@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from automl_prune.config import SearchConfig
 from automl_prune.errors import ConfigError
-from automl_prune.run.base_model import BaseModel, base_identity, check_base_identity, load_base, log, with_latency_cost
+from automl_prune.run.base_model import (
+    LATENCY_TABLE_FILE,
+    BaseModel,
+    base_identity,
+    check_base_identity,
+    load_base,
+    log,
+    with_latency_cost,
+)
 from automl_prune.run.finish import finish_run
 from automl_prune.run.lock import run_dir_lock
 from automl_prune.run.rerank_stage import rerank_candidates
@@ -83,7 +91,7 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
         check_base_identity(run_dir, identity)
     if config.latency is not None:
         # The latency budget limits the space's width cost, so the space's width cost is the predicted latency.
-        base = with_latency_cost(config, base)
+        base = with_latency_cost(config, base, run_dir if resuming else None)
     space = base.space
     budget = run_budget(config, space)
     from automl_prune.prune.pruning import channel_order
@@ -106,6 +114,9 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
         stack.enter_context(run_dir_lock(run_dir))  # one process per run directory, from here to the end
         write_json(run_dir / "config.json", config.to_dict())
         write_json(run_dir / "base.json", identity)
+        table = getattr(space.cost_model, "table", None)
+        if table is not None and not (run_dir / LATENCY_TABLE_FILE).exists():
+            write_json(run_dir / LATENCY_TABLE_FILE, table.to_dict())
         if config.resolved_workers > 0:
             from automl_prune.parallel.ray_eval import RayEvaluatorPool
             from automl_prune.parallel.ray_session import ray_session
