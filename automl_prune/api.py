@@ -118,8 +118,11 @@ def search(
                      prefix=PYTHON_MODEL_PREFIX)
     task = Task(loss=loss, metric=metric, metric_name=metric_name)
     task.check(config.resolved_workers)
-    # Tracing, fine-tunes and model building draw from torch's global generator: the caller's stream is restored.
-    with torch.random.fork_rng():
+    # Ray, Tune, stable-baselines3 and tqdm change process-wide state (environment, hooks, handlers, random
+    # generators, the multiprocessing start method): the caller's process is put back as it was.
+    from automl_prune.run.process_state import process_left_as_it_was
+
+    with process_left_as_it_was(), torch.random.fork_rng():
         return _search(model, train, val, test, config, task)
 
 
