@@ -411,10 +411,17 @@ class SearchSpace:
             raise BudgetError(f"the FLOPs budget must be a fraction in (0, 1], but got {fraction}")
         budget = math.floor(fraction * self.full_flops)
         if budget < self.min_flops:
+            step = max((d.round_to for d in self.decisions), default=1)
+            # Which setting holds the minimum up: with round_to > 1 every group keeps at least one multiple of it,
+            # whatever min_keep_ratio says.
+            floor = self.flops({d.name: min(d.size, d.round_to) for d in self.decisions}) if step > 1 else 0
+            advice = (f"lower round_to ({step}: with it every group keeps at least {step} channels, "
+                      f"{floor:,} FLOPs) or raise the budget" if floor > budget
+                      else "raise the budget or lower min_keep_ratio")
             raise BudgetError(
                 f"a FLOPs budget of {fraction:g} ({budget:,} FLOPs) is below what this search space can reach: "
                 f"with every group at its minimum width the model still needs {self.min_flops:,} FLOPs "
-                f"({self.min_flops / self.full_flops:.3f} of full); raise the budget or lower min_keep_ratio"
+                f"({self.min_flops / self.full_flops:.3f} of full); {advice}"
             )
         return budget
 

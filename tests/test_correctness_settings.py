@@ -170,3 +170,39 @@ def test_a_user_model_file_that_fails_to_import_is_one_line(
                             "--out", str(tmp_path / "run")], expected)
     assert f"{name}:small_net" in err
     assert sys.path == path_before and not (tmp_path / "run").exists()
+
+
+def test_an_unreachable_budget_blames_round_to_when_round_to_holds_the_minimum_up() -> None:
+    import torch
+
+    from automl_prune.errors import BudgetError
+    from automl_prune.models import build_model
+    from search_spaces import SearchSpace
+
+    model = build_model("tiny-cnn", 1, 10, 16)
+    space = SearchSpace.from_model(model, torch.zeros(1, 1, 16, 16), round_to=8)
+    with pytest.raises(BudgetError, match="lower round_to"):
+        space.flops_budget(0.05)
+    space = SearchSpace.from_model(model, torch.zeros(1, 1, 16, 16), min_keep_ratio=0.9)
+    with pytest.raises(BudgetError, match="lower min_keep_ratio"):
+        space.flops_budget(0.05)
+
+
+def test_a_parameter_of_the_model_itself_is_named_as_such() -> None:
+    import torch
+    from torch import nn
+
+    from automl_prune.errors import ConfigError
+    from search_spaces import SearchSpace
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.act, self.fc = nn.Conv2d(1, 8, 3), nn.PReLU(8), nn.Linear(8, 10)
+            self.scale = nn.Parameter(torch.ones(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc((self.act(self.conv(x)) * self.scale).mean((2, 3)))
+
+    with pytest.raises(ConfigError, match=r"parameters held by the model itself \('scale'\)"):
+        SearchSpace.from_model(Scaled(), torch.zeros(1, 1, 8, 8))

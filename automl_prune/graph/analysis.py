@@ -184,7 +184,8 @@ def _trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[s
             handle.remove()
 
     uncounted = [
-        f"{type(module).__name__} {name!r}"
+        f"{type(module).__name__} {name!r}" if name else
+        f"parameters held by the model itself ({', '.join(repr(p) for p, _ in module.named_parameters(recurse=False))})"
         for name, module in model.named_modules()
         if not isinstance(module, (nn.Conv2d, nn.Linear, *_NORM_TYPES))
         and any(True for _ in module.parameters(recurse=False))
