@@ -130,12 +130,14 @@ def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: Se
             task: Task) -> SearchResult:
     from automl_prune.data.user_data import user_splits
     from automl_prune.models.checkpoints import state_sha256
+    from automl_prune.models.weights import check_finite
     from automl_prune.run.base_model import base_from_model
     from automl_prune.run.export import load
     from automl_prune.run.pipeline import run_search
     from automl_prune.train.training import evaluate_accuracy
 
     base_model = copy.deepcopy(model).to("cpu").eval()
+    check_finite(base_model.state_dict().items(), "the model")
     splits = user_splits(base_model, train, val, test)
     if task.loss is not None:
         _check_loss(base_model, splits.train, task.loss)

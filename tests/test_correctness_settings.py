@@ -20,9 +20,11 @@ def _refused(capsys: pytest.CaptureFixture[str], argv: list[str], *names: str) -
     code = main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    assert any(name in err for name in names), err
-    return err
+    # progress lines may come first (e.g. the device decision); the error is one line, the last
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0] and "Traceback" not in err, err
+    assert any(name in errors[0] for name in names), err
+    return errors[0]
 
 
 @pytest.mark.parametrize(("flag", "value", "key"), [
@@ -206,3 +208,59 @@ def test_a_parameter_of_the_model_itself_is_named_as_such() -> None:
 
     with pytest.raises(ConfigError, match=r"parameters held by the model itself \('scale'\)"):
         SearchSpace.from_model(Scaled(), torch.zeros(1, 1, 8, 8))
+
+
+def _tiny_state(tmp_path: Path, poison: bool) -> Path:
+    import torch
+
+    from automl_prune.models import build_model
+
+    model = build_model("tiny-cnn", 1, 10, 16)
+    state = model.state_dict()
+    if poison:
+        name = next(k for k, v in state.items() if v.is_floating_point() and k.endswith("weight"))
+        state[name][0] = float("nan")
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_weights_with_nan_are_one_line_naming_the_tensor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _refused(capsys, ["search", *TINY, "--weights", str(_tiny_state(tmp_path, True)), "--out",
+                            str(tmp_path / "run")], "holds NaN or infinite values")
+    assert "weight" in err and not (tmp_path / "run").exists()
+
+
+def test_a_pickled_module_as_weights_is_one_line_without_terminal_colours(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from automl_prune.models import build_model
+
+    path = tmp_path / "module.pt"
+    torch.save(build_model("tiny-cnn", 1, 10, 16), path)  # the whole module, not a state dict
+    err = _refused(capsys, ["search", *TINY, "--weights", str(path), "--out", str(tmp_path / "run")],
+                   "cannot be read as a state dict")
+    assert "\x1b" not in err
+
+
+@pytest.mark.parametrize("problem", ["nan_image", "negative_label", "nan_weight"])
+def test_the_python_api_refuses_non_finite_data_and_weights_and_negative_labels(tmp_path: Path, problem: str) -> None:
+    import torch
+
+    import automl_prune
+    from automl_prune.errors import AutoMLPruneError
+    from automl_prune.models import build_model
+
+    model = build_model("tiny-cnn", 1, 10, 16)
+    images, labels = torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64,))
+    if problem == "nan_image":
+        images[3, 0, 0, 0] = float("nan")
+    elif problem == "negative_label":
+        labels[5] = -1
+    else:
+        with torch.no_grad():
+            next(model.parameters())[0] = float("inf")
+    with pytest.raises(AutoMLPruneError, match="NaN or infinite|label -1") as caught:
+        automl_prune.search(model, train=(images, labels), val=(images, labels), out=tmp_path / "run", workers=0)
+    assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()

@@ -40,6 +40,11 @@ def as_split(data: Any, name: str) -> Split:
         raise ConfigError(f"`{name}` labels must be integer class indices, but got {labels.dtype}")
     if images.shape[0] == 0:
         raise ConfigError(f"`{name}` holds no images")
+    if images.dtype.is_floating_point and not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).nonzero()[0])
+        raise ConfigError(f"`{name}` image {bad} holds NaN or infinite values; every input must be finite")
+    if int(labels.min()) < 0:
+        raise ConfigError(f"`{name}` holds the label {int(labels.min())}; class indices start at 0")
     return Split(images.detach().to("cpu", torch.float32).contiguous(), labels.detach().to("cpu", torch.int64))
 
 

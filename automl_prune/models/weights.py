@@ -8,6 +8,8 @@ stripped when every key has it.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -15,9 +17,11 @@ from torch import Tensor, nn
 
 from automl_prune.errors import CheckpointError, ConfigError
 
-__all__ = ["SUFFIXES", "check_weights_path", "load_state_dict_file", "load_weights_into"]
+__all__ = ["SUFFIXES", "check_finite", "check_weights_path", "load_state_dict_file", "load_weights_into"]
 
 SUFFIXES = (".pt", ".pth", ".safetensors")
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def check_weights_path(path: str | Path) -> Path:
@@ -45,7 +49,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = _ANSI.sub("", str(exc)).strip()  # torch colours parts of its unpickling message
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise CheckpointError(f"--weights {str(path)!r} cannot be read as a state dict (weights_only): "
                               f"{first}") from exc
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
@@ -84,5 +89,14 @@ def load_weights_into(model: nn.Module, state: dict[str, Tensor], source: str) -
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(f"{source}: key {key!r} has shape {list(state[key].shape)}, the model expects "
                                   f"{list(value.shape)}")
+    check_finite(state.items(), source)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def check_finite(tensors: Iterable[tuple[str, Tensor]], source: str) -> None:
+    """`CheckpointError` naming the first floating-point tensor that holds NaN or infinity (trained weights that
+    diverged would otherwise fail deep inside a criterion's linear algebra)."""
+    for name, value in tensors:
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: {name!r} holds NaN or infinite values; the weights must be finite")
