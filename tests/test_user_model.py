@@ -294,3 +294,16 @@ def test_a_bits_search_may_exclude_a_layer_that_is_quantizable_but_not_prunable(
     assert summary["bits"] and "fc" not in summary["bits"]  # the classifier stays float
     assert main([*common, "--flops", "0.5", "--out", str(tmp_path / "widths")]) == 2  # widths: fc prunes nothing
     assert "matches no prunable layer" in capsys.readouterr().err
+
+
+def test_an_api_run_resumes_with_a_shuffling_loader(tmp_path) -> None:
+    splits = load_dataset("synthetic", seed=3)
+    torch.manual_seed(0)
+    model = UserNet().eval()
+    train_loader = DataLoader(TensorDataset(splits.train.images, splits.train.labels), batch_size=64, shuffle=True)
+    val = (splits.val.images, splits.val.labels)
+    options = {"flops": 0.5, "agent": "random", "out": tmp_path / "run", "workers": 0, "finetune_epochs": 0.05,
+               "rerank_top_k": 0, "progress": False}
+    automl_prune.search(model, train=train_loader, val=val, episodes=2, **options)
+    automl_prune.search(model, train=train_loader, val=val, episodes=3, **options)  # same data, another order
+    assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 3

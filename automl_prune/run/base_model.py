@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -158,7 +159,8 @@ def base_identity(base: BaseModel) -> dict[str, Any]:
 
     sha = base.meta.get("sha256") or state_sha256(base.model)
     base.meta.setdefault("sha256", sha)
-    identity = {"sha256": sha, "data_fingerprint": data_fingerprint(base.splits)}
+    identity = {"sha256": sha, "data_fingerprint": _order_free_fingerprint(base.splits)
+                or data_fingerprint(base.splits)}
     if base.task.custom:
         identity["task"] = base.task.identity()
     return identity
@@ -196,3 +198,34 @@ def with_latency_cost(config: SearchConfig, base: BaseModel, run_dir: Path | Non
                                     config.cache_dir, batch_size=config.latency_batch_size, log=log)
     table.meta["file"] = str(path)
     return dataclasses.replace(base, space=space.with_width_cost(LatencyCostModel(space.graph, table)))
+
+
+def _order_free_fingerprint(splits: Any) -> str | None:
+    """A fingerprint of the training and validation images and labels that does not depend on their order (a
+    shuffling DataLoader read again gives the same data in another order), or None for streamed images.
+
+    Each image (its float32 bits) and label is hashed to a 64-bit integer by a fixed random linear map and a
+    mixing step, and the hashes are summed modulo 2**64: integer addition is exact, so any order gives the same
+    sum, while changing any value changes it.
+    """
+    from automl_prune.data.streaming import LazyImages
+
+    digest = hashlib.blake2b(digest_size=8)
+    spec = splits.spec
+    digest.update(repr((spec.name, spec.in_channels, spec.num_classes, spec.input_size, spec.mean,
+                        spec.std)).encode())
+    for split in (splits.train, splits.val):
+        if isinstance(split.images, LazyImages):
+            return None
+        flat = split.images.detach().to("cpu", torch.float32).reshape(len(split.images), -1).contiguous()
+        generator = torch.Generator().manual_seed(20261207)
+        weights = torch.randint(-(2**62), 2**62, (flat.shape[1] + 1,), generator=generator, dtype=torch.int64)
+        total = 0
+        for start in range(0, len(flat), 4096):
+            rows = torch.cat([flat[start:start + 4096].view(torch.int32).to(torch.int64),
+                              split.labels[start:start + 4096].reshape(-1, 1).to(torch.int64)], dim=1)
+            hashed = rows @ weights
+            hashed = (hashed ^ (hashed >> 29)) * -7046029254386353131  # a 64-bit mixing constant (wraps)
+            total += int((hashed ^ (hashed >> 32)).sum())
+        digest.update(repr((tuple(flat.shape), total % 2**64)).encode())
+    return digest.hexdigest()
