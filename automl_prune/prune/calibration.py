@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from automl_prune.data.streaming import LazyImages
 from automl_prune.errors import ConfigError
 
 __all__ = ["Calibration", "Site", "consumer_sites", "mixing_layers", "producer_filters", "run_calibration"]
@@ -49,9 +50,10 @@ class Calibration:
 
     @classmethod
     def from_split(
-        cls, images: Tensor, labels: Tensor | None = None, samples: int = 256, seed: int = 0, batch_size: int = 64
+        cls, images: Tensor | LazyImages, labels: Tensor | None = None, samples: int = 256, seed: int = 0,
+        batch_size: int = 64,
     ) -> Calibration:
-        """A seeded random subset of ``samples`` images (and their labels) of a split."""
+        """A seeded random subset of ``samples`` images (and their labels) of a split (decoded when streamed)."""
         generator = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(images), generator=generator)[: min(samples, len(images))]
         return cls(images[idx], None if labels is None else labels[idx], batch_size)

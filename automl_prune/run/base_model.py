@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from automl_prune.config import SearchConfig
+from automl_prune.data.datasets import Splits
 from automl_prune.data.task import Task
 from automl_prune.errors import ConfigError
+from search_spaces import SearchSpace
 
 __all__ = ["LATENCY_TABLE_FILE", "PYTHON_MODEL_PREFIX", "BaseModel", "base_from_model", "base_identity",
            "check_base_identity", "exclude_layers", "load_base", "log", "with_latency_cost"]
@@ -34,8 +36,8 @@ class BaseModel:
 
     model: torch.nn.Module
     meta: dict[str, Any]
-    splits: Any
-    space: Any
+    splits: Splits
+    space: SearchSpace
     task: Task = field(default_factory=Task)
 
 
@@ -88,7 +90,7 @@ def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str
     return BaseModel(model=model, meta=meta, splits=splits, space=space, task=task or Task())
 
 
-def exclude_layers(space: Any, patterns: tuple[str, ...], *, bits: bool = False) -> Any:
+def exclude_layers(space: SearchSpace, patterns: tuple[str, ...], *, bits: bool = False) -> SearchSpace:
     """The space without the width decisions of groups whose channels a matching layer outputs (kept full), and
     with every matching conv/linear layer pinned to float (32 bits) when bits are searched.
 
@@ -200,7 +202,7 @@ def with_latency_cost(config: SearchConfig, base: BaseModel, run_dir: Path | Non
     return dataclasses.replace(base, space=space.with_width_cost(LatencyCostModel(space.graph, table)))
 
 
-def _order_free_fingerprint(splits: Any) -> str | None:
+def _order_free_fingerprint(splits: Splits) -> str | None:
     """A fingerprint of the training and validation images and labels that does not depend on their order (a
     shuffling DataLoader read again gives the same data in another order), or None for streamed images.
 
