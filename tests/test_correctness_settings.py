@@ -261,6 +261,6 @@ def test_the_python_api_refuses_non_finite_data_and_weights_and_negative_labels(
     else:
         with torch.no_grad():
             next(model.parameters())[0] = float("inf")
-    with pytest.raises(AutoMLPruneError, match="NaN or infinite|label -1") as caught:
+    with pytest.raises(AutoMLPruneError, match=r"NaN or infinite|label -1") as caught:
         automl_prune.search(model, train=(images, labels), val=(images, labels), out=tmp_path / "run", workers=0)
     assert "\n" not in str(caught.value) and not (tmp_path / "run").exists()
