@@ -194,7 +194,7 @@ class DMCPSearcher(Searcher):
             periodic checkpoints (``dmcp/dmcp.pt``). This searcher decides widths only, so any search but
             ``"widths"`` is refused with a `ConfigError`.
         config: A `DMCPConfig`; keyword ``options`` override its fields (``steps=50``, ...).
-        device: Default ``evaluator.device`` (else CUDA when present).
+        device: Default ``evaluator.device`` (else the run's: `automl_prune.train.device.current_device`).
     """
 
     name: ClassVar[str] = "dmcp"
@@ -227,8 +227,9 @@ class DMCPSearcher(Searcher):
                 f"`min_flops <= target_flops <= full_flops` must hold, but got target_flops={self.target_flops} "
                 f"(min {space.min_flops}, full {space.full_flops})"
             )
-        self.device = torch.device(device or getattr(evaluator, "device", None)
-                                   or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from automl_prune.train.device import current_device
+
+        self.device = torch.device(device or getattr(evaluator, "device", None) or current_device())
         self.step = 0
         self.calibration_steps_used = 0
         self.expected_flops_after_training: float | None = None

@@ -73,7 +73,10 @@ _RNG_FILE = "random_state.pkl"
 
 
 def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The run's device (`automl_prune.train.device.current_device`)."""
+    from automl_prune.train.device import current_device
+
+    return str(current_device())
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -200,7 +203,7 @@ class _SB3Searcher(Searcher):
         save_every: With a ``run_dir``, save the whole state to ``run_dir/agent_state`` every this many
             episodes, checked between rounds (1: after every round, so a kill -9 loses at most the round in
             flight; 0: at the end of `search` only).
-        device: ``"cuda"`` when present, else ``"cpu"``, unless given.
+        device: The run's (`automl_prune.train.device.current_device`), unless given.
         verbose: stable-baselines3 verbosity.
     """
 

@@ -1,4 +1,6 @@
-"""Sensitivity-profile search (the method of NVIDIA Model Optimizer's FastNAS pruning).
+"""Sensitivity-profile search (the method of NVIDIA Model Optimizer's FastNAS pruning), for widths and for bits.
+
+Widths (``search="widths"``, and the widths of ``"both"``):
 
 1. **Profile.** For each channel group, the proxy accuracy of the network with that group alone narrowed to
    each width of a grid (``k / steps`` of its channels, and its minimum), every other group at full width;
@@ -25,6 +27,26 @@ profile costs at most ``profile_factor x n_evaluations`` evaluations, ``n_evalua
 ``search(n_evaluations)`` asks for; the 5-step grid is used when even that is over. A search asked for more
 evaluations later may so refine its profile; with the same ``n_evaluations`` a restored search is exactly
 the uninterrupted one.
+
+Bits (``search="bits"``, and the bits of ``"both"``): a per-layer profile of the score with one layer's weights,
+or its input, at each allowed bit width, everything else float (`agents.bit_profile`: measured with the
+evaluator, so exact for its metric, at ``layers x choices`` evaluations; not a Fisher/Hessian estimate), then the
+exact least summed drop under the budget's size and BOPs limits, a multiple-choice knapsack solved with HiGHS
+(`agents.bit_knapsack`), checked by the space's own size and BOPs count. ``"bits"`` allocates at full widths;
+``"both"`` takes the widths of the threshold above (narrowed together if even the lowest bits are over the size
+or BOPs limit: `agents.bit_budget.shrink_to_lowest_bits`) and allocates bits at them; its bits profile is measured
+at full widths, so that one profile serves every budget. Later evaluations: the uniform answer (the highest
+uniform bits that fit, at full or uniform widths), then (``"both"``) the width blends above with their
+allocated bits, then allocations of randomly perturbed profiles (each layer's weight and activation drops times
+a log-uniform factor in ``[1/2, 2]``; ``"both"``: at the hedged widths). The bits profile's cost does not adapt
+to ``n_evaluations`` (``profile_factor`` is for the width grid).
+
+One profile, every budget: with ``profile_cache`` (a folder) and ``profile_key`` (what makes the evaluator's
+scores the same: base model, data, criterion, calibration, proxy; the pipeline passes both from its cache
+folder) each profile is also kept in ``profile_cache/sensitivity-profiles`` (`agents.profile_cache`), so a run
+with another budget reuses it and evaluates nothing for it. The run directory records the profiles it used,
+where they came from and the one-shot answer in ``RUN_DIR/profile.json``; `agents.one_shot.cached_one_shot` gives
+the one-shot answer of a cached profile without any evaluation (the re-ranking ladder enters it).
 """
 
 from __future__ import annotations
@@ -32,6 +54,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +64,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agents.base import SearchContext, Searcher, SearchResult
+from agents.bit_budget import shrink_to_lowest_bits, uniform_bits_architecture
+from agents.bit_knapsack import allocate_bits, bit_options
+from agents.bit_profile import BitProfilePoint, bit_drops, bit_factors, bit_profile_plan
 from agents.budget import fill_budget, project_to_budget, uniform_architecture
+from agents.profile_cache import Points, ProfileCache, canonical_key
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.errors import ConfigError
 from search_spaces import Architecture
@@ -48,6 +76,8 @@ from search_spaces import Architecture
 __all__ = ["ProfilePoint", "SensitivitySearcher"]
 
 _PROFILE_FILE = "sensitivity.json"
+_BITS_FILE = "sensitivity_bits.json"  # the bits profile in a `save` folder
+_RECORD_FILE = "profile.json"
 _PLOT_FILE = "sensitivity.png"
 _AUTO_STEPS = (20, 10, 5)  # nested grids, finest first
 _BLEND_DEPTH = 5  # dyadic blends up to 1/32: 31 of them
@@ -64,21 +94,29 @@ class ProfilePoint:
 
 
 class SensitivitySearcher(Searcher):
-    """Per-group accuracy profile, one threshold on the accuracy drop bisected onto the budget.
+    """Per-group accuracy profile and one threshold for widths; per-layer bits profile and an exact knapsack.
 
     Args:
-        context: As every `Searcher` (its ``seed`` only affects the random hedges after the blends); this
-            searcher decides widths only, so any search but ``"widths"`` is refused with a `ConfigError`.
+        context: As every `Searcher` (its ``seed`` only affects the random hedges after the fixed candidates).
         steps: Profile grid: each group at ``k / steps`` of its channels (``k = 1 .. steps - 1``) and at its
             minimum. ``None`` (default) adapts to the evaluation budget (see the module docstring).
-        profile_factor: With ``steps=None``, the profile may cost at most this many times the evaluations
+        profile_factor: With ``steps=None``, the width profile may cost at most this many times the evaluations
             asked for.
+        profile_cache: A folder where profiles are kept across runs (with ``profile_key``); ``None``: only in
+            ``run_dir``.
+        profile_key: What makes two runs' evaluators score alike (a string or plain data); without it
+            ``profile_cache`` is not used (a profile must never be reused for another base model or proxy).
+        float_choice: Whether the bit allocation may also keep a layer's weights or input float (32 bits);
+            default: only the space's bit choices (every layer quantized).
+        quiet: No log lines (on stderr) about measuring or reusing the profiles.
     """
 
     name: ClassVar[str] = "sensitivity"
-    searches: ClassVar[tuple[str, ...]] = ("widths",)
+    searches: ClassVar[tuple[str, ...]] = ("widths", "bits", "both")
 
-    def __init__(self, context: SearchContext, *, steps: int | None = None, profile_factor: float = 2.0) -> None:
+    def __init__(self, context: SearchContext, *, steps: int | None = None, profile_factor: float = 2.0,
+                 profile_cache: str | Path | None = None, profile_key: str | Mapping[str, Any] | None = None,
+                 float_choice: bool = False, quiet: bool = False) -> None:
         super().__init__(context)
         if steps is not None and not 2 <= steps <= 100:
             raise ConfigError(f"`2 <= steps <= 100` must hold (grid points per group), but got {steps=}")
@@ -86,13 +124,62 @@ class SensitivitySearcher(Searcher):
             raise ConfigError(f"`profile_factor > 0` must hold, but got {profile_factor=}")
         self.steps = steps
         self.profile_factor = float(profile_factor)
+        self.float_choice = bool(float_choice)
+        self.quiet = bool(quiet)
         # group (or _FULL) -> width -> metrics of that profile point
         self.profile: dict[str, dict[int, dict[str, Any]]] = {}
+        # layer (or _FULL) -> "w<b>" / "a<b>" (or "float") -> metrics
+        self.bit_profile: Points = {}
+        self.bit_options = bit_options(self.space, float_choice=self.float_choice)
         self.threshold: float | None = None
+        self.one_shot_architecture: Architecture | None = None
+        self._width_best: Architecture | None = None
+        self.solve_seconds = 0.0
+        self.profile_key = None if profile_key is None else canonical_key(profile_key)
+        self.caches: dict[str, ProfileCache] = {}
+        self.reused = {"widths": 0, "bits": 0}  # points taken from the cache folder
+        self.measured = {"widths": 0, "bits": 0}  # points this searcher evaluated
         if self.run_dir is not None and (self.run_dir / _PROFILE_FILE).exists():
             self._load_profile(self.run_dir / _PROFILE_FILE)
+        if self.run_dir is not None and (self.run_dir / _RECORD_FILE).exists():
+            record = json.loads((self.run_dir / _RECORD_FILE).read_text())
+            if isinstance(record.get("bits"), dict):
+                self._load_bit_profile(record["bits"], self.run_dir / _RECORD_FILE)
+        if profile_cache is not None and self.profile_key is not None:
+            self._open_caches(Path(profile_cache))
+        elif profile_cache is not None:
+            self._log(f"profile_cache {profile_cache} given without a profile_key: the profile is not shared")
 
-    # the profile --------------------------------------------------------------------------------------------
+    def _log(self, message: str) -> None:
+        if not self.quiet:
+            print(f"sensitivity: {message}", file=sys.stderr, flush=True)
+
+    # the cache ------------------------------------------------------------------------------------------------
+    def _open_caches(self, folder: Path) -> None:
+        """Open the cache file of each profile this search needs and take the points it holds."""
+        assert self.profile_key is not None
+        model = self.space.model_name
+        if self.searches_widths:
+            cache = ProfileCache(folder, "widths", self.profile_key,
+                                 {"model": model, "decisions": {d.name: d.size for d in self.space.decisions}})
+            self.caches["widths"] = cache
+            for group, per in cache.load().items():
+                for width, metrics in per.items():
+                    if int(width) not in self.profile.setdefault(group, {}):
+                        self.profile[group][int(width)] = metrics
+                        self.reused["widths"] += 1
+        if self.searches_bits:
+            cache = ProfileCache(folder, "bits", self.profile_key,
+                                 {"model": model, "layers": self.space.quantizable_layers,
+                                  "widths": self.space.full().widths})
+            self.caches["bits"] = cache
+            for layer, per in cache.load().items():
+                for key, metrics in per.items():
+                    if key not in self.bit_profile.setdefault(layer, {}):
+                        self.bit_profile[layer][key] = metrics
+                        self.reused["bits"] += 1
+
+    # the width profile ----------------------------------------------------------------------------------------
     def grid_steps(self, n_evaluations: int | None = None) -> int:
         """The profile grid for a search of ``n_evaluations`` (default: the current search's)."""
         if self.steps is not None:
@@ -121,23 +208,39 @@ class SensitivitySearcher(Searcher):
     def record_profile(self, point: ProfilePoint, metrics: Mapping[str, Any]) -> None:
         """Store one profile measurement (and write ``sensitivity.json`` when there is a run directory)."""
         self.profile.setdefault(point.group, {})[point.width] = dict(metrics)
+        if "widths" in self.caches:
+            self.caches["widths"].merge({point.group: {str(point.width): dict(metrics)}})
         if self.run_dir is not None:
             self._write_profile(self.run_dir / _PROFILE_FILE)
+            self._write_record()
+
+    def _evaluate_points(self, architectures: list[Architecture]) -> list[dict[str, Any]]:
+        """Profile evaluations (outside the history), as many at once as the evaluator has workers."""
+        many = getattr(self.evaluator, "evaluate_many", None)
+        if many is not None:
+            return [m.to_dict() for m in many(architectures)]
+        return [self.evaluator.evaluate(a).to_dict() for a in architectures]
 
     def _measure_profile(self) -> None:
         """Evaluate the pending points, as many at once as the evaluator has workers (`Searcher.batch_size`)."""
         pending = self.pending_profile()
-        many = getattr(self.evaluator, "evaluate_many", None)
+        self._log_profile("width", len(self.profile_plan()), len(pending), "widths")
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start : start + self.batch_size]
-            if many is not None:
-                results = [m.to_dict() for m in many([p.architecture for p in chunk])]
-            else:
-                results = [self.evaluator.evaluate(p.architecture).to_dict() for p in chunk]
-            for point, metrics in zip(chunk, results, strict=True):
+            for point, metrics in zip(chunk, self._evaluate_points([p.architecture for p in chunk]), strict=True):
                 self.record_profile(point, metrics)
+                self.measured["widths"] += 1
         if self.run_dir is not None and (pending or not (self.run_dir / _PLOT_FILE).exists()):
             self.plot_profile(self.run_dir / _PLOT_FILE)
+
+    def _log_profile(self, what: str, planned: int, pending: int, kind: str) -> None:
+        cache = self.caches.get(kind)
+        source = f" ({self.reused[kind]} points reused from {cache.path})" if cache and self.reused[kind] else ""
+        if pending == 0:
+            self._log(f"{what} profile: all {planned} points known{source}; no evaluation for the profile"
+                      + (" (reused)" if source else ""))
+        else:
+            self._log(f"{what} profile: measuring {pending} of {planned} points{source}")
 
     def _accuracy(self, group: str, width: int) -> float:
         return float(self.profile[group][width]["accuracy"])
@@ -180,6 +283,68 @@ class SensitivitySearcher(Searcher):
         target = {k: float(v) for k, v in wider.widths.items()}
         return Architecture(fill_budget(self.space, arch.widths, self.budget.flops, target))
 
+    # the bits profile -----------------------------------------------------------------------------------------
+    def bit_profile_plan(self) -> list[BitProfilePoint]:
+        """Every point of the bits profile (full widths), the float network first (`agents.bit_profile`)."""
+        return bit_profile_plan(self.space, self.bit_options)
+
+    def pending_bit_profile(self) -> list[BitProfilePoint]:
+        """The bits profile points not measured yet (independent of each other)."""
+        return [p for p in self.bit_profile_plan() if p.key not in self.bit_profile.get(p.layer, {})]
+
+    def record_bit_profile(self, point: BitProfilePoint, metrics: Mapping[str, Any]) -> None:
+        """Store one bits profile measurement (in the cache folder and ``RUN_DIR/profile.json`` when given)."""
+        self.bit_profile.setdefault(point.layer, {})[point.key] = dict(metrics)
+        if "bits" in self.caches:
+            self.caches["bits"].merge({point.layer: {point.key: dict(metrics)}})
+        if self.run_dir is not None:
+            self._write_record()
+
+    def _measure_bit_profile(self) -> None:
+        pending = self.pending_bit_profile()
+        self._log_profile("bits", len(self.bit_profile_plan()), len(pending), "bits")
+        for start in range(0, len(pending), self.batch_size):
+            chunk = pending[start : start + self.batch_size]
+            for point, metrics in zip(chunk, self._evaluate_points([p.architecture for p in chunk]), strict=True):
+                self.record_bit_profile(point, metrics)
+                self.measured["bits"] += 1
+
+    def bit_drops(self, factors: Mapping[str, tuple[float, float]] | None = None) -> dict[str, dict[Any, float]]:
+        """Per layer with a choice, the drop of each ``(weight, activation)`` option (`agents.bit_profile`)."""
+        return bit_drops(self.bit_profile, self.bit_options, factors)
+
+    def allocate(self, widths: Architecture, factors: Mapping[str, tuple[float, float]] | None = None
+                 ) -> Architecture:
+        """``widths`` with the bits of least summed drop within the size and BOPs limits (narrowed first, with
+        ``search="both"``, when even the lowest bits are over them)."""
+        if self.search_mode == "both":
+            widths = shrink_to_lowest_bits(self.space, Architecture(dict(widths.widths)), self.budget.size_bits,
+                                           self.budget.bops)
+        start = time.perf_counter()
+        arch = allocate_bits(self.space, widths, self.budget, self.bit_drops(factors), float_choice=self.float_choice)
+        self.solve_seconds += time.perf_counter() - start
+        return arch
+
+    def one_shot(self) -> Architecture:
+        """The profiles' answer, without evaluating anything: the threshold's widths (``"widths"``), the exact
+        bit allocation at full widths (``"bits"``) or at the threshold's widths (``"both"``)."""
+        if self.searches_widths:
+            self._width_best = self.sensitivity_architecture()
+        if self.search_mode == "widths":
+            assert self._width_best is not None
+            arch = self._width_best
+        else:
+            arch = self.allocate(self._width_best if self._width_best is not None else self.space.full())
+        self.one_shot_architecture = arch
+        return arch
+
+    def missing_for_one_shot(self) -> int:
+        """Evaluations the profiles still need before `one_shot` (the width profile: its coarsest grid)."""
+        missing = len(self.pending_bit_profile()) if self.searches_bits else 0
+        if self.searches_widths:
+            missing += sum(p.width not in self.profile.get(p.group, {}) for p in self.profile_plan(_AUTO_STEPS[-1]))
+        return missing
+
     # candidates ---------------------------------------------------------------------------------------------
     def _onto_budget(self, widths: Mapping[str, float]) -> Architecture:
         """Valid widths nearest to ``widths``, scaled onto the budget when over it, widened when under it."""
@@ -205,22 +370,52 @@ class SensitivitySearcher(Searcher):
                 result.append(arch)
         return result
 
+    def _fixed_plan(self, best: Architecture) -> list[tuple[Architecture, bool]]:
+        """The fixed candidates in order, each with whether its bits are still to be allocated."""
+        if self.search_mode == "widths":
+            return [(a, False) for a in self._fixed_candidates(best)]
+        size, bops = self.budget.size_bits, self.budget.bops
+        if self.search_mode == "bits":
+            return [(best, False), (uniform_bits_architecture(self.space, self.space.full(), size, bops), False)]
+        assert self._width_best is not None
+        uniform = uniform_bits_architecture(self.space, uniform_architecture(self.space, self.budget.flops), size,
+                                            bops)
+        return [(best, False), (uniform, False), *((a, True) for a in self._fixed_candidates(self._width_best)[2:])]
+
     def _hedge(self, best: Architecture, index: int) -> Architecture:
         """The random hedge for history index ``index`` (a generator per index, so batching changes nothing)."""
+        if self.search_mode != "widths":
+            assert self.search_mode == "bits" or self._width_best is not None
+            widths = self.space.full() if self.search_mode == "bits" else self._width_hedge(self._width_best, index)
+            return self.allocate(widths, bit_factors(self.seed, index, self.space.quantizable_layers))
+        return self._width_hedge(best, index)
+
+    def _width_hedge(self, best: Architecture | None, index: int) -> Architecture:
+        assert best is not None
         rng = np.random.default_rng([self.seed, 104729, index])
         factors = np.exp(rng.uniform(math.log(0.8), math.log(1.25), size=len(self.space)))
         return self._onto_budget({d.name: best.widths[d.name] * float(f)
                                   for d, f in zip(self.space.decisions, factors, strict=True)})
 
     def _run(self) -> None:
-        self._measure_profile()
-        best = self.sensitivity_architecture()
+        if self.searches_widths:
+            self._measure_profile()
+        if self.searches_bits:
+            self._measure_bit_profile()
+        best = self.one_shot()
+        if self.searches_bits:
+            self._log(f"one-shot bit allocation solved in {self.solve_seconds:.2f} s")
+        if self.run_dir is not None:
+            self._write_record()
         done = {e.architecture.key() for e in self.history.entries}
-        fixed = [a for a in self._fixed_candidates(best) if a.key() not in done]
+        fixed = self._fixed_plan(best)
         while self.remaining:
             batch: list[Architecture] = []
             while fixed and len(batch) < min(self.remaining, self.batch_size):
-                batch.append(fixed.pop(0))
+                arch, needs_bits = fixed.pop(0)
+                arch = self.allocate(arch) if needs_bits else arch
+                if arch.key() not in done and arch.key() not in {a.key() for a in batch}:
+                    batch.append(arch)
             while len(batch) < min(self.remaining, self.batch_size):
                 index = len(self.history) + len(batch)
                 taken = done | {a.key() for a in batch}
@@ -233,16 +428,26 @@ class SensitivitySearcher(Searcher):
             done |= {a.key() for a in batch}
 
     def result(self) -> SearchResult:
-        """As `Searcher.result`, plus the threshold, the grid and the profile's size and files in ``extra``."""
+        """As `Searcher.result`, plus the threshold, the grid, the one-shot answer and the profiles' sizes, origins
+        and files in ``extra``."""
         result = super().result()
+        if self.one_shot_architecture is None and self.missing_for_one_shot() == 0:
+            self.one_shot()  # a finished search reopened: its profiles are known, the answer costs a solve
         result.extra.update({
             "threshold": self.threshold,
             "steps": self.grid_steps() if self.n_evaluations else self.steps,
             "profile_evaluations": sum(len(v) for v in self.profile.values()),
+            "bit_profile_evaluations": sum(len(v) for v in self.bit_profile.values()),
+            "profile_measured": dict(self.measured),
+            "profile_reused": dict(self.reused),
+            "solve_seconds": self.solve_seconds,
         })
+        if self.one_shot_architecture is not None:
+            result.extra["one_shot"] = self.one_shot_architecture.to_dict()
         if self.run_dir is not None:
             result.extra["profile"] = str(self.run_dir / _PROFILE_FILE)
             result.extra["profile_plot"] = str(self.run_dir / _PLOT_FILE)
+            result.extra["profile_record"] = str(self.run_dir / _RECORD_FILE)
         return result
 
     # files ----------------------------------------------------------------------------------------------------
@@ -255,8 +460,31 @@ class SensitivitySearcher(Searcher):
                        for name, per in self.profile.items() if name != _FULL},
         }
 
+    def _bit_profile_data(self) -> dict[str, Any]:
+        return {"layers": self.space.quantizable_layers, "widths": "full", "points": self.bit_profile}
+
     def _write_profile(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self._profile_data(), indent=1) + "\n")
+
+    def _write_record(self) -> None:
+        """``RUN_DIR/profile.json``: the profiles this run used, where they came from, the one-shot answer."""
+        assert self.run_dir is not None
+
+        def origin(kind: str) -> dict[str, Any]:
+            cache = self.caches.get(kind)
+            return {"cache": str(cache.path) if cache else None, "reused": self.reused[kind],
+                    "measured": self.measured[kind]}
+
+        record: dict[str, Any] = {"searcher": self.name, "search": self.search_mode, "key": self.profile_key}
+        if self.searches_widths:
+            record["widths"] = {**origin("widths"), **self._profile_data(), "threshold": self.threshold}
+        if self.searches_bits:
+            record["bits"] = {**origin("bits"), **self._bit_profile_data(),
+                              "options": {k: [list(p) for p in v] for k, v in self.bit_options.items()},
+                              "solve_seconds": self.solve_seconds}
+        if self.one_shot_architecture is not None:
+            record["one_shot"] = self.one_shot_architecture.to_dict()
+        atomic_write_text(self.run_dir / _RECORD_FILE, json.dumps(record, indent=1) + "\n")
 
     def _load_profile(self, path: Path) -> None:
         data = json.loads(path.read_text())
@@ -269,6 +497,13 @@ class SensitivitySearcher(Searcher):
         for name, per in data.get("groups", {}).items():
             for width, metrics in per.items():
                 self.profile.setdefault(name, {})[int(width)] = dict(metrics)
+
+    def _load_bit_profile(self, data: Mapping[str, Any], path: Path) -> None:
+        if data.get("layers") != self.space.quantizable_layers:
+            raise ValueError(f"{path} holds the bits profile of another network; use another run_dir")
+        for layer, per in (data.get("points") or {}).items():
+            for key, metrics in per.items():
+                self.bit_profile.setdefault(layer, {})[key] = dict(metrics)
 
     def plot_profile(self, path: str | Path) -> Path:
         """Draw accuracy against keep ratio, one line per group, the full network's accuracy dashed."""
@@ -306,14 +541,20 @@ class SensitivitySearcher(Searcher):
 
     # save / restore -------------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the profile under ``path`` (it is also kept in ``run_dir`` as it is measured)."""
+        """Write the profiles under ``path`` (they are also kept in ``run_dir`` as they are measured)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self._write_profile(path / _PROFILE_FILE)
+        if self.searches_bits:
+            atomic_write_text(path / _BITS_FILE, json.dumps(self._bit_profile_data(), indent=1) + "\n")
 
     def restore(self, path: str | Path) -> None:
-        """Load the profile `save` wrote; profiled points are not evaluated again."""
+        """Load the profiles `save` wrote; profiled points are not evaluated again."""
         file = Path(path) / _PROFILE_FILE
         if not file.exists():
             raise FileNotFoundError(f"no saved {self.name} searcher under {path} (expected {file.name})")
         self._load_profile(file)
+        bits = Path(path) / _BITS_FILE
+        if self.searches_bits and bits.exists():
+            self._load_bit_profile(json.loads(bits.read_text()), bits)
+

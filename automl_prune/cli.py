@@ -42,6 +42,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
                      help="no progress bars (one line per step instead)")
 
 
+def _device_flags(group: Any) -> None:
+    """``--device`` and ``--gpus-per-worker`` (search's parallel group, and resume)."""
+    group.add_argument("--device", help="where to compute: auto (default: CUDA when a test kernel runs there, else "
+                       "the CPU; the log says why), cpu, cuda, cuda:N")
+    group.add_argument("--gpus-per-worker", type=float, metavar="SHARE",
+                       help="each Ray worker's share of a GPU (0.5: two per GPU; default 1 on a machine with GPUs, "
+                       "one worker per GPU; 0 without)")
+
+
 def _config_from(args: argparse.Namespace) -> SearchConfig:
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -84,8 +93,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     _setup(config)
     from automl_prune.report.summary import format_table
     from automl_prune.run.base_model import load_base
+    from automl_prune.train.device import resolve_device, use_device
 
-    base = load_base(config)
+    with use_device(resolve_device(config.device), precision=config.precision):  # where a base is trained
+        base = load_base(config)
     meta, full = base.meta, base.space.cost_model.full
     rows = [
         ["model", config.model],
@@ -114,7 +125,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 #: What a resume may change: where things are and how the work runs, never what the run searches.
-RESUME_MAY_CHANGE = ("data_root", "cache_dir", "threads", "workers", "progress", "loader_workers")
+RESUME_MAY_CHANGE = ("data_root", "cache_dir", "threads", "workers", "progress", "loader_workers", "device",
+                     "gpus_per_worker")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -325,12 +337,20 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--workers", type=int,
                            help="parallel single-thread Ray workers (default: one per CPU; 0: no Ray, in process)")
             g.add_argument("--address", help="join an existing Ray cluster (auto, HOST:PORT or ray://...)")
+            _device_flags(g)
+            g.add_argument("--precision",
+                           help="fine-tunes and scoring on a GPU: auto (default: bf16 where the GPU supports it, "
+                           "else fp16 with loss scaling), fp32, bf16, fp16; always fp32 on the CPU")
+            g.add_argument("--deterministic", action="store_true", default=None,
+                           help="deterministic cuDNN and torch.use_deterministic_algorithms for the run (slower "
+                           "on a GPU; for exact repeats)")
             g = p.add_argument_group("output")
             g.add_argument("--out", help=f"run directory (default {DEFAULTS.out}); an existing one is resumed")
             g.add_argument("--onnx", action="store_true", default=None, help="also export ONNX")
         if name == "resume":
             p.add_argument("run_dir", help="the run directory of a search that was interrupted")
             p.add_argument("--workers", type=int, help="parallel workers for what is left (default: as before)")
+            _device_flags(p)
         if name == "report":
             p.add_argument("run_dir", help="the run directory of a finished search")
         if name == "export":

@@ -101,6 +101,10 @@ class SearchConfig:
     rerank_eta: int = 3
     workers: int | None = None
     address: str | None = None
+    device: str = "auto"
+    gpus_per_worker: float | None = None
+    precision: str = "auto"
+    deterministic: bool = False
     exclude: Patterns = ()
     time_limit: NumberOrText = None
     search: str = "auto"
@@ -202,8 +206,27 @@ class SearchConfig:
                               f"but got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"`threads` must be >= 1, but got {self.threads}")
+        self._check_device()
         if self.storage is not None:
             check_storage(self.storage, self.agent)
+
+    def _check_device(self) -> None:
+        """``device``, ``precision`` and ``gpus_per_worker`` are well formed (whether a GPU is there is checked when
+        the run decides its device: `automl_prune.train.device.resolve_device`)."""
+        device = self.device.strip().lower()
+        if _DEVICE.match(device) is None:
+            raise ConfigError(f"`device` must be one of auto, cpu, cuda or cuda:N (N a GPU index such as cuda:1), "
+                              f"but got {self.device!r}")
+        object.__setattr__(self, "device", device)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"`precision` must be one of {list(PRECISIONS)} (auto: bf16 where the GPU supports it, "
+                              f"else fp16; always fp32 on the CPU), but got {self.precision!r}")
+        if self.gpus_per_worker is not None:
+            if not 0.0 <= self.gpus_per_worker <= 1.0:
+                raise ConfigError(f"`gpus_per_worker` must be a share of one GPU in [0, 1] (0.5: two workers per "
+                                  f"GPU; 0: CPU workers), but got {self.gpus_per_worker}")
+            if self.gpus_per_worker > 0 and device == "cpu":
+                raise ConfigError(f"`gpus_per_worker` {self.gpus_per_worker:g} asks for GPUs, but `device` is cpu")
 
     def _check_paths(self) -> None:
         """Settings that name a folder or a file must not name the other kind (nothing is created here)."""
@@ -244,11 +267,33 @@ class SearchConfig:
                 "loader_workers": self.loader_workers, "val_size": self.val_size}
 
     @property
+    def gpu_count(self) -> int:
+        """GPUs this run may use on this machine (`automl_prune.train.device.gpu_count`: 0 on the CPU, 1 for
+        ``cuda:N``); `ConfigError` when ``device`` asks for a GPU that does not work."""
+        from automl_prune.train.device import gpu_count
+
+        return gpu_count(self.device)
+
+    @property
+    def resolved_gpus_per_worker(self) -> float:
+        """Each Ray worker's share of a GPU: ``gpus_per_worker``, or 1 on a machine with GPUs (one worker per GPU)
+        and 0 without."""
+        if self.gpus_per_worker is not None:
+            return self.gpus_per_worker
+        return 1.0 if self.gpu_count > 0 else 0.0
+
+    @property
     def resolved_workers(self) -> int:
-        """Parallel workers: ``workers``, or one per CPU of this machine."""
+        """Parallel workers: ``workers``, or as many as the GPUs hold at ``gpus_per_worker`` each (one per GPU by
+        default) on a machine with GPUs, else one per CPU of this machine."""
         import os
 
-        return self.workers if self.workers is not None else (os.cpu_count() or 1)
+        if self.workers is not None:
+            return self.workers
+        share, gpus = self.resolved_gpus_per_worker, self.gpu_count
+        if share > 0 and gpus > 0:
+            return max(1, math.floor(gpus / share + 1e-9))
+        return os.cpu_count() or 1
 
     @property
     def resolved_search(self) -> str:
@@ -277,6 +322,10 @@ class SearchConfig:
 
 
 SEARCH_MODES = ("auto", "widths", "bits", "both")
+#: ``device``: what `automl_prune.train.device.resolve_device` takes (checked here without importing torch).
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+#: ``precision`` (`automl_prune.train.device.resolve_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: What ``criterion: auto`` means (except for ``agent: global``). Measured on 2026-11-25 (vgg-small /
 #: Fashion-MNIST, uniform and searched architectures at 50/25/10% FLOPs, every criterion; README "Which channels
 #: to keep"): ``reap`` led at every budget, by 0.3-7 points after a quarter-epoch fine-tune and, with the

@@ -20,5 +20,14 @@ def _seed() -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The Ray tests first: they are the longest file (multi-process searches, minutes), so under `make test`'s
     two workers (one file each) one worker runs them while the other takes the rest, instead of one worker
-    finishing them alone at the end."""
+    finishing them alone at the end. Tests marked ``cuda`` are skipped where no CUDA kernel runs."""
     items.sort(key=lambda item: Path(str(item.fspath)).name != "test_ray.py")  # a stable sort keeps the rest
+    marked = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if marked:
+        from automl_prune.train.device import resolve_device
+
+        decision = resolve_device("auto")
+        if decision.device.type != "cuda":
+            skip = pytest.mark.skip(reason=f"needs CUDA: {decision.reason}")
+            for item in marked:
+                item.add_marker(skip)

@@ -21,5 +21,6 @@ def trained(model_name: str = "tiny-resnet", epochs: float = 3) -> tuple[torch.n
     model = build_model(model_name, spec.in_channels, spec.num_classes, spec.input_size)
     train(model, splits, epochs=epochs, lr=0.05, batch_size=64, seed=0, progress=False)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    space = SearchSpace.from_model(model, splits.val.images[:1], model_name=model_name)
+    example = splits.val.images[:1].to(next(model.parameters()).device)  # trained on CUDA when there is one
+    space = SearchSpace.from_model(model, example, model_name=model_name)
     return model, splits, space

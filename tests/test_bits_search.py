@@ -26,7 +26,7 @@ from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.models import build_model
 from search_spaces import Architecture, Budget, SearchSpace
 
-BIT_SEARCHERS = ("uniform", "random", "optuna", "optuna-mo", "ddpg", "ppo")
+BIT_SEARCHERS = ("uniform", "random", "optuna", "optuna-mo", "ddpg", "ppo", "sensitivity")
 OPTIONS: dict[str, dict[str, Any]] = {
     "ddpg": {"warmup_episodes": 2, "batch_size": 16, "device": "cpu"},
     "ppo": {"device": "cpu"},
@@ -168,7 +168,7 @@ def test_unreachable_budgets_and_bad_settings_are_one_line_errors(space: SearchS
         (ConfigError, "widths", Budget(flops, size_bits=space.size_budget(0.5)), "random"),
         (ConfigError, "nope", Budget(flops), "uniform"),
         (ConfigError, "bits", Budget(flops), "dmcp"),
-        (ConfigError, "both", Budget(flops), "sensitivity"),
+        (ConfigError, "both", Budget(flops), "global"),
     ]
     for error_type, search, budget, name in cases:
         with pytest.raises(error_type) as error:
@@ -195,7 +195,7 @@ def test_optuna_mo_minimizes_the_given_budget(space: SearchSpace, tmp_path: Path
 
 
 @pytest.mark.parametrize("mode", ["bits", "both"])
-@pytest.mark.parametrize("name", ["random", "optuna", "optuna-mo", "ddpg", "ppo"])
+@pytest.mark.parametrize("name", ["random", "optuna", "optuna-mo", "ddpg", "ppo", "sensitivity"])
 def test_save_restore_continue_equals_one_uninterrupted_search(space: SearchSpace, tmp_path: Path, name: str,
                                                                mode: str) -> None:
     budgets = BUDGETS[mode][-1]

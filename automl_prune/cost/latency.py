@@ -41,7 +41,7 @@ from torch import nn
 
 from automl_prune.atomic import atomic_write_text
 from automl_prune.cost.flops import CostModel, Costs
-from automl_prune.cost.timing import compare_latency, device_name, time_call
+from automl_prune.cost.timing import compare_latency, device_name, on_target, time_call
 from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.graph.analysis import NetworkGraph
 
@@ -362,11 +362,18 @@ def latency_table(
     *,
     batch_size: int = 1,
     log: Callable[[str], None] | None = None,
+    device: torch.device | str | None = None,
+    precision: str | None = None,
     **measure: Any,
 ) -> tuple[LatencyTable, Path]:
-    """The latency table of ``model`` on this device at this batch size and thread count: read from
+    """The latency table of ``model`` on the target device at this batch size and thread count: read from
     ``cache_dir/latency/`` when it was measured before, else measured (`LatencyTable.measure`) and written there
-    atomically. Returns the table and its file."""
+    atomically. Returns the table and its file.
+
+    The target is ``device`` in ``precision`` (defaults: the run's, `automl_prune.train.device`): ``model`` is
+    timed as a copy there with its weights in that precision's dtype (fp32 on the CPU); both are in the cache key.
+    """
+    model, precision_name = on_target(model, device, precision)
     param = next(model.parameters())
     key_data = {"version": LATENCY_TABLE_VERSION, "graph": graph.to_dict(), "device": device_name(param.device),
                 "threads": torch.get_num_threads(), "batch_size": batch_size, "dtype": str(param.dtype),
@@ -386,6 +393,7 @@ def latency_table(
             return table, path
     table = LatencyTable.measure(model, graph, choices, batch_size=batch_size, log=log, **measure)
     table.meta["key"] = key
+    table.meta["precision"] = precision_name
     atomic_write_text(path, json.dumps(table.to_dict(), indent=1))
     say(f"latency table: written to {path}")
     return table, path

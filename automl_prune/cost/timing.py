@@ -16,13 +16,31 @@ from torch import nn
 
 from automl_prune.errors import ConfigError
 
-__all__ = ["compare_latency", "device_name", "time_call"]
+__all__ = ["compare_latency", "device_name", "on_target", "time_call"]
 
 
 # timing ------------------------------------------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _seconds_per_call(run: Callable[[], object], calls: int, device: torch.device) -> float:
+    """Mean seconds of ``calls`` calls of ``run``: CUDA events around them on a GPU (the kernels' time on the
+    device's stream, read after synchronizing), the wall clock elsewhere."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                run()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / calls
+    begin = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - begin) / calls
 
 
 def time_call(run: Callable[[], object], *, repeats: int = 7, warmup: int = 2, min_seconds: float = 2e-3,
@@ -35,24 +53,17 @@ def time_call(run: Callable[[], object], *, repeats: int = 7, warmup: int = 2, m
         warmup: Untimed calls first.
         min_seconds: Each sample repeats ``run`` until it lasts at least this long (short kernels are timed in
             bulk, which keeps the timer's resolution out of the result).
-        device: A CUDA device is synchronized around each sample.
+        device: On a CUDA device each sample is timed by CUDA events, after a synchronize.
     """
     device = torch.device(device)
     for _ in range(max(1, warmup)):
         run()
     _sync(device)
-    start = time.perf_counter()
-    run()
-    _sync(device)
-    once = max(time.perf_counter() - start, 1e-7)
+    once = max(_seconds_per_call(run, 1, device), 1e-7)
     calls = max(1, min(10_000, math.ceil(min_seconds / once)))
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            run()
-        _sync(device)
-        samples.append((time.perf_counter() - start) / calls)
+        samples.append(_seconds_per_call(run, calls, device))
     return samples
 
 
@@ -71,6 +82,27 @@ def device_name(device: torch.device | str = "cpu") -> str:
         except OSError:
             pass
     return f"{device.type}: {name}; torch {torch.__version__}"
+
+
+def on_target(model: nn.Module, device: torch.device | str | None = None,
+              precision: str | None = None) -> tuple[nn.Module, str]:
+    """``model`` as it is timed on the target: on ``device`` (default: the run's) with its weights in the dtype of
+    ``precision`` there (default: the run's; fp32 on the CPU, so a CPU model is returned as it is), and the
+    precision's name. A model elsewhere is copied, never moved."""
+    import copy
+
+    from automl_prune.train.device import current_device, resolve_precision
+
+    device = torch.device(device) if device is not None else current_device()
+    resolved = resolve_precision(precision, device)
+    dtype = resolved.dtype or torch.float32
+    param = next(model.parameters(), None)
+    if param is None:
+        return model, resolved.name
+    same_device = param.device == device or (device.index is None and param.device.type == device.type)
+    if same_device and param.dtype == dtype:
+        return model, resolved.name
+    return copy.deepcopy(model).to(device=device, dtype=dtype), resolved.name
 
 
 def _stats_ms(samples: Sequence[float]) -> dict[str, float]:

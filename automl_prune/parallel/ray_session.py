@@ -132,10 +132,14 @@ def _stop_leftovers(record: Path) -> int:
 
 
 @contextlib.contextmanager
-def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *, log: bool = True) -> Iterator[None]:
-    """Ray for one run: a private local cluster of ``workers`` CPUs, or the cluster at ``address``.
+def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *, log: bool = True,
+                gpus: int = 0, visible_gpus: str | None = None) -> Iterator[None]:
+    """Ray for one run: a private local cluster of ``workers`` CPUs and ``gpus`` GPUs (the count the run found:
+    `automl_prune.train.device.gpu_count`), or the cluster at ``address``.
 
-    A Ray already initialised in this process (a user's own session) is used as it is and left running.
+    ``visible_gpus`` (``--device cuda:N``: ``"N"``) is the ``CUDA_VISIBLE_DEVICES`` Ray's processes start with, so
+    Ray hands its workers only that GPU. A Ray already initialised in this process (a user's own session) is used
+    as it is and left running.
     """
     import ray
 
@@ -174,9 +178,10 @@ def ray_session(run_dir: str | Path, workers: int, address: str | None = None, *
     # torch's compile caches default to the system temp folder: keep them in Ray's folder too.
     caches = {"TORCHINDUCTOR_CACHE_DIR": str(temp / "torchinductor"), "TRITON_CACHE_DIR": str(temp / "triton")}
     # Kept for the whole session, not only while Ray starts: Tune takes file locks under RAY_TMPDIR too.
-    with scoped_environ({**RAY_ENV, **caches, "RAY_TMPDIR": str(temp), "PYTHONPATH": _driver_pythonpath()}):
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, _temp_dir=str(temp),
-                 log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+    visible = {"CUDA_VISIBLE_DEVICES": visible_gpus} if visible_gpus is not None else {}
+    with scoped_environ({**RAY_ENV, **caches, **visible, "RAY_TMPDIR": str(temp), "PYTHONPATH": _driver_pythonpath()}):
+        ray.init(address="local", num_cpus=workers, num_gpus=max(0, int(gpus)), include_dashboard=False,
+                 _temp_dir=str(temp), log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
         _record_started(record)
         try:
             yield

@@ -10,6 +10,9 @@ first. What Tune gives us: parallel single-thread workers, a trial that raises i
 checkpoint (``FailureConfig``), and a killed driver's experiment is restored (``Tuner.restore``) with
 unfinished trials continuing from their checkpoints; finished ones are never re-run (each trial checks its
 "done" file first, and Tune's own state is written on every trial event).
+
+GPUs: each trial asks for ``gpus_per_worker`` of a GPU (fractions share one); the job in the object store is on
+the CPU, and each trial runs on the device its worker was given (`automl_prune.train.device.worker_device`).
 """
 
 from __future__ import annotations
@@ -55,13 +58,21 @@ def _job(handle: list[Any]) -> LadderJob:
 
 def _ladder_trial(config: dict[str, Any], job: list[Any], candidates: dict[str, Candidate]) -> None:
     """A Tune function trainable: one candidate, one rung (``job``: a list holding the job's object ref)."""
+    import os
+
+    import ray
     import torch
     from ray import tune
 
+    from automl_prune.train.device import deterministic_run, use_device, worker_device
     from automl_prune.train.runtime import configure_torch
 
     configure_torch(1)
     ladder_job = _job(job)
+    decision = worker_device(ray.get_gpu_ids())
+    ladder_job.device = decision.device  # this worker's copy of the job: its GPU (Ray's), or the CPU
+    placement = {"device": str(decision.device), "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()),
+                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     candidate = candidates[config["candidate"]]
     rung = int(config["rung"])
     progress_state = None
@@ -81,9 +92,11 @@ def _ladder_trial(config: dict[str, Any], job: list[Any], candidates: dict[str, 
             tune.report({"steps": int(state["step"]), "done": False},
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
-    result = ladder_job.run_rung(candidate, rung, progress_state=progress_state, save_progress=save_progress)
+    with use_device(decision, precision=ladder_job.precision, deterministic=ladder_job.deterministic), \
+            deterministic_run(ladder_job.deterministic):
+        result = ladder_job.run_rung(candidate, rung, progress_state=progress_state, save_progress=save_progress)
     tune.report({**result.to_dict(), "resumed_from_step": int(progress_state["step"]) if progress_state else -1,
-                 "done": True})
+                 "done": True, **placement})
 
 
 class LadderSearcher(Searcher):
@@ -152,11 +165,17 @@ class TuneLadderExecutor:
         workers: Trials at once (one CPU each); their actors are reused from trial to trial and rung to rung.
         max_failures: Retries of a trial that raises, each from its last checkpoint.
         verbose: Print a line per finished trial.
+        gpus_per_worker: Each trial's share of a GPU (fractions allowed; 0: CPU trials); default: the run's
+            (`automl_prune.train.device.current_gpus_per_worker`).
     """
 
-    def __init__(self, job: LadderJob, workers: int, *, max_failures: int = 2, verbose: bool = True) -> None:
+    def __init__(self, job: LadderJob, workers: int, *, max_failures: int = 2, verbose: bool = True,
+                 gpus_per_worker: float | None = None) -> None:
+        from automl_prune.train.device import current_gpus_per_worker
+
         self.job = job
         self.workers = max(1, workers)
+        self.gpus_per_worker = current_gpus_per_worker() if gpus_per_worker is None else float(gpus_per_worker)
         self.max_failures = max_failures
         self.verbose = verbose
         self.storage = (job.run_dir / "tune").resolve()
@@ -166,8 +185,19 @@ class TuneLadderExecutor:
         import ray
 
         if getattr(self, "_ref", None) is None:
-            self._ref = ray.put(self.job)
+            import copy
+
+            from automl_prune.parallel.ray_eval import on_cpu
+
+            job = copy.copy(self.job)
+            job.model = on_cpu(job.model)  # the object store holds CPU tensors only
+            self._ref = ray.put(job)
         return self._ref
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What each trial asks Ray for: one CPU, and its GPU share when there is one."""
+        return {"cpu": 1, "gpu": self.gpus_per_worker} if self.gpus_per_worker > 0 else {"cpu": 1}
 
     def run(self, ladder: Ladder) -> Candidate:
         """Climb the ladder (continuing a killed experiment) and return the winner."""
@@ -175,7 +205,7 @@ class TuneLadderExecutor:
 
         candidates = {c.id: c for c in ladder.candidates}
         trainable = tune.with_resources(
-            tune.with_parameters(_ladder_trial, job=[self._job_ref()], candidates=candidates), {"cpu": 1}
+            tune.with_parameters(_ladder_trial, job=[self._job_ref()], candidates=candidates), self.resources
         )
         start = time.perf_counter()
         # Tune pickles its callbacks into the experiment's tuner.pkl: this one holds the task, not the job (whose

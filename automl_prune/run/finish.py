@@ -64,6 +64,7 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
         # A custom task (Python API): every "acc" number above is its metric, every fine-tune used its loss.
         **({"metric": base.task.score_name} if base.task.metric is not None else {}),
         **({"loss": base.task.loss_name} if base.task.loss is not None else {}),
+        "compute": _compute_record(config),
     }
     if config.latency is not None:
         summary["latency"] = measure_final_latency(config, base, model, best, result.budget)
@@ -80,7 +81,9 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
     if "latency" in summary:
         lat = summary["latency"]
         for batch, pair in lat["measured_ms"].items():
-            rows.append([f"latency, batch {batch} ({lat['threads']} threads, median)",
+            where = (f"{lat['threads']} threads" if lat.get("device_type", "cpu") == "cpu"
+                     else f"{lat['device_type']}, {lat.get('precision', 'fp32')}")
+            rows.append([f"latency, batch {batch} ({where}, median)",
                          f"{pair['base']['median_ms']:.3f} ms", f"{pair['compressed']['median_ms']:.3f} ms"])
         rows.append([f"latency budget ({lat['budget']:g}, batch {lat['batch_size']})", f"{lat['budget_ms']:.3f} ms",
                      f"{'met' if lat['met'] else 'met within noise' if lat['met_within_noise'] else 'NOT met'} "
@@ -98,6 +101,16 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
     return summary
 
 
+def _compute_record(config: SearchConfig) -> dict[str, Any]:
+    """Where the run computed: its device (and why), the precision of fine-tunes and scoring, determinism."""
+    from automl_prune.train.device import resolve_device, resolve_precision
+
+    decision = resolve_device(config.device)
+    return {"device": str(decision.device), "reason": decision.reason, "setting": config.device,
+            "precision": resolve_precision(config.precision, decision.device).name,
+            "deterministic": config.deterministic}
+
+
 def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn.Module, best: Any,
                           budget: Budget, rounds: int = 21) -> dict[str, Any]:
     """Measured latency of the base and the compressed model at batch 1 and ``latency_batch_size``, interleaved,
@@ -107,9 +120,14 @@ def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn
     model's (the uncertainty of both medians the check compares). A model with bits is timed as its float
     realisation (the simulated quantization is not a deployment). ``budget`` is the search's (a latency budget:
     its width limit is the predicted latency in ns).
+
+    Both models are timed on the run's device (`automl_prune.train.device.current_device`), as copies with their
+    weights in the run's precision there (fp32 on the CPU; CUDA events after a synchronize on a GPU), as the
+    latency table was; the record states the device, the precision and the batch.
     """
     assert config.latency is not None, "called only for a run with a latency budget"
-    from automl_prune.cost.timing import compare_latency, device_name
+    from automl_prune.cost.timing import compare_latency, device_name, on_target
+    from automl_prune.train.device import current_device
 
     space = base.space
     compressed = model
@@ -119,9 +137,13 @@ def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn
         compressed = _as_float_model(model)
     batch = config.latency_batch_size
     batches = sorted({1, batch})
+    device = current_device()
+    base_model, precision = on_target(base.model, device)
+    compressed, _ = on_target(compressed, device)
+    where = f"{torch.get_num_threads()} threads" if device.type == "cpu" else f"{device}, {precision}"
     log(f"measuring the latency of the base and the compressed model ({rounds} interleaved rounds, batch "
-        f"{', '.join(map(str, batches))}, {torch.get_num_threads()} threads)")
-    measured = compare_latency({"base": base.model, "compressed": compressed}, tuple(space.graph.input_shape[1:]),
+        f"{', '.join(map(str, batches))}, {where})")
+    measured = compare_latency({"base": base_model, "compressed": compressed}, tuple(space.graph.input_shape[1:]),
                                batches, rounds=rounds)
     b, c = measured[batch]["base"], measured[batch]["compressed"]
     budget_ms = config.latency * b["median_ms"]
@@ -131,7 +153,9 @@ def measure_final_latency(config: SearchConfig, base: BaseModel, model: torch.nn
         "budget": config.latency,
         "batch_size": batch,
         "threads": torch.get_num_threads(),
-        "device": device_name(next(model.parameters()).device),
+        "device": device_name(device),
+        "device_type": device.type,
+        "precision": precision,
         "statistic": f"median of {rounds} interleaved rounds (base and compressed alternate, one forward pass or "
                      "more per round lasting >= 1 ms); noise = half the compressed model's IQR + budget x half "
                      "the base model's IQR",

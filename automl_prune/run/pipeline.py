@@ -33,6 +33,7 @@ from automl_prune.run.search_stage import (
     calibration_data,
     evaluator_kwargs,
     make_evaluator,
+    profile_options,
     run_budget,
     spend_leftover_budget,
 )
@@ -51,14 +52,49 @@ def run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str,
         config: The settings.
         base: The trained base model with its data (the Python API's); ``None``: loaded as configured.
     """
+    from automl_prune.train.device import deterministic_run, resolve_device, use_device
     from automl_prune.train.runtime import scoped_environ
 
+    # One device for every stage, decided before anything is written (a CUDA setting without a GPU: one line).
+    decision = resolve_device(config.device)
+    _check_gpu_workers(config)
     # FLOP counting imports torch._dynamo, which creates a compile cache in the system temp folder: keep it in
     # the cache directory the user chose (set only for this call; an explicit setting of the user's wins).
     caches = {} if "TORCHINDUCTOR_CACHE_DIR" in os.environ else {
         "TORCHINDUCTOR_CACHE_DIR": str((Path(config.cache_dir) / "torchinductor").resolve())}
-    with scoped_environ(caches):
+    with scoped_environ(caches), deterministic_run(config.deterministic), \
+            use_device(decision, precision=config.precision, gpus_per_worker=config.resolved_gpus_per_worker,
+                       deterministic=config.deterministic):
         return _run_search(config, base)
+
+
+def _device_line(config: SearchConfig) -> str:
+    """The log line that says where the run computes and why (said once every setting has been checked)."""
+    from automl_prune.train.device import resolve_device, resolve_precision
+
+    decision = resolve_device(config.device)
+    return (f"device: {decision}; precision {resolve_precision(config.precision, decision.device).name}"
+            + ("; deterministic" if config.deterministic else ""))
+
+
+def _check_gpu_workers(config: SearchConfig) -> None:
+    """Ray workers asking for GPU shares must fit the GPUs of a local Ray (an actor that does not fit would wait
+    forever); a cluster (``address``, or a Ray the caller started) has GPUs of its own, not checked here."""
+    share = config.resolved_gpus_per_worker
+    if config.resolved_workers == 0 or share == 0 or config.address is not None:
+        return
+    import ray
+
+    if ray.is_initialized():
+        return
+    gpus = config.gpu_count
+    if gpus == 0:
+        raise ConfigError(f"`gpus_per_worker` {share:g} asks for GPUs, but this machine has none that works "
+                          f"(--device {config.device}); give --gpus-per-worker 0 or --device cpu")
+    if config.resolved_workers * share > gpus + 1e-9:
+        raise ConfigError(f"{config.resolved_workers} workers x {share:g} GPU each need "
+                          f"{config.resolved_workers * share:g} GPUs, but the run has {gpus}; give fewer --workers "
+                          "or a smaller --gpus-per-worker")
 
 
 def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str, Any]:
@@ -104,6 +140,8 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
         options["reward"] = config.reward
     if config.agent.startswith("optuna") and config.storage:
         options["storage"] = config.storage
+    if config.agent == "sensitivity":  # one profile per base model and proxy, shared by runs of any budget
+        options = {**profile_options(config, identity), **options}
     # Searchers are built against a scratch directory first, so a rejected option writes nothing to the run.
     context = SearchContext(space, evaluator, budget, seed=config.seed, search=config.resolved_search)
     try:
@@ -112,6 +150,7 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
         raise ConfigError(f"agent {config.agent!r} rejected its options {sorted(options)}: {exc}") from exc
     with contextlib.ExitStack() as stack:
         stack.enter_context(run_dir_lock(run_dir))  # one process per run directory, from here to the end
+        log(_device_line(config))
         write_json(run_dir / "config.json", config.to_dict())
         write_json(run_dir / "base.json", identity)
         table = getattr(space.cost_model, "table", None)
@@ -121,10 +160,15 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
             from automl_prune.parallel.ray_eval import RayEvaluatorPool
             from automl_prune.parallel.ray_session import ray_session
 
-            stack.enter_context(ray_session(run_dir, config.resolved_workers, config.address, log=config.progress))
-            evaluator = RayEvaluatorPool(evaluator, config.resolved_workers, evaluator_kwargs(config, base))
+            gpus, share = config.gpu_count, config.resolved_gpus_per_worker
+            visible = config.device.split(":")[1] if ":" in config.device else None  # cuda:N: Ray gets GPU N only
+            stack.enter_context(ray_session(run_dir, config.resolved_workers, config.address, log=config.progress,
+                                            gpus=gpus, visible_gpus=visible))
+            evaluator = RayEvaluatorPool(evaluator, config.resolved_workers, evaluator_kwargs(config, base),
+                                         gpus_per_worker=share, deterministic=config.deterministic)
             stack.callback(evaluator.close)
-            log(f"evaluating candidates in {config.resolved_workers} Ray workers")
+            log(f"evaluating candidates in {config.resolved_workers} Ray workers"
+                + (f", {share:g} GPU each" if share > 0 else ""))
         context = dataclasses.replace(context, evaluator=evaluator, run_dir=run_dir)
         return _search_and_rerank(config, base, context, run_dir, options, resuming)
 

@@ -17,7 +17,50 @@ from automl_prune.run.search_stage import calibration_data
 from automl_prune.run.wall_clock import WallClock
 from search_spaces import Budget
 
-__all__ = ["rerank_candidates"]
+__all__ = ["one_shot_entrant", "rerank_candidates"]
+
+
+def one_shot_entrant(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: Budget,
+                     run_dir: Path) -> tuple[Any, float, int] | None:
+    """The sensitivity profile's one-shot answer as a ladder entrant ``(architecture, proxy accuracy, FLOPs)``.
+
+    A sensitivity search recorded it (``result.extra["one_shot"]``); any other search gets it from the profile
+    cached by an earlier sensitivity run of the same base model, data and proxy (`agents.one_shot.cached_one_shot`:
+    no evaluation but the answer's own score). Without a complete cached profile it is skipped, and the log says
+    why: measuring the profile would cost hundreds of evaluations, more than the whole search may have had.
+    """
+    from search_spaces import Architecture
+
+    space = base.space
+    recorded = (getattr(result, "extra", None) or {}).get("one_shot")
+    if recorded is not None:
+        arch, origin = space.complete(Architecture.from_dict(recorded)), "from this search's profile"
+    else:
+        from agents.one_shot import cached_one_shot
+        from automl_prune.errors import BudgetError
+        from automl_prune.run.base_model import base_identity
+        from automl_prune.run.search_stage import profile_options
+
+        path = run_dir / "base.json"
+        identity = json.loads(path.read_text()) if path.exists() else base_identity(base)
+        float_choice = bool(config.agent_options.get("float_choice", False)) if config.agent == "sensitivity" else False
+        try:
+            found, origin = cached_one_shot(space, budget, config.resolved_search, float_choice=float_choice,
+                                            **profile_options(config, identity))
+        except (BudgetError, ValueError, KeyError) as exc:  # an optional entrant must not end the run
+            found, origin = None, f"the cached profile could not be used ({exc})"
+        if found is None:
+            log(f"re-ranking without the sensitivity one-shot answer: {origin}")
+            return None
+        arch = space.complete(found)
+    over = budget.violations(space, arch)
+    if over:
+        log(f"re-ranking without the sensitivity one-shot answer: it is over budget ({'; '.join(over)})")
+        return None
+    log(f"the sensitivity one-shot answer enters the re-ranking ({origin})")
+    known = [e.metrics for e in getattr(result, "history", []) if space.complete(e.architecture) == arch]
+    accuracy = float(known[0]["accuracy"]) if known else evaluator.evaluate(arch).accuracy
+    return arch, accuracy, space.flops(arch)
 
 
 def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: Budget,
@@ -42,6 +85,7 @@ def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, res
     candidates = select_candidates(
         ranked, top_k=config.rerank_top_k,
         uniform=(uniform, evaluator.evaluate(uniform).accuracy, space.flops(uniform)), widened=widened,
+        one_shot=one_shot_entrant(config, base, evaluator, result, budget, run_dir),
     )
     if hasattr(evaluator, "close"):
         evaluator.close()  # the evaluation workers hand their CPUs to the fine-tune trials

@@ -9,11 +9,15 @@ from automl_prune.errors import ConfigError
 from automl_prune.run.base_model import BaseModel
 from search_spaces import Budget
 
-__all__ = ["calibration_data", "evaluator_kwargs", "make_evaluator", "run_budget", "spend_leftover_budget"]
+__all__ = ["calibration_data", "evaluator_kwargs", "make_evaluator", "profile_options", "run_budget",
+           "spend_leftover_budget"]
 
 
 def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
-    """The arguments of the search's `Evaluator` (the chosen proxy), shared with parallel workers."""
+    """The arguments of the search's `Evaluator` (the chosen proxy), shared with parallel workers (which replace
+    ``device`` with their own)."""
+    from automl_prune.train.device import resolve_device
+
     steps = config.search_finetune_steps
     return {
         "model": base.model,
@@ -31,6 +35,8 @@ def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
         "calibration": calibration_data(config, base),
         "reconstruct": config.reconstruct,
         "task": base.task,
+        "device": resolve_device(config.device).device,
+        "precision": config.precision,
     }
 
 
@@ -84,3 +90,24 @@ def spend_leftover_budget(best: Any, space: Any, budget: Budget, search: str = "
 
         widened = project_bits(space, widened, budget.size_bits, budget.bops)
     return widened
+
+
+def profile_options(config: SearchConfig, identity: dict[str, Any]) -> dict[str, Any]:
+    """Where sensitivity profiles are kept across runs (``cache_dir``) and what makes two runs' profiles the same
+    (`agents.profile_cache`): the base model's weights and data (``identity``, `base_model.base_identity`), the
+    criterion, the calibration and the proxy the candidates are scored with, and the width decisions' settings.
+    The budget is not part of it: one profile serves every budget."""
+    import json
+    from pathlib import Path
+
+    key = {
+        "base": identity.get("sha256"), "data": identity.get("data_fingerprint"), "task": identity.get("task"),
+        "criterion": config.resolved_criterion, "reconstruct": config.reconstruct,
+        "calibration": {"samples": config.calibration_size, "seed": config.seed, "bn_batches": config.bn_batches},
+        "proxy": {"finetune_steps": config.search_finetune_steps,
+                  "precision": str(getattr(config, "precision", "float32"))},
+        "space": {"min_keep_ratio": config.min_keep_ratio, "round_to": config.round_to,
+                  "exclude": list(config.exclude)},
+    }
+    return {"profile_cache": str(Path(config.cache_dir)),
+            "profile_key": json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)}

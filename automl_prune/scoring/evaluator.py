@@ -6,10 +6,15 @@ validation accuracy is measured. Stale statistics from the full-width model badl
 model, which would mislead every searcher. A candidate with bits is then fake-quantized (`automl_prune.quantize.fake`)
 and its activation ranges calibrated on the same training batches: its accuracy is simulated, not measured on
 integer kernels.
+
+The evaluator works on its own copy of the base model, on its device (`automl_prune.train.device`); on CUDA the
+forward passes of adaptive BN and scoring, and the short fine-tune, run in the resolved ``precision``
+(autocast); fake-quantized candidates are calibrated and scored in fp32.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -27,6 +32,7 @@ from automl_prune.prune.calibration import Calibration
 from automl_prune.prune.criteria import Criterion, get_criterion
 from automl_prune.prune.pruning import channel_order, compress_widths
 from automl_prune.prune.reconstruct import OriginalOutputs
+from automl_prune.train.device import FP32, Precision, current_device, resolve_precision, to_device
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["VAL_IN_MEMORY_FRACTION", "Evaluator", "Metrics", "recalibrate_batch_norm"]
@@ -90,12 +96,14 @@ def accuracy_and_loss(
     labels: torch.Tensor,
     batch_size: int,
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    precision: Precision = FP32,
 ) -> tuple[float, float]:
     """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on the given tensors (or streamed images:
     read in batches, each moved to the model's device).
 
     With ``metric`` the first number is ``metric(outputs, labels)`` of the whole split instead (outputs
-    concatenated in order, on the CPU: `automl_prune.data.task.Task`).
+    concatenated in order, on the CPU: `automl_prune.data.task.Task`). On CUDA the forward passes run in
+    ``precision`` and the sums stay on the GPU until the end (no host sync per batch).
     """
     model.eval()
     correct = 0
@@ -103,15 +111,25 @@ def accuracy_and_loss(
     outputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     device = next((p.device for p in model.parameters()), None)
+    gpu_sums = torch.zeros(2, dtype=torch.float64, device=device) if device is not None and device.type == "cuda" \
+        else None
     for x, y in iterate_batches(Split(images, labels), batch_size, shuffle=False, seed=0):
         if device is not None and x.device != device:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
+            x, y = to_device(x, device), to_device(y, device)
+        with precision.autocast():
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        if gpu_sums is not None:
+            gpu_sums[0] += loss.double()
+            gpu_sums[1] += (logits.argmax(1) == y).sum()
+        else:
+            loss_sum += float(loss)
+            correct += int((logits.argmax(1) == y).sum())
         if metric is not None:
             outputs.append(logits.detach().float().cpu())
             targets.append(y.cpu())
+    if gpu_sums is not None:
+        loss_sum, correct = float(gpu_sums[0]), int(gpu_sums[1])
     n = max(1, len(labels))
     if metric is not None:
         return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / n
@@ -122,7 +140,7 @@ class Evaluator:
     """Scores architectures of one base model on a held-out validation split.
 
     Args:
-        model: The trained base model (not modified).
+        model: The trained base model (not modified: the evaluator scores a copy of it, on ``device``).
         space: Its search space.
         train_images: Training images; calibration (and short fine-tune) batches are drawn from them.
         val_images, val_labels: The validation split the score is measured on (never the test set).
@@ -131,11 +149,13 @@ class Evaluator:
         finetune_steps: Optional short fine-tune before adaptive BN (a second, costlier proxy).
         train_labels: Needed only when ``finetune_steps > 0``.
         seed: Same seed, same architecture -> same metrics.
-        device: Defaults to CUDA when available.
+        device: Default: the run's (`automl_prune.train.device.current_device`).
         calibration: Training images (and labels) for data-driven criteria and for ``reconstruct``.
         reconstruct: Re-fit every pruned layer by least squares to the base model's outputs after compression.
         task: The short fine-tune's loss and the score (``Metrics.accuracy``) when they are not cross-entropy and
             top-1 accuracy (`automl_prune.data.task.Task`).
+        precision: Of the forward passes and the short fine-tune on CUDA (``auto``, ``fp32``, ``bf16``, ``fp16``:
+            `automl_prune.train.device.resolve_precision`); fp32 on the CPU.
     """
 
     def __init__(
@@ -159,10 +179,12 @@ class Evaluator:
         calibration: Calibration | None = None,
         reconstruct: bool = False,
         task: Task | None = None,
+        precision: str | Precision | None = None,
     ) -> None:
         if finetune_steps > 0 and train_labels is None:
             raise ValueError("finetune_steps > 0 needs train_labels")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device is not None else current_device()
+        self.precision = resolve_precision(precision, self.device)
         self.space = space
         self.criterion = criterion
         self.calibration = calibration
@@ -174,7 +196,8 @@ class Evaluator:
         self.eval_batch_size = eval_batch_size
         self.finetune_steps = finetune_steps
         self.finetune_lr = finetune_lr
-        self.model = model.to(self.device).eval()
+        # A copy: the caller's model keeps its device, mode and flags (it may be on another device, or training).
+        self.model = copy.deepcopy(model).to(self.device).eval()
         # Kept for searchers that train (DMCP) and for the short fine-tune proxy.
         self.train_images = train_images
         self.train_labels = train_labels
@@ -182,7 +205,7 @@ class Evaluator:
         n_calib = min(len(train_images), bn_batches * bn_batch_size)
         calib_idx = torch.randperm(len(train_images), generator=generator)[:n_calib]
         self._calibration = [
-            train_images[calib_idx[i : i + bn_batch_size]].to(self.device)
+            to_device(train_images[calib_idx[i : i + bn_batch_size]], self.device)
             for i in range(0, n_calib, bn_batch_size)
         ]
         self._finetune: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -215,7 +238,8 @@ class Evaluator:
                                      reconstruct=self.reconstruct, targets=self._targets).to(self.device)
             if self._finetune or self._finetune_index is not None:
                 self._short_finetune(pruned)
-            recalibrate_batch_norm(pruned, self._calibration)
+            with self.precision.autocast():
+                recalibrate_batch_norm(pruned, self._calibration)
             if architecture.bits:
                 from automl_prune.quantize.fake import calibrate, quantize
 
@@ -242,10 +266,18 @@ class Evaluator:
             batches = ((x.to(self.device), labels[idx].to(self.device)) for idx, x in
                        zip(self._finetune_index, self.train_images.iter_batches(self._finetune_index), strict=True))
         loss_fn = self.task.loss or nn.functional.cross_entropy
+        scaler = self.precision.scaler()
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            optimizer.step()
+            with self.precision.autocast():
+                loss = loss_fn(model(x), y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
         model.eval()
 
     def evaluate(self, architecture: Architecture) -> Metrics:
@@ -256,7 +288,7 @@ class Evaluator:
         start = time.perf_counter()
         pruned = self.build(architecture)
         acc, loss = accuracy_and_loss(pruned, self._val(), self.val_labels, self.eval_batch_size,
-                                      self.task.metric)
+                                      self.task.metric, FP32 if architecture.bits else self.precision)
         costs = self.space.costs(architecture)
         full = self.space.cost_model.full
         metrics = Metrics(
@@ -286,7 +318,7 @@ class Evaluator:
     def base_accuracy(self) -> float:
         """Validation accuracy (or the task's metric) of the unpruned model with its own statistics."""
         return accuracy_and_loss(self.model, self._val(), self.val_labels, self.eval_batch_size,
-                                 self.task.metric)[0]
+                                 self.task.metric, self.precision)[0]
 
     def _val(self) -> torch.Tensor | LazyImages:
         """The validation images to score on: a streamed split is decoded into memory once, in batches, when its

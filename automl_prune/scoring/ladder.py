@@ -3,7 +3,8 @@
 A search scores candidates with a cheap proxy; the proxy's ranking is noisy exactly where compression is
 hardest (at 10% FLOPs adaptive-BN accuracy ranked 12 candidates with Spearman's rho 0.22 against their
 fine-tuned accuracy). So before anything is handed back, the top-k distinct candidates of the search, the
-uniform-width architecture (always) and the searcher's widened best climb a ladder of fidelities:
+uniform-width architecture (always), the searcher's widened best and the sensitivity profile's one-shot answer
+(when its profile is known) climb a ladder of fidelities:
 
 - rung ``r`` fine-tunes a candidate up to ``rungs[r]`` optimizer steps of the *final* fine-tune recipe
   (`automl_prune.train.training.Trainer`, planned over the whole fine-tune), continuing from rung ``r - 1``;
@@ -97,8 +98,10 @@ def select_candidates(
     top_k: int,
     uniform: tuple[Architecture, float | None, int],
     widened: tuple[Architecture, float | None, int] | None = None,
+    one_shot: tuple[Architecture, float | None, int] | None = None,
 ) -> list[Candidate]:
-    """The ladder's entrants: the ``top_k`` distinct best of ``ranked``, plus uniform and the widened best.
+    """The ladder's entrants: the ``top_k`` distinct best of ``ranked``, plus uniform, the widened best and the
+    sensitivity profile's one-shot answer.
 
     Args:
         ranked: ``(architecture, proxy accuracy, flops)`` of every evaluated candidate within budget, in the
@@ -106,6 +109,8 @@ def select_candidates(
         top_k: How many of the search's own candidates enter.
         uniform: The uniform-width architecture: always an entrant, even if the search never proposed it.
         widened: The searcher's best widened to spend the leftover budget, when that differs from it.
+        one_shot: The sensitivity profile's one-shot answer (`agents.sensitivity`), when it is known without a
+            profile to measure; entered after uniform (origin ``"sensitivity one-shot"``).
     """
     if top_k < 0:
         raise ConfigError(f"`rerank_top_k` must be >= 0, but got {top_k}")
@@ -135,6 +140,8 @@ def select_candidates(
     if widened is not None:
         add(widened[0], "widened best", widened[1], widened[2])
     add(uniform[0], "uniform", uniform[1], uniform[2])
+    if one_shot is not None:
+        add(one_shot[0], "sensitivity one-shot", one_shot[1], one_shot[2])
     return candidates
 
 

@@ -24,6 +24,7 @@ from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.data.datasets import Splits
 from automl_prune.data.task import LossFn, Task
 from automl_prune.scoring.ladder import Candidate, RungExecutor, RungResult
+from automl_prune.train.device import current_deterministic, current_device, current_precision
 from automl_prune.train.training import Trainer, evaluate_accuracy
 from search_spaces import Architecture, SearchSpace
 
@@ -70,17 +71,19 @@ class FineTuneRecipe:
     regularize_strength: float = 1.0
 
     def trainer(self, model: nn.Module, splits: Splits, teacher: nn.Module | None = None,
-                loss: LossFn | None = None) -> Trainer:
+                loss: LossFn | None = None, *, device: torch.device | str | None = None,
+                precision: str | None = None) -> Trainer:
         """A `Trainer` for ``model`` planned over the whole fine-tune (distilling from ``teacher`` when the
-        recipe says so), minimising ``loss`` (the task's: `automl_prune.data.task.Task`) or cross-entropy."""
+        recipe says so), minimising ``loss`` (the task's: `automl_prune.data.task.Task`) or cross-entropy, on
+        ``device`` in ``precision`` (default: the run's, `automl_prune.train.device`)."""
         return Trainer(model, splits, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=self.seed,
                        label_smoothing=self.label_smoothing, channels_last=False,
                        teacher=teacher if self.distill else None, distill_temperature=self.distill_temperature,
-                       distill_weight=self.distill_weight, loss=loss)
+                       distill_weight=self.distill_weight, loss=loss, device=device, precision=precision)
 
     def total_steps(self, splits: Splits) -> int:
         """Optimizer steps of the whole fine-tune."""
-        return self.trainer(nn.Linear(1, 1), splits).total_steps
+        return self.trainer(nn.Linear(1, 1), splits, device="cpu").total_steps
 
 
 class LadderJob:
@@ -98,13 +101,21 @@ class LadderJob:
         checkpoint_every: Steps between progress saves within a rung.
         task: The fine-tune loss and the validation score when they are not cross-entropy and top-1 accuracy
             (`automl_prune.data.task.Task`; its functions must pickle, since Ray workers receive the job).
+        device, precision, deterministic: Where and how candidates are fine-tuned and scored; default: the run's
+            (`automl_prune.train.device.use_device`). A Ray trial sets ``device`` to its own (`worker_device`) and
+            applies ``deterministic`` in its process.
+            The job's tensors stay on the CPU (Ray's object store); each run moves what it needs.
     """
 
     def __init__(self, run_dir: str | Path, model: nn.Module, space: SearchSpace, splits: Splits,
                  recipe: FineTuneRecipe, rungs: tuple[int, ...], *, criterion: str = "l1", bn_batches: int = 10,
                  checkpoint_every: int = 100, calibration: Any = None, reconstruct: bool = False,
-                 task: Task | None = None) -> None:
+                 task: Task | None = None, device: torch.device | str | None = None,
+                 precision: str | None = None, deterministic: bool | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
+        self.device = torch.device(device) if device is not None else current_device()
+        self.precision = precision if precision is not None else current_precision()
+        self.deterministic = current_deterministic() if deterministic is None else deterministic
         self.model = model
         self.space = space
         self.splits = Splits(train=splits.train, val=splits.val, test=splits.val, spec=splits.spec)
@@ -149,17 +160,18 @@ class LadderJob:
                 self.model, self.space.graph, architecture.widths, self.criterion, self.splits,
                 method=self.recipe.regularize, steps=self.recipe.regularize_steps,
                 strength=self.recipe.regularize_strength, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
-                seed=self.recipe.seed, calibration=self.calibration, loss=self.task.loss)
+                seed=self.recipe.seed, calibration=self.calibration, loss=self.task.loss, device=self.device)
         evaluator = Evaluator(model, self.space, self.splits.train.images, self.splits.val.images[:1],
                               self.splits.val.labels[:1], criterion=criterion, bn_batches=self.bn_batches,
-                              seed=self.recipe.seed, device="cpu" if not torch.cuda.is_available() else None,
+                              seed=self.recipe.seed, device=self.device, precision=self.precision,
                               calibration=self.calibration, reconstruct=reconstruct)
         return evaluator.build(architecture)
 
     def trainer_for(self, candidate: Candidate, state: dict[str, Any] | None = None) -> Trainer:
         """A `Trainer` of the candidate, continued from ``state`` when given."""
         trainer = self.recipe.trainer(self.build(candidate.architecture, regularize=state is None), self.splits,
-                                      teacher=self.model, loss=self.task.loss)
+                                      teacher=self.model, loss=self.task.loss, device=self.device,
+                                      precision=self.precision)
         if state is not None:
             trainer.load_state_dict(state)
         return trainer
@@ -220,7 +232,8 @@ class LadderJob:
                     fail_marker.write_text(f"{candidate.id} rung {rung} step {trainer.step}\n")
                     raise RuntimeError(f"injected failure in {candidate.id} at step {trainer.step} (test hook)")
         model = trainer.model
-        val_acc, _ = evaluate_accuracy(model, self.splits.val, batch_size=250, metric=self.task.metric)
+        val_acc, _ = evaluate_accuracy(model, self.splits.val, batch_size=250, metric=self.task.metric,
+                                       precision=self.precision)
         buffer = io.BytesIO()
         torch.save(trainer.state_dict(), buffer)
         atomic_write(self.state_path(candidate.id, rung), buffer.getvalue())

@@ -12,8 +12,10 @@ __all__ = ["configure_torch", "default_device"]
 
 
 def default_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The run's device (`automl_prune.train.device.current_device`: CUDA when a kernel runs there, else CPU)."""
+    from automl_prune.train.device import current_device
+
+    return current_device()
 
 
 def configure_torch(threads: int | None = None) -> int:
