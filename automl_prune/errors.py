@@ -5,16 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = [
-    "AutoMLPruneError",
-    "BudgetError",
-    "CheckpointError",
-    "ConfigError",
-    "DatasetNotFoundError",
-    "InvalidArchitectureError",
-    "UnknownNameError",
-    "did_you_mean",
-]
+__all__ = ["AutoMLPruneError", "BudgetError", "CheckpointError", "ConfigError", "DatasetNotFoundError",
+           "InvalidArchitectureError", "TrainingDivergedError", "UnknownNameError", "did_you_mean"]
 
 
 class AutoMLPruneError(Exception):
@@ -56,6 +48,10 @@ class BudgetError(AutoMLPruneError, ValueError):
 
 class ConfigError(AutoMLPruneError, ValueError):
     """A bad value in a config file or on the command line."""
+
+
+class TrainingDivergedError(AutoMLPruneError):
+    """A fine-tune whose loss became NaN or infinite: nothing trained by it may be exported."""
 
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import textwrap
 from pathlib import Path
@@ -307,3 +308,32 @@ def test_an_api_run_resumes_with_a_shuffling_loader(tmp_path) -> None:
     automl_prune.search(model, train=train_loader, val=val, episodes=2, **options)
     automl_prune.search(model, train=train_loader, val=val, episodes=3, **options)  # same data, another order
     assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 3
+
+
+def test_an_edited_model_file_is_not_served_stale_weights_from_the_cache(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    source = textwrap.dedent("""
+        from torch import nn
+
+        def net(in_channels, num_classes):
+            return nn.Sequential(nn.Conv2d(in_channels, WIDTH, 3, padding=1), nn.BatchNorm2d(WIDTH), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(WIDTH, num_classes))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def pretrain(width: int) -> subprocess.CompletedProcess[str]:
+        (tmp_path / "edited_models.py").write_text(source.replace("WIDTH", str(width)))
+        return subprocess.run([sys.executable, "-m", "automl_prune.cli", "pretrain", "--model", "edited_models:net",
+                               "--dataset", "synthetic", "--pretrain-epochs", "0.1", "--cache-dir", "cache",
+                               "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    first = pretrain(8)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = pretrain(8)
+    assert again.returncode == 0 and "(cached)" in again.stdout
+    edited = pretrain(12)  # same factory name, other code: trained again, not a stale or mismatched checkpoint
+    assert edited.returncode == 0, edited.stderr[-2000:]
+    assert "(cached)" not in edited.stdout
+    assert len(list((tmp_path / "cache").glob("edited_models-net__*.pt"))) == 2

@@ -177,6 +177,7 @@ def cache_path(
     lr: float = DEFAULT_LR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     data: str | None = None,
+    source: str | None = None,
 ) -> Path:
     """Where `pretrain_or_load` keeps a pretrained model: ``<model>__<dataset>__s<seed>__e<epochs>__d<data>.pt``.
 
@@ -191,6 +192,8 @@ def cache_path(
         name += f"__b{batch_size}"
     if data is not None:
         name += f"__d{data}"
+    if source is not None:
+        name += f"__m{source}"
     return Path(cache_dir) / (re.sub(r"[^A-Za-z0-9._-]", "-", name) + ".pt")
 
 
@@ -241,13 +244,19 @@ def pretrain_or_load(
     """
     from automl_prune.data.datasets import load_dataset
     from automl_prune.models import build_model
+    from automl_prune.models.import_path import is_import_path, source_fingerprint
     from automl_prune.train.training import evaluate_accuracy, train
 
     if splits is None:
         splits = load_dataset(dataset_name, data_root, seed=seed, val_size=val_size)
     fingerprint = data_fingerprint(splits)
+    source = None
+    if is_import_path(model_name):  # the user's own code: its file's content is part of the key
+        with torch.random.fork_rng():
+            build_model(model_name, splits.spec.in_channels, splits.spec.num_classes, splits.spec.input_size)
+        source = source_fingerprint(model_name)
     path = cache_path(cache_dir, model_name, dataset_name, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
-                      data=fingerprint)
+                      data=fingerprint, source=source)
     if path.is_file():
         state, meta = load_checkpoint(path)
         model = build_model(model_name, meta["in_channels"], meta["num_classes"], meta["input_size"])

@@ -14,12 +14,13 @@ import inspect
 import os
 import re
 import sys
+from pathlib import Path
 
 from torch import nn
 
 from automl_prune.errors import ConfigError
 
-__all__ = ["build_from_import_path", "is_import_path"]
+__all__ = ["build_from_import_path", "is_import_path", "source_fingerprint"]
 
 _PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -80,3 +81,15 @@ def _factory_kwargs(factory: object, **available: int) -> dict[str, int]:
         return {}
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     return {name: value for name, value in available.items() if takes_any or name in parameters}
+
+
+def source_fingerprint(path: str) -> str:
+    """A short hash of the file that defines ``module:attribute`` (16 hex digits): a cached base model trained
+    from an earlier version of the user's model code is then never reused. Call after `build_from_import_path`."""
+    import hashlib
+
+    module = sys.modules.get(path.partition(":")[0])
+    file = getattr(module, "__file__", None)
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(Path(file).read_bytes() if file else path.encode())
+    return digest.hexdigest()

@@ -30,6 +30,7 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from automl_prune.data.task import Task
+from automl_prune.errors import AutoMLPruneError
 from automl_prune.parallel.ray_session import RAY_ENV
 from automl_prune.scoring.ladder import Candidate, Ladder, RungResult
 from automl_prune.scoring.rung_job import LadderJob
@@ -263,6 +264,9 @@ class TuneLadderExecutor:
                 # Tune stops an experiment on Ctrl-C and returns: the rung is unfinished, nothing failed.
                 raise KeyboardInterrupt(f"re-ranking interrupted in rung {rung}")
             if missing:
+                known = _user_facing(errors[0])
+                if known is not None:  # a diverged fine-tune, a bad setting: one line, not a Tune traceback
+                    raise known
                 detail = f": {errors[0]}"
                 raise RuntimeError(f"re-ranking rung {rung} has no result for {missing}{detail}")
         self.ladder = ladder
@@ -287,3 +291,16 @@ class _TrialLines(Callback):
         print(f"  rung {result['rung'] + 1}: {candidate.id} ({candidate.origin}) val "
               f"{self.task.format_score(result['val_acc'])} "
               f"after {result['steps']} steps [{time.perf_counter() - self.start:.0f} s]", file=sys.stderr, flush=True)
+
+
+def _user_facing(error: BaseException) -> AutoMLPruneError | None:
+    """The project's own error inside a failed trial's (Ray wraps it in its task and Tune errors), if any."""
+    seen: set[int] = set()
+    found: AutoMLPruneError | None = None
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, AutoMLPruneError):
+            found = current  # the deepest one is the original (Ray's wrapper also passes isinstance)
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return found

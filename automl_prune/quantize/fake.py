@@ -159,7 +159,9 @@ class QuantMixin:
         """The layer's input on its activation grid (unchanged at 32 bits or while calibrating)."""
         if self.a_bits >= FLOAT_BITS or self.calibrating:
             return x
-        if float(self.act_scale) <= 0.0:
+        # The check reads the scale on the host: on a GPU that would be a sync per layer per forward, so it is
+        # made where it is free (the CPU); an uncalibrated layer on a GPU computes with a zero scale instead.
+        if self.act_scale.device.type == "cpu" and float(self.act_scale) <= 0.0:
             raise RuntimeError(
                 f"{type(self).__name__} with {self.a_bits}-bit activations has no calibrated range; "
                 "call automl_prune.quantize.fake.calibrate(model, batches) first"

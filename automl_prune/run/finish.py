@@ -9,6 +9,7 @@ import torch
 
 from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
+from automl_prune.errors import TrainingDivergedError
 from automl_prune.run.base_model import BaseModel, log
 from automl_prune.run.run_dir import write_json
 from search_spaces import Budget
@@ -25,6 +26,10 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
 
     space = base.space
     best = chosen.architecture
+    for name, value in model.state_dict().items():  # the trainer stops on a NaN loss; weights are checked too
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise TrainingDivergedError(f"the fine-tuned model's {name!r} holds NaN or infinite values; nothing "
+                                        "is exported: lower the learning rate (--finetune-lr)")
     test_acc = None
     if base.splits.test is not None:
         test_acc, _ = accuracy_and_loss(model, base.splits.test.images, base.splits.test.labels, 250,

@@ -122,6 +122,12 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     if base is None:
         base = load_base(config)
     base.task.check(config.resolved_workers)  # functions Ray workers cannot receive are refused before writing
+    from automl_prune.scoring.rung_job import FineTuneRecipe
+
+    batch = FineTuneRecipe.batch_size
+    if config.finetune_epochs > 0 and len(base.splits.train) < batch:
+        raise ConfigError(f"the training split has {len(base.splits.train)} images, fewer than one fine-tune batch "
+                          f"of {batch}; give more training data (or finetune_epochs 0 to skip the fine-tunes)")
     identity = base_identity(base)
     if resuming:
         check_base_identity(run_dir, identity)

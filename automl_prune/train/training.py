@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from automl_prune.data.datasets import Split, Splits, iterate_batches
-from automl_prune.errors import ConfigError
+from automl_prune.errors import ConfigError, TrainingDivergedError
 from automl_prune.train.device import (
     Precision,
     cudnn_benchmark,
@@ -263,6 +263,12 @@ class Trainer:
             correct += int(gpu_correct)
         if bar is not None:
             bar.close()
+        if not math.isfinite(loss_sum):  # checked once per epoch part: no host sync inside the step
+            lr = self.optimizer.param_groups[0].get("initial_lr", self.optimizer.param_groups[0]["lr"])
+            raise TrainingDivergedError(
+                f"the fine-tune diverged: its loss became {loss_sum} by step {self.step} of {self.total_steps}; "
+                f"lower the learning rate (now {lr:g}: --finetune-lr) or check the data and the loss"
+            )
         self._last_epoch_stats = (loss_sum, correct, seen)
 
     def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
