@@ -52,7 +52,6 @@ from torch.nn import functional as F
 from agents.base import SearchContext, Searcher, SearchHistory, SearchResult
 from agents.budget import fill_budget, project_to_budget
 from automl_prune.atomic import atomic_write, atomic_write_text
-from automl_prune.data.streaming import is_lazy
 from automl_prune.prune.pruning import channel_order
 from search_spaces import Architecture
 
@@ -256,9 +255,9 @@ class DMCPSearcher(Searcher):
         ]
         images = self.evaluator.train_images  # type: ignore[attr-defined]
         labels = getattr(self.evaluator, "train_labels", None)
-        # A streamed folder stays on disk: each step decodes just its batch (`_batch`), the same images an
-        # in-memory copy would give, so the search is the same either way.
-        self._images = images if is_lazy(images) else images.to(self.device)
+        # The training images stay where they are (on disk when streamed, in host memory otherwise): each step
+        # moves just its batch to the device (`_batch`), so a GPU never holds the whole split.
+        self._images = images
         if labels is None:  # no labels given: learn to match the trained base model's predictions
             with torch.no_grad():
                 was = base.training
@@ -355,10 +354,8 @@ class DMCPSearcher(Searcher):
     def _batch(self, step: int) -> tuple[Tensor, Tensor]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         idx = torch.randint(len(self._labels), (self.config.batch_size,), generator=generator)
-        if is_lazy(self._images):
-            return self._images[idx].to(self.device), self._labels[idx.to(self._labels.device)]
-        idx = idx.to(self.device)
-        return self._images[idx], self._labels[idx]
+        return (self._images[idx].to(self.device, non_blocking=True),
+                self._labels[idx.to(self._labels.device)])
 
     def _random_widths(self, rng: np.random.Generator, markov: bool) -> dict[str, int]:
         if markov:

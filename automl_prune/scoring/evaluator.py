@@ -214,12 +214,9 @@ class Evaluator:
             ft_idx = torch.randint(
                 len(train_images), (finetune_steps, finetune_batch_size), generator=generator
             )
-            if isinstance(train_images, LazyImages):
-                self._finetune_index = ft_idx
-            else:
-                self._finetune = [
-                    (train_images[idx].to(self.device), train_labels[idx].to(self.device)) for idx in ft_idx
-                ]
+            # The batches are gathered at each fine-tune (from host memory, or read from disk when streamed):
+            # the device never holds steps x batch images at once.
+            self._finetune_index = ft_idx
         # Streamed validation images stay on disk; `accuracy_and_loss` moves each batch to the device. Every
         # candidate is scored on them, so a split small enough is decoded once, at the first score (`_val`).
         self.val_images = val_images if isinstance(val_images, LazyImages) else val_images.to(self.device)
@@ -260,11 +257,15 @@ class Evaluator:
     def _short_finetune(self, model: nn.Module) -> None:
         optimizer = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
         model.train()
+        labels: Any = self.train_labels  # not None when there is a fine-tune: checked in __init__
         batches: Any = self._finetune
         if self._finetune_index is not None and isinstance(self.train_images, LazyImages):
-            labels: Any = self.train_labels  # not None: checked in __init__
             batches = ((x.to(self.device), labels[idx].to(self.device)) for idx, x in
                        zip(self._finetune_index, self.train_images.iter_batches(self._finetune_index), strict=True))
+        elif self._finetune_index is not None:
+            images = self.train_images
+            batches = ((images[idx].to(self.device, non_blocking=True), labels[idx].to(self.device))
+                       for idx in self._finetune_index)
         loss_fn = self.task.loss or nn.functional.cross_entropy
         scaler = self.precision.scaler()
         for x, y in batches:
