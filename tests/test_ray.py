@@ -87,9 +87,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     env = _env(tmp_path)
     assert subprocess.run(_cli("pretrain", "--model", "tiny-resnet", "--dataset", "synthetic", "--pretrain-epochs",
                                "1", "--cache-dir", str(cache), "--no-progress"), env=env, timeout=300).returncode == 0
-    # With progress lines on: the line-per-trial callback is part of the experiment Tune pickles for restore.
-    with_progress = [flag for flag in SEARCH if flag != "--no-progress"]
-    proc = subprocess.Popen(_cli(*with_progress, "--out", str(run), "--cache-dir", str(cache)), env=env,
+    proc = subprocess.Popen(_cli(*SEARCH, "--out", str(run), "--cache-dir", str(cache)), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     # Kill once a trial of the last rung (280 steps) has saved progress midway: it is still running then.
@@ -129,8 +127,6 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path: Path)
     assert summary["rerank"]["winner"] == summary["chosen"]["id"]
     assert (run / "best" / "arch.json").exists()
     _nothing_outside(tmp_path)
-    # The run directory holds results, not data: Tune's saved experiment does not carry the dataset (2.5 MB here).
-    assert (run / "tune" / "rerank" / "tuner.pkl").stat().st_size < 64_000
 
 
 def test_search_joins_an_existing_ray_cluster(tmp_path: Path) -> None:
@@ -184,3 +180,18 @@ def test_a_search_in_process_leaves_the_ctrl_c_handler_as_it_was(tmp_path: Path)
                  "--cache-dir", str(tmp_path / "c")])
     assert code == 0
     assert signals.getsignal(signals.SIGINT) is before  # Ctrl-C still interrupts the next search here
+
+
+def test_the_saved_tune_experiment_does_not_carry_the_data(tmp_path: Path) -> None:
+    # With progress lines on (the default), the line-per-trial callback is part of what Tune pickles into
+    # tuner.pkl for restore; it once held the whole ladder job, so the file was as large as the dataset.
+    run, cache = tmp_path / "r", tmp_path / "c"
+    argv = ["search", "--model", "tiny-cnn", "--dataset", "synthetic", "--pretrain-epochs", "0.2", "--agent",
+            "random", "--episodes", "2", "--finetune-epochs", "0.05", "--rerank-top-k", "1", "--workers", "2",
+            "--out", str(run), "--cache-dir", str(cache)]
+    done = subprocess.run(_cli(*argv), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rung 1:" in done.stderr  # the progress lines were on
+    assert (run / "tune" / "rerank" / "tuner.pkl").stat().st_size < 64_000  # the synthetic data is 2.5 MB
+    assert (run / "best" / "arch.json").exists()
+    _nothing_outside(tmp_path)
