@@ -33,6 +33,7 @@ from automl_prune.prune.criteria import Criterion, get_criterion
 from automl_prune.prune.pruning import channel_order, compress_widths
 from automl_prune.prune.reconstruct import OriginalOutputs
 from automl_prune.train.device import FP32, Precision, current_device, resolve_precision, to_device
+from automl_prune.train.training import score_batches
 from search_spaces import Architecture, SearchSpace
 
 __all__ = ["VAL_IN_MEMORY_FRACTION", "Evaluator", "Metrics", "recalibrate_batch_norm"]
@@ -106,34 +107,9 @@ def accuracy_and_loss(
     ``precision`` and the sums stay on the GPU until the end (no host sync per batch).
     """
     model.eval()
-    correct = 0
-    loss_sum = 0.0
-    outputs: list[torch.Tensor] = []
-    targets: list[torch.Tensor] = []
-    device = next((p.device for p in model.parameters()), None)
-    gpu_sums = torch.zeros(2, dtype=torch.float64, device=device) if device is not None and device.type == "cuda" \
-        else None
-    for x, y in iterate_batches(Split(images, labels), batch_size, shuffle=False, seed=0):
-        if device is not None and x.device != device:
-            x, y = to_device(x, device), to_device(y, device)
-        with precision.autocast():
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-        if gpu_sums is not None:
-            gpu_sums[0] += loss.double()
-            gpu_sums[1] += (logits.argmax(1) == y).sum()
-        else:
-            loss_sum += float(loss)
-            correct += int((logits.argmax(1) == y).sum())
-        if metric is not None:
-            outputs.append(logits.detach().float().cpu())
-            targets.append(y.cpu())
-    if gpu_sums is not None:
-        loss_sum, correct = float(gpu_sums[0]), int(gpu_sums[1])
-    n = max(1, len(labels))
-    if metric is not None:
-        return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / n
-    return correct / n, loss_sum / n
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return score_batches(model, iterate_batches(Split(images, labels), batch_size, shuffle=False, seed=0),
+                         len(labels), device, precision.autocast, metric=metric)
 
 
 class Evaluator:

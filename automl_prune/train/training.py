@@ -19,7 +19,8 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ from automl_prune.train.device import (
     to_device,
 )
 
-__all__ = ["Trainer", "default_device", "evaluate_accuracy", "train"]
+__all__ = ["Trainer", "default_device", "evaluate_accuracy", "score_batches", "train"]
 
 WARMUP_FRACTION = 0.05
 
@@ -355,33 +356,52 @@ def evaluate_accuracy(
     autocast = resolve_precision(precision, device).autocast
     was_training = model.training
     model.eval()
+    try:
+        return score_batches(model, iterate_batches(split, batch_size, shuffle=False, seed=0), len(split), device,
+                             autocast, metric=metric, memory_format=memory_format)
+    finally:
+        model.train(was_training)
+
+
+def score_batches(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    count: int,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager[Any]],
+    *,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    memory_format: torch.memory_format | None = None,
+) -> tuple[float, float]:
+    """Top-1 accuracy (or ``metric`` of all outputs, concatenated in order on the CPU) and mean cross-entropy of
+    ``model`` (in eval mode, under ``torch.no_grad``) over ``batches`` of ``count`` items in all, each moved to
+    ``device``. On CUDA the sums stay on the GPU until the end (no host sync per batch)."""
     correct, loss_sum = 0, 0.0
     gpu_sums = torch.zeros(2, dtype=torch.float64, device=device) if device.type == "cuda" else None
     outputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
-    try:
-        for x, y in iterate_batches(split, batch_size, shuffle=False, seed=0):
-            x = to_device(x, device).contiguous(memory_format=memory_format)
-            y = to_device(y, device)
-            with autocast():
-                logits = model(x)
-                loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-            if gpu_sums is not None:
-                gpu_sums[0] += loss.double()
-                gpu_sums[1] += (logits.argmax(1) == y).sum()
-            else:
-                loss_sum += float(loss)
-                correct += int((logits.argmax(1) == y).sum())
-            if metric is not None:
-                outputs.append(logits.detach().float().cpu())
-                targets.append(y.cpu())
-    finally:
-        model.train(was_training)
+    for x, y in batches:
+        x, y = to_device(x, device), to_device(y, device)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        with autocast():
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
+        if gpu_sums is not None:
+            gpu_sums[0] += loss.double()
+            gpu_sums[1] += (logits.argmax(1) == y).sum()
+        else:
+            loss_sum += float(loss)
+            correct += int((logits.argmax(1) == y).sum())
+        if metric is not None:
+            outputs.append(logits.detach().float().cpu())
+            targets.append(y.cpu())
     if gpu_sums is not None:
         loss_sum, correct = float(gpu_sums[0]), int(gpu_sums[1])
+    n = max(1, count)
     if metric is not None:
-        return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / len(split)
-    return correct / len(split), loss_sum / len(split)
+        return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / n
+    return correct / n, loss_sum / n
 
 
 def _warmup_cosine(total_steps: int) -> Any:
