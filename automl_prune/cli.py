@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="end the search after this wall-clock time (90s, 30m, 2h) and finish the run "
                            "(re-rank, fine-tune, export) with what it found")
 
+            g.add_argument("--search-start", help="where ddpg, ppo and optuna start: uniform (default) or one-shot "
+                           "(the sensitivity profile's answer, measured or read from the cache)")
+
             g = p.add_argument_group("criterion and proxy")
             g.add_argument("--criterion", help="which channels a group keeps: auto (default: reap, or l1-std for "
                            "--agent global), l1, l2, bn_scale, fpgm, l1-std, taylor, ezcrop, similarity, reap, ccp")
@@ -309,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "measured), adaptive-bn, or finetune")
             g.add_argument("--proxy-finetune-steps", type=int,
                            help="fine-tune steps per candidate with --proxy finetune (default 20)")
+            g.add_argument("--val-batches", type=int,
+                           help="score candidates on the first N batches of the validation data (the final model "
+                           "is scored on all of it; default: all)")
             g = p.add_argument_group("fine-tune")
             g.add_argument("--finetune-epochs", type=float,
                            help="epochs of the final fine-tune; the ladder's rungs lead up to it "

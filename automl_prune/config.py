@@ -43,9 +43,13 @@ Patterns = Annotated[tuple[str, ...], BeforeValidator(_as_patterns)]
 #: A setting written as text that may be given as a number (``size``, ``time_limit``).
 NumberOrText = Annotated[str | None, BeforeValidator(_number_as_text)]
 
+#: Where DDPG, PPO and Optuna start: the uniform width, or the sensitivity profile's one-shot answer.
+SEARCH_STARTS = ("uniform", "one-shot")
+
 __all__ = [
     "DEFAULTS",
     "SEARCH_MODES",
+    "SEARCH_STARTS",
     "SearchConfig",
     "check_path",
     "load_config_file",
@@ -89,6 +93,7 @@ class SearchConfig:
     proxy_finetune_steps: int = 20
     bn_batches: int = 10
     val_size: int | None = None
+    val_batches: int | None = None
     reward: str = "accuracy"
     threads: int | None = None
     onnx: bool = False
@@ -112,6 +117,7 @@ class SearchConfig:
     bops: float | None = None
     latency: float | None = None
     latency_batch_size: int = 1
+    search_start: str = "uniform"
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -173,6 +179,11 @@ class SearchConfig:
             raise ConfigError(f"`proxy_finetune_steps` must be >= 0, but got {self.proxy_finetune_steps}")
         if self.val_size is not None and self.val_size < 1:
             raise ConfigError(f"`val_size` must be >= 1 image, but got {self.val_size}")
+        if self.val_batches is not None and self.val_batches < 1:
+            raise ConfigError(f"`val_batches` must be >= 1 (candidates are scored on the first N batches of the "
+                              f"validation data; none: all of it), but got {self.val_batches}")
+        if self.search_start not in SEARCH_STARTS:
+            raise ConfigError(f"`search_start` must be one of {list(SEARCH_STARTS)}, but got {self.search_start!r}")
         if self.proxy not in ("auto", "adaptive-bn", "finetune"):
             raise ConfigError(f"`proxy` must be one of ['adaptive-bn', 'auto', 'finetune'], but got {self.proxy!r}")
         if self.reward not in ("accuracy", "acc_flops_log"):
