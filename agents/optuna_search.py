@@ -12,6 +12,9 @@ prior, within ``[uniform / spread, uniform x spread]``). A suggestion over the F
 trial's ``widths`` user attribute, so nothing this module returns is ever over budget. TPE then models the
 raw suggestions against the accuracy of their projections ("constrained sampling").
 
+With ``start="one-shot"`` the sensitivity profile's one-shot answer (`agents.start`) takes the uniform
+architecture's place: it is the first trial, and the centre of the ``prior="uniform"`` factors.
+
 Bits (``search="bits"`` or ``"both"``): every conv/linear layer with more than one allowed bit width gets two
 integer parameters, ``w_bits:<layer>`` and ``a_bits:<layer>``, each an index into the layer's allowed bits
 (ascending, so TPE sees their order); with ``"bits"`` no width is suggested (every group keeps its full
@@ -71,10 +74,11 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from agents.base import HistoryEntry, SearchContext, Searcher, SearchHistory, SearchResult
+from agents.base import HistoryEntry, SearchContext, SearchHistory, SearchResult
 from agents.bit_budget import project_bits, uniform_bits_architecture
 from agents.budget import around_uniform, check_prior, project_to_budget, uniform_architecture
 from agents.pareto import pareto_front, plot_pareto, write_pareto_json
+from agents.start import StartingSearcher
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.errors import ConfigError
 from search_spaces import Architecture, WidthDecision
@@ -88,7 +92,7 @@ OBJECTIVES: dict[str, str] = {"flops": "FLOPs", "size_bits": "size (bits)", "bop
 _SAMPLER_FILE = "optuna_sampler.pkl"
 
 
-class OptunaSearcher(Searcher):
+class OptunaSearcher(StartingSearcher):
     """TPE over per-group keep ratios; the objective is validation accuracy under the FLOPs budget.
 
     Args:
@@ -103,6 +107,10 @@ class OptunaSearcher(Searcher):
         integer_widths: Suggest integer widths (``suggest_int(group, low, high)``) instead of ratios.
         prior: ``"uniform"`` (default): suggest factors on the uniform keep ratio; ``"box"``: the whole range.
         spread: The largest factor away from the uniform ratio (``prior="uniform"`` only).
+        start: ``"uniform"`` (default) or ``"one-shot"``: the first trial is the sensitivity profile's one-shot
+            answer (`agents.start`), and with ``prior="uniform"`` the factors are on its keep ratios (its widths
+            with ``integer_widths``) instead of the uniform one's: the prior is centred on it.
+        profile_cache, profile_key: Where that answer's profile is cached (`agents.start.StartingSearcher`).
     """
 
     name: ClassVar[str] = "optuna"
@@ -119,8 +127,11 @@ class OptunaSearcher(Searcher):
         integer_widths: bool = False,
         prior: str = "uniform",
         spread: float = 2.0,
+        start: str = "uniform",
+        profile_cache: str | Path | None = None,
+        profile_key: str | Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(context)
+        super().__init__(context, start=start, profile_cache=profile_cache, profile_key=profile_key)
         space, budget = self.space, self.budget
         check_prior(prior, spread)
         self.prior = prior
@@ -131,7 +142,7 @@ class OptunaSearcher(Searcher):
             uniform_bits_architecture(space, self.uniform, budget.size_bits, budget.bops).bits
             if self.searches_bits else {}
         )
-        self._centre = {d.name: self.uniform.widths[d.name] / d.size for d in space.decisions}
+        self._set_centre(self.uniform)
         if n_startup_trials < 0:
             raise ValueError(f"`n_startup_trials >= 0` must hold, but got {n_startup_trials=}")
         if storage is not None and not isinstance(storage, (str, optuna.storages.BaseStorage)):
@@ -151,6 +162,16 @@ class OptunaSearcher(Searcher):
         self._storage: optuna.storages.BaseStorage | None = None
         self._study: optuna.Study | None = None
         self.recovered: dict[str, int] = {"adopted": 0, "retried": 0}
+
+    def _set_centre(self, centre: Architecture) -> None:
+        """Centre the ``prior="uniform"`` parameters on ``centre``'s widths (the uniform ones, or the start's)."""
+        self.centre = centre
+        self._centre = {d.name: centre.widths[d.name] / d.size for d in self.space.decisions}
+
+    def _use_start(self, architecture: Architecture) -> None:
+        """The one-shot start: the first trial of a new study (`start_params`) and the prior's centre."""
+        if self.searches_widths:
+            self._set_centre(architecture)
 
     # storage and study -------------------------------------------------------------------------------------
     @property
@@ -227,7 +248,7 @@ class OptunaSearcher(Searcher):
         return {"searcher": self.name, "budget_flops": self.budget.flops, "decisions": self.space.names,
                 "prior": self.prior, "spread": self.spread, "integer_widths": self.integer_widths,
                 "search": self.search_mode, "size_budget_bits": self.budget.size_bits,
-                "bops_budget": self.budget.bops}
+                "bops_budget": self.budget.bops, "start": self.start}
 
     # the search ------------------------------------------------------------------------------------------
     def _values(self, metrics: Mapping[str, Any], architecture: Architecture) -> list[float]:
@@ -238,7 +259,7 @@ class OptunaSearcher(Searcher):
         if self.integer_widths:
             if self.prior == "box":
                 return d.min_keep, d.size
-            centre = self.uniform.widths[d.name]
+            centre = self.centre.widths[d.name]
             return max(d.min_keep, math.floor(centre / self.spread)), min(d.size, math.ceil(centre * self.spread))
         if self.prior == "box":
             return d.min_keep / d.size, 1.0
@@ -282,6 +303,26 @@ class OptunaSearcher(Searcher):
             params[_A_PREFIX + d.name] = d.choices.index(a_bits)
         return params
 
+    def start_params(self) -> dict[str, float]:
+        """The parameters of the first trial of a new study: the one-shot start's (``start="one-shot"``, once
+        obtained), else the uniform architecture's (`uniform_params`)."""
+        if self.search_start is None:
+            return self.uniform_params()
+        arch = self.search_start.architecture
+        params: dict[str, float] = {}
+        if self.searches_widths:
+            if self.integer_widths:
+                params.update({d.name: int(arch.widths[d.name]) for d in self.space.decisions})
+            elif self.prior == "box":
+                params.update({d.name: arch.widths[d.name] / d.size for d in self.space.decisions})
+            else:  # the prior is centred on the start: factor 1 everywhere
+                params.update({name: 1.0 for name in self.space.names})
+        for d in self.bit_decisions:
+            w_bits, a_bits = arch.bits[d.name]
+            params[_W_PREFIX + d.name] = d.choices.index(w_bits)
+            params[_A_PREFIX + d.name] = d.choices.index(a_bits)
+        return params
+
     def _suggest(self, trial: optuna.Trial) -> Architecture:
         log = self.prior == "uniform"
         if self.searches_widths:
@@ -309,8 +350,9 @@ class OptunaSearcher(Searcher):
         study = self.study
         self._recover(study)
         if not study.get_trials(deepcopy=False):
-            # A new study starts from uniform: every later trial is then compared with it.
-            study.enqueue_trial(self.uniform_params(), user_attrs={"uniform": True})
+            # A new study starts from uniform (or the one-shot start): every later trial is then compared with it.
+            first = {"start": "one-shot"} if self.search_start is not None else {"uniform": True}
+            study.enqueue_trial(self.start_params(), user_attrs=first)
         while self.remaining:
             # As many trials as there are workers (ask/tell): they are scored side by side.
             self._run_trials(study, [study.ask() for _ in range(min(self.remaining, self.batch_size))])
@@ -418,6 +460,7 @@ class OptunaSearcher(Searcher):
             _write_history(path / "history.jsonl", self.history.entries)
         # The sampler's random state: a restored search then proposes exactly what an uninterrupted one would.
         atomic_write(path / _SAMPLER_FILE, pickle.dumps(self.study.sampler))
+        self._save_start(path)
         atomic_write_text(path / _STATE_FILE, json.dumps(state, indent=1))
 
     def restore(self, path: str | Path) -> None:
@@ -431,6 +474,7 @@ class OptunaSearcher(Searcher):
             raise ValueError(f"{path} holds a {state['searcher']!r} searcher, not {self.name!r}")
         self.seed = int(state["seed"])
         self.study_name = str(state["study_name"])
+        self._restore_start(path)
         if "copy" in state and self.storage_url is None and self._storage_arg is None:
             self._storage = optuna.storages.InMemoryStorage()
             saved = f"sqlite:///{(path / state['copy']).resolve()}"

@@ -33,6 +33,14 @@ round's evaluations (they are redone on resume); nothing is duplicated. A search
 do not fill its last round evaluates the round's first episodes only, records them, and rolls the agent back
 to the start of that round (an in-memory snapshot): a later continuation re-runs the round and takes the
 recorded scores, so a search of ``n`` then ``m`` evaluations equals one of ``m`` for every ``n``.
+
+Start (``start="one-shot"``, `agents.start`): the first episode of the first round (its first environment)
+takes scripted actions, the ones that make the environment end exactly on the sensitivity profile's one-shot
+answer (found step by step in a scratch environment: each action is the middle of the range of actions that
+give the answer's width or bits there); the algorithm stores them as its own (PPO with their log-probability
+under its policy). When the answer uses less of the width budget than the lower action wall asks for
+(``min_flops_fraction``), the wall is lowered to the answer's share of the budget, for the whole search, so that
+the answer is an episode the environment can end on.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ import random
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,7 +68,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
-from agents.base import SearchContext, Searcher
+from agents.base import SearchContext
+from agents.start import StartingSearcher
 from automl_prune.atomic import atomic_write, atomic_write_text
 from envs import ChannelPruningEnv, JointCompressionEnv, QuantizationEnv
 from search_spaces import Architecture
@@ -184,7 +193,61 @@ class _RoundVecEnv(DummyVecEnv):
 _Snapshot = tuple[dict[str, Any], dict[str, bytes]]  # (plain state, file name -> bytes)
 
 
-class _SB3Searcher(Searcher):
+def _invert(value_of: Callable[[float], Any], target: Any) -> float | None:
+    """The middle of the actions in ``[-1, 1]`` that ``value_of`` (nondecreasing) maps to ``target``, as a float32
+    number; ``None`` when no action does."""
+    low, high = -1.0, 1.0
+    if value_of(low) > target or value_of(high) < target:
+        return None
+    left = low
+    if value_of(low) < target:  # the smallest action reaching the target
+        below, above = low, high
+        for _ in range(40):
+            middle = (below + above) / 2
+            below, above = (below, middle) if value_of(middle) >= target else (middle, above)
+        left = above
+    right = high
+    if value_of(high) > target:  # the largest action not past it
+        below, above = left, high
+        for _ in range(40):
+            middle = (below + above) / 2
+            below, above = (middle, above) if value_of(middle) <= target else (below, middle)
+        right = below
+    action = float(np.float32((left + right) / 2))
+    return action if value_of(action) == target else None
+
+
+def _bits_towards(phase: Any, index: int, pair: tuple[int, int] | None) -> np.ndarray | None:
+    """The two action values that give layer ``index`` of a `envs.bit_phase.BitPhase` the bits ``pair``."""
+    if pair is None:
+        return None
+    weight = _invert(lambda v: phase.bits_for(index, np.array([v, -1.0]))[0], pair[0])
+    if weight is None:
+        return None
+    activation = _invert(lambda v: phase.bits_for(index, np.array([weight, v]))[1], pair[1])
+    if activation is None or tuple(phase.bits_for(index, np.array([weight, activation]))) != tuple(pair):
+        return None
+    return np.array([weight, activation], dtype=np.float32)
+
+
+def _action_towards(env: Any, step: int, target: Architecture) -> np.ndarray | None:
+    """The action that gives step ``step`` of ``env``'s episode (at that step now) ``target``'s width or bits."""
+    if isinstance(env, QuantizationEnv):
+        return _bits_towards(env.phase, step, target.bits.get(env.phase.layers[step]))
+    if isinstance(env, JointCompressionEnv):
+        if step >= env.n_groups:
+            layer = step - env.n_groups
+            return _bits_towards(env.phase, layer, target.bits.get(env.phase.layers[layer]))
+        widths_env = env.widths_env
+        name = widths_env.decisions[step].name
+        value = _invert(lambda v: widths_env.width_for(step, v), target.widths[name])
+        return None if value is None else np.array([value, 0.0], dtype=np.float32)
+    name = env.decisions[step].name
+    value = _invert(lambda v: env.width_for(step, v), target.widths[name])
+    return None if value is None else np.array([value], dtype=np.float32)
+
+
+class _SB3Searcher(StartingSearcher):
     """What both RL searchers share: the environments, the learn loop, its random streams, save and restore.
 
     Args:
@@ -205,6 +268,8 @@ class _SB3Searcher(Searcher):
             flight; 0: at the end of `search` only).
         device: The run's (`automl_prune.train.device.current_device`), unless given.
         verbose: stable-baselines3 verbosity.
+        start, profile_cache, profile_key: Where the search starts (`agents.start.StartingSearcher`): with
+            ``"one-shot"`` the first episode ends on the sensitivity profile's one-shot answer.
     """
 
     algorithm: ClassVar[type[BaseAlgorithm]]
@@ -221,8 +286,11 @@ class _SB3Searcher(Searcher):
         save_every: int = 1,
         device: str | None = None,
         verbose: int = 0,
+        start: str = "uniform",
+        profile_cache: str | Path | None = None,
+        profile_key: str | Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(context)
+        super().__init__(context, start=start, profile_cache=profile_cache, profile_key=profile_key)
         space = self.space
         if learning_rate <= 0:
             raise ValueError(f"`learning_rate > 0` must hold, but got {learning_rate=}")
@@ -253,6 +321,7 @@ class _SB3Searcher(Searcher):
         self._saved_at = -1  # `_consumed` at the last automatic save
         self._plan_end = 0  # `_consumed` at which the current `learn` ends
         self._cut_snapshot: tuple[int, _Snapshot] | None = None  # (consumed, state) at a round that may be cut
+        self._start_actions: np.ndarray | None = None  # the first episode's scripted actions (one-shot start)
         self.env = self._make_env()  # validates reward and min_flops_fraction early
 
     # environment ------------------------------------------------------------------------------------------
@@ -261,19 +330,57 @@ class _SB3Searcher(Searcher):
         pruning (``search="widths"``), quantization at full width (``"bits"``) or joint (``"both"``)."""
         scores = [_PreparedScore() for _ in range(self.episodes_per_round)]
 
-        def env(score: _PreparedScore) -> gym.Env:
-            if self.search_mode == "bits":
-                return QuantizationEnv(self.space, score, self.budget, reward=self.reward)
-            if self.search_mode == "both":
-                return JointCompressionEnv(self.space, score, self.budget, reward=self.reward,
-                                           min_flops_fraction=self.min_flops_fraction)
-            return ChannelPruningEnv(self.space, score, self.budget, reward=self.reward,
-                                     min_flops_fraction=self.min_flops_fraction)
-
         def factory(score: _PreparedScore) -> Callable[[], gym.Env]:
-            return lambda: Monitor(env(score))
+            return lambda: Monitor(self._single_env(score))
 
         return _RoundVecEnv([factory(score) for score in scores], scores, self._score_round)
+
+    def _single_env(self, evaluate: Callable[[Architecture], Mapping[str, Any]]) -> gym.Env:
+        """One environment of this search (channel pruning, quantization or joint) scoring with ``evaluate``."""
+        if self.search_mode == "bits":
+            return QuantizationEnv(self.space, evaluate, self.budget, reward=self.reward)
+        if self.search_mode == "both":
+            return JointCompressionEnv(self.space, evaluate, self.budget, reward=self.reward,
+                                       min_flops_fraction=self.min_flops_fraction)
+        return ChannelPruningEnv(self.space, evaluate, self.budget, reward=self.reward,
+                                 min_flops_fraction=self.min_flops_fraction)
+
+    # the one-shot start -------------------------------------------------------------------------------------
+    def _use_start(self, architecture: Architecture) -> None:
+        """Script the first episode so that it ends on ``architecture`` (lowering the lower wall if it must)."""
+        if self.searches_widths and self.min_flops_fraction > 0:
+            share = self.space.flops(architecture) / self.budget.flops
+            if share < self.min_flops_fraction:
+                self.min_flops_fraction = share * (1 - 1e-9)  # the wall may not ask for more than the start uses
+                self.env = self._make_env()
+                if self.model is not None:
+                    self.model.set_env(self.env)
+        self._start_actions = self._script(architecture)
+        if self._start_actions is None:  # cannot happen: every step of a start within budget is reachable
+            warnings.warn(f"{self.name}: no actions of the environment end on the one-shot start "
+                          f"{architecture.to_dict()}; the first episode is the policy's own", RuntimeWarning,
+                          stacklevel=2)
+
+    def _script(self, target: Architecture) -> np.ndarray | None:
+        """The actions (one row per step) of an episode that ends exactly on ``target``; ``None`` if none does."""
+
+        def no_score(architecture: Architecture) -> dict[str, Any]:
+            return {"accuracy": 0.0, "flops": self.space.flops(architecture)}
+
+        env: Any = self._single_env(no_score)
+        env.reset()
+        actions: list[np.ndarray] = []
+        for step in range(self.episode_steps):
+            action = _action_towards(env, step, target)
+            if action is None:
+                return None
+            actions.append(action)
+            if step + 1 < self.episode_steps:
+                env.step(action)
+        final = env.finishing_architecture(actions[-1])
+        if final is None or self.space.complete(final) != self.space.complete(target):
+            return None
+        return np.array(actions, dtype=np.float32)
 
     def _score_round(self, architectures: list[Architecture]) -> list[dict[str, Any]]:
         """The metrics of one round's final architectures: recorded ones taken back, new ones in one batch.
@@ -346,6 +453,7 @@ class _SB3Searcher(Searcher):
         with self._own_random_streams():
             if self.model is None:
                 self.model = self._build_model()
+            self.model.start_actions = self._start_actions  # type: ignore[attr-defined]
             self._prepare_model()
             self._plan_end = self._consumed + rounds * self.episodes_per_round
             self._between_rounds()
@@ -455,6 +563,7 @@ class _SB3Searcher(Searcher):
         generation.mkdir()
         for name, data in blobs.items():
             atomic_write(generation / name, data)
+        self._save_start(folder)
         state["generation"] = generation.name
         _write_json_atomic(folder / _STATE_FILE, state)
         for old in folder.glob("gen-*"):
@@ -484,5 +593,6 @@ class _SB3Searcher(Searcher):
         generation = folder / state["generation"] if "generation" in state else folder
         names = (_MODEL_FILE, _BUFFER_FILE, _ROLLOUT_FILE, _RNG_FILE)
         blobs = {name: (generation / name).read_bytes() for name in names if (generation / name).exists()}
+        self._restore_start(folder)
         self._load_snapshot(state, blobs)
         self._saved_at = self._consumed

@@ -22,6 +22,11 @@ actor/critic 300-300          ``[64, 64]`` each: trains quickly on a CPU (``net_
 ============================  ===========================================================================
 
 Rounds, the learn loop, random streams, save and restore are `agents.rl_base`'s.
+
+With ``start="one-shot"`` (`agents.start`) the first episode takes the actions that end on the sensitivity
+profile's one-shot answer (`agents.rl_base`), and the warm-up explores around it: instead of uniform random
+actions, each warm-up step samples the truncated normal (``noise_sigma``, not yet decayed) around the answer's
+action for that step.
 """
 
 from __future__ import annotations
@@ -186,7 +191,15 @@ class _AMCDDPG(DDPG):
 
     With several environments stable-baselines3 would wrap the noise in a `VectorizedActionNoise` (one copy
     per environment); the truncated normal samples every environment's action itself, from one stream.
+
+    ``start_actions`` (set by the searcher, not saved: one row per step of an episode) script the first
+    environment's first episode, and the warm-up samples around them instead of uniformly.
     """
+
+    start_actions: np.ndarray | None = None
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "start_actions"]
 
     def _setup_learn(self, *args: Any, **kwargs: Any) -> tuple[int, BaseCallback]:
         noise = self.action_noise
@@ -198,13 +211,29 @@ class _AMCDDPG(DDPG):
     def _sample_action(
         self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
     ) -> tuple[np.ndarray, np.ndarray]:
+        script = self.start_actions
+        if script is None:
+            if not isinstance(action_noise, DecayingTruncatedNormalNoise):
+                return super()._sample_action(learning_starts, action_noise, n_envs)
+            if self.num_timesteps < learning_starts:  # warm-up: uniform random, no noise on top
+                return super()._sample_action(learning_starts, None, n_envs)
+            action_noise.set_episode(self._episode_num)
+            _, scaled = super()._sample_action(learning_starts, None, n_envs)
+            noisy = action_noise.sample_around(scaled)
+            return self.policy.unscale_action(noisy), noisy
+        step = (self.num_timesteps // n_envs) % len(script)  # episodes run in lockstep: the step of each
         if not isinstance(action_noise, DecayingTruncatedNormalNoise):
-            return super()._sample_action(learning_starts, action_noise, n_envs)
-        if self.num_timesteps < learning_starts:  # warm-up: uniform random, no noise on top
-            return super()._sample_action(learning_starts, None, n_envs)
-        action_noise.set_episode(self._episode_num)
-        _, scaled = super()._sample_action(learning_starts, None, n_envs)
-        noisy = action_noise.sample_around(scaled)
+            _, noisy = super()._sample_action(learning_starts, action_noise, n_envs)
+        elif self.num_timesteps < learning_starts:  # warm-up: around the start
+            action_noise.set_episode(self._episode_num)
+            noisy = action_noise.sample_around(np.repeat(script[step][None, :], n_envs, axis=0))
+        else:
+            action_noise.set_episode(self._episode_num)
+            _, scaled = super()._sample_action(learning_starts, None, n_envs)
+            noisy = action_noise.sample_around(scaled)
+        if self.num_timesteps < n_envs * len(script):  # the first round: its first episode is the start
+            noisy = np.array(noisy, dtype=np.float32)
+            noisy[0] = script[step]
         return self.policy.unscale_action(noisy), noisy
 
 

@@ -36,9 +36,10 @@ class _ResumablePPO(PPO):
 
     _paused_rollout: bool = False
     _episode_end_hook: Callable[[], bool] | None = None  # returns True to stop; set by the searcher
+    start_actions: np.ndarray | None = None  # the first environment's first episode (one row per step); by the searcher
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_episode_end_hook"]
+        return [*super()._excluded_save_params(), "_episode_end_hook", "start_actions"]
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer,
                          n_rollout_steps: int) -> bool:
@@ -58,6 +59,15 @@ class _ResumablePPO(PPO):
             with torch.no_grad():
                 actions, values, log_probs = self.policy(obs_as_tensor(self._last_obs, self.device))
             actions = actions.cpu().numpy()
+            script = self.start_actions
+            if script is not None and self.num_timesteps < env.num_envs * len(script):
+                # The first round's first episode is the one-shot start: its actions, with their log-probability.
+                actions[0] = script[(self.num_timesteps // env.num_envs) % len(script)]
+                with torch.no_grad():
+                    _, scripted, _ = self.policy.evaluate_actions(obs_as_tensor(self._last_obs, self.device),
+                                                                  torch.as_tensor(actions, device=self.device))
+                log_probs = log_probs.clone()
+                log_probs[0] = scripted[0]
             clipped = np.clip(actions, self.action_space.low, self.action_space.high)
             new_obs, rewards, dones, infos = env.step(clipped)
             assert isinstance(new_obs, np.ndarray)

@@ -128,19 +128,28 @@ def search(
 
 def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: SearchConfig,
             task: Task) -> SearchResult:
+    from automl_prune.data.loader_split import LoaderSplit
     from automl_prune.data.user_data import user_splits
     from automl_prune.models.checkpoints import state_sha256
     from automl_prune.models.weights import check_finite
-    from automl_prune.run.base_model import base_from_model
+    from automl_prune.run.base_model import base_from_model, log
     from automl_prune.run.export import load
     from automl_prune.run.pipeline import run_search
     from automl_prune.train.training import evaluate_accuracy
 
     base_model = copy.deepcopy(model).to("cpu").eval()
     check_finite(base_model.state_dict().items(), "the model")
-    splits = user_splits(base_model, train, val, test)
+    splits = user_splits(base_model, train, val, test, classification=not task.custom,
+                         workers=config.resolved_workers)
+    tensor_inputs = isinstance(_first_inputs(splits.train), Tensor)
+    if not tensor_inputs and config.criterion == "auto":
+        config = dataclasses.replace(config, criterion="l1")
+        log("criterion: l1 (the default, reap, feeds calibration images to the model; these inputs are not one "
+            "tensor)")
     if task.loss is not None:
         _check_loss(base_model, splits.train, task.loss)
+    scope = "the whole validation loader" if isinstance(splits.val, LoaderSplit) else "the validation data"
+    log(f"base model: scoring it on {scope}")
     val_acc, _ = evaluate_accuracy(base_model, splits.val, batch_size=250, metric=task.metric)
     test_acc = (evaluate_accuracy(base_model, splits.test, batch_size=250, metric=task.metric)[0]
                 if splits.test is not None else None)
@@ -163,10 +172,26 @@ def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: Se
                         metrics=summary, run_dir=run_dir, criterion=config.resolved_criterion)
 
 
+def _first_inputs(split: Any) -> Any:
+    from automl_prune.data.loader_split import LoaderSplit
+
+    return split.first_batch()[0] if isinstance(split, LoaderSplit) else split.images[:1]
+
+
 def _check_loss(model: nn.Module, train: Any, loss: LossFn) -> None:
-    """``loss`` on two training images must be a scalar tensor that gradients flow through (model unchanged)."""
-    x, y = train.images[:2], train.labels[:2]
-    value = loss(model.eval()(x), y)
+    """``loss`` on two training items must be a scalar tensor that gradients flow through. It runs on a copy of the
+    model in training mode (as fine-tunes call it: a detector returns its losses then); ``model`` is unchanged."""
+    from automl_prune.data.batches import call_model, first_items
+    from automl_prune.data.loader_split import LoaderSplit
+
+    x, y = train.first_batch() if isinstance(train, LoaderSplit) else (train.images[:2], train.labels[:2])
+    x, y = first_items(x, 2), first_items(y, 2)
+    probe = copy.deepcopy(model).train()
+    try:
+        value = loss(call_model(probe, x), y)
+    except Exception as exc:
+        raise ConfigError(f"`loss(outputs, targets)` fails on two training items: {type(exc).__name__}: "
+                          f"{exc}") from exc
     if not isinstance(value, Tensor) or value.numel() != 1 or not value.requires_grad:
         shown = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ConfigError(f"`loss(outputs, targets)` must return a scalar tensor differentiable in `outputs`, but "

@@ -184,6 +184,10 @@ class SearchConfig:
                               f"validation data; none: all of it), but got {self.val_batches}")
         if self.search_start not in SEARCH_STARTS:
             raise ConfigError(f"`search_start` must be one of {list(SEARCH_STARTS)}, but got {self.search_start!r}")
+        if self.search_start == "one-shot" and self.agent not in ("ddpg", "ppo", "optuna", "optuna-mo"):
+            raise ConfigError(f"`search_start one-shot` starts the agents ddpg, ppo, optuna and optuna-mo from the "
+                              f"sensitivity profile's answer; agent {self.agent!r} has no such start (give "
+                              "search_start uniform, or one of those agents)")
         if self.proxy not in ("auto", "adaptive-bn", "finetune"):
             raise ConfigError(f"`proxy` must be one of ['adaptive-bn', 'auto', 'finetune'], but got {self.proxy!r}")
         if self.reward not in ("accuracy", "acc_flops_log"):

@@ -251,7 +251,7 @@ def test_a_streamed_validation_split_is_decoded_once_for_every_candidate(folder,
                           seed=0, device="cpu")
     held = scores(evaluator)
     assert reads["val"] == len(splits.val.images)  # three scores, one read of the split
-    assert "decoded once into memory" in capsys.readouterr().err
+    assert "read once and kept in memory" in capsys.readouterr().err
     # Too large for the limit: it stays on disk and every score reads it again, with the same results.
     monkeypatch.setattr(streaming, "stream_limit_bytes", lambda: 1)
     reads["val"] = 0

@@ -193,7 +193,7 @@ def test_api_refuses_to_resume_on_another_model_and_bad_settings(user_search) ->
                             progress=False)
     with pytest.raises(automl_prune.errors.ConfigError, match="did you mean 'episodes'"):
         automl_prune.search(model, train=loaders["train"], val=loaders["val"], episode=3)
-    with pytest.raises(automl_prune.errors.ConfigError, match="labels must be one class index per image"):
+    with pytest.raises(automl_prune.errors.ConfigError, match=r"needs one target per input \(4\)"):
         automl_prune.search(model, train=(torch.zeros(4, 1, 16, 16), torch.zeros(3, dtype=torch.long)),
                             val=loaders["val"])
 

@@ -20,11 +20,14 @@ import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from automl_prune.data.batches import count_items
+from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.data.streaming import ImageFolderFiles, ImageTransform, LazyImages
 from automl_prune.errors import ConfigError, DatasetNotFoundError
 from automl_prune.registry import Registry
@@ -77,9 +80,9 @@ class Split:
 class Splits:
     """Train, validation (held out from the training files) and test splits of one dataset."""
 
-    train: Split
-    val: Split
-    test: Split
+    train: Split | LoaderSplit
+    val: Split | LoaderSplit
+    test: Split | LoaderSplit | None
     spec: DatasetSpec
 
 
@@ -240,7 +243,7 @@ def _streamed_imagefolder(
 
 
 def iterate_batches(
-    split: Split,
+    split: Split | LoaderSplit,
     batch_size: int,
     *,
     shuffle: bool,
@@ -261,13 +264,19 @@ def iterate_batches(
         drop_last: Skip a last, smaller batch (BatchNorm dislikes a batch of one).
 
     Yields:
-        Batches of float32 NCHW images and int64 labels.
+        Batches of float32 NCHW images and int64 labels; for the user's loader (`LoaderSplit`) its own batches,
+        ``(inputs, targets)`` of any structure, in its own order and size, with its own augmentation
+        (``batch_size``, ``shuffle``, ``seed`` and ``augment`` are the loader's business then; ``drop_last``
+        skips a last batch smaller than the first).
 
     Raises:
         ConfigError: A non-positive ``batch_size``, or ``augment`` without ``spec``.
     """
     if batch_size < 1:
         raise ConfigError(f"`batch_size` must be a positive integer, but got {batch_size}")
+    if isinstance(split, LoaderSplit):
+        yield from _loader_batches(split, drop_last)
+        return
     if augment and spec is None:
         raise ConfigError("`iterate_batches(augment=True)` needs the dataset's `spec` (padding and flips)")
     generator = torch.Generator()
@@ -293,6 +302,16 @@ def iterate_batches(
         if augment and spec is not None:
             x = _augment(x, spec, generator)
         yield x, y
+
+
+def _loader_batches(split: LoaderSplit, drop_last: bool) -> Iterator[tuple[Any, Any]]:
+    first = None
+    for inputs, targets in split.batches():
+        size = count_items(inputs)
+        first = size if first is None else first
+        if drop_last and size < first:
+            continue
+        yield inputs, targets
 
 
 def _augment(x: Tensor, spec: DatasetSpec, generator: torch.Generator) -> Tensor:

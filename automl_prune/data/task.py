@@ -12,11 +12,16 @@ Contracts:
 - ``loss(outputs, targets) -> Tensor``: a scalar to minimise (mean over the batch), differentiable in
   ``outputs``; ``outputs`` are the model's N x classes outputs of one batch, ``targets`` its N int64 labels.
   With distillation on, the distillation term is blended in as it is with cross-entropy.
-- ``metric(outputs, targets) -> float``: higher is better, computed once per split on the outputs of the
-  *whole* split (N x classes, concatenated in order, on the CPU) and its N labels, so that metrics that do not
-  average over batches (AUC, F1, ...) are exact. It replaces top-1 accuracy everywhere a candidate is scored
-  or reported; the summary keeps the key names ``val_acc``/``test_acc``/``accuracy`` and names the metric in
-  ``summary["metric"]``.
+- ``metric``: a ``torchmetrics.Metric`` (the field's standard: a private copy is reset, updated batch by batch
+  on the scoring device and computed at the end; its ``higher_is_better`` is honoured by negating a
+  lower-is-better value, and a dict result counts by its first value, e.g. ``map``), or a function
+  ``metric(outputs, targets) -> float``, higher is better, computed once per split on the outputs of the
+  *whole* split (concatenated in order, on the CPU) and its targets when both are tensors, so that metrics
+  that do not average over batches (AUC, F1, ...) are exact, else per batch and averaged over items. It
+  replaces top-1 accuracy everywhere a candidate is scored or reported; the summary keeps the key names
+  ``val_acc``/``test_acc``/``accuracy`` and names the metric in ``summary["metric"]``.
+- Outputs and targets may have any structure (a dict of tensors, a list of dicts of boxes): the model's outputs
+  go to the loss and the metric as they are.
 
 Both run in Ray worker processes when ``workers > 0``, which receive them pickled: they must be module-level
 functions (or picklable callable objects), not lambdas or nested functions.
@@ -36,9 +41,9 @@ from automl_prune.errors import ConfigError
 __all__ = ["LossFn", "MetricFn", "Task"]
 
 #: ``loss(outputs, targets)``: a scalar tensor to minimise.
-LossFn = Callable[[Tensor, Tensor], Tensor]
-#: ``metric(outputs, targets)`` of a whole split: a number, higher is better.
-MetricFn = Callable[[Tensor, Tensor], float]
+LossFn = Callable[[Any, Any], Tensor]
+#: ``metric(outputs, targets)`` of a whole split: a number, higher is better; or a ``torchmetrics.Metric``.
+MetricFn = Callable[[Any, Any], float] | Any
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,8 @@ class Task:
 
     Attributes:
         loss: ``loss(outputs, targets) -> scalar Tensor`` used by every fine-tune of a candidate.
-        metric: ``metric(outputs, targets) -> float`` of a whole split, higher is better.
+        metric: A ``torchmetrics.Metric``, or ``metric(outputs, targets) -> float`` of a whole split, higher is
+            better.
         metric_name: How reports name the metric (default: the function's ``__name__``).
     """
 
@@ -65,7 +71,8 @@ class Task:
         """The metric's name in reports (``top-1 accuracy`` by default)."""
         if self.metric is None:
             return "top-1 accuracy"
-        return self.metric_name or _name(self.metric)
+        name = self.metric_name or _name(self.metric)
+        return f"-{name}" if getattr(self.metric, "higher_is_better", True) is False else name
 
     def format_score(self, value: float) -> str:
         """A score for a log line: top-1 accuracy in percent, a custom metric as it is, with its name."""

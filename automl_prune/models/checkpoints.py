@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from automl_prune.atomic import atomic_write
 from automl_prune.data.datasets import Splits
+from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.data.streaming import LazyImages
 from automl_prune.errors import CheckpointError
 
@@ -158,6 +159,9 @@ def data_fingerprint(splits: Splits) -> str:
     digest.update(repr((spec.name, spec.in_channels, spec.num_classes, spec.input_size, spec.mean, spec.std,
                         spec.crop_padding, spec.hflip)).encode())
     for split in (splits.train, splits.val):
+        if isinstance(split, LoaderSplit):  # the user's loader: its types, lengths and first batch
+            digest.update(split.fingerprint().encode())
+            continue
         for tensor in (split.images, split.labels):
             digest.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
             if isinstance(tensor, LazyImages):  # streamed from disk: its files (names, sizes, times) and transform

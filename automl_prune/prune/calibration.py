@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.data.streaming import LazyImages
 from automl_prune.errors import ConfigError
 
@@ -57,6 +58,23 @@ class Calibration:
         generator = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(images), generator=generator)[: min(samples, len(images))]
         return cls(images[idx], None if labels is None else labels[idx], batch_size)
+
+    @classmethod
+    def from_loader(cls, split: LoaderSplit, samples: int = 256, batch_size: int = 64) -> Calibration:
+        """The first ``samples`` items of the user's loader (its first batches); labels when its targets are class
+        indices (one integer per item), else none (criteria that differentiate a loss then refuse)."""
+        inputs, targets = [], []
+        for x, y in split.take(samples):
+            if not isinstance(x, Tensor):
+                raise ConfigError(f"data-driven criteria and --reconstruct feed calibration images to the model, but "
+                                  f"the `{split.name}` loader's inputs are {type(x).__name__}, not a tensor; use a "
+                                  "weight criterion (criterion='l1')")
+            inputs.append(x)
+            targets.append(y)
+        images = torch.cat(inputs)[:samples]
+        labelled = all(isinstance(y, Tensor) and y.dim() == 1 and not y.dtype.is_floating_point for y in targets)
+        labels = torch.cat(targets)[:samples] if labelled else None
+        return cls(images, labels, batch_size)
 
     def __len__(self) -> int:
         return len(self.images)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from automl_prune.data.batches import call_model, move
 from automl_prune.errors import ConfigError
 from automl_prune.quantize.bits import FLOAT_BITS, MAX_BITS, MIN_BITS
 
@@ -345,7 +346,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], *, max_batches: int | No
             if max_batches is not None and seen >= max_batches:
                 break
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device))
+            call_model(model, move(x, device))
             seen += 1
     finally:
         for handle in handles:

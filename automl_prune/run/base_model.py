@@ -79,9 +79,10 @@ def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str
                     task: Task | None = None) -> BaseModel:
     """A `BaseModel` of a trained ``model`` on ``splits`` (its search space traced on one validation image), with
     ``task`` (default: cross-entropy and top-1 accuracy)."""
+    from automl_prune.data.loader_split import LoaderSplit
     from search_spaces import SearchSpace
 
-    example = splits.val.images[:1]
+    example = splits.val.example_inputs() if isinstance(splits.val, LoaderSplit) else splits.val.images[:1]
     space = SearchSpace.from_model(
         model, example, min_keep_ratio=config.min_keep_ratio, round_to=config.round_to, model_name=config.model
     )
@@ -204,12 +205,14 @@ def with_latency_cost(config: SearchConfig, base: BaseModel, run_dir: Path | Non
 
 def _order_free_fingerprint(splits: Splits) -> str | None:
     """A fingerprint of the training and validation images and labels that does not depend on their order (a
-    shuffling DataLoader read again gives the same data in another order), or None for streamed images.
+    shuffling DataLoader read again gives the same data in another order), or None for streamed images and for the
+    user's loaders (`automl_prune.models.checkpoints.data_fingerprint` stands for those).
 
     Each image (its float32 bits) and label is hashed to a 64-bit integer by a fixed random linear map and a
     mixing step, and the hashes are summed modulo 2**64: integer addition is exact, so any order gives the same
     sum, while changing any value changes it.
     """
+    from automl_prune.data.loader_split import LoaderSplit
     from automl_prune.data.streaming import LazyImages
 
     digest = hashlib.blake2b(digest_size=8)
@@ -217,7 +220,7 @@ def _order_free_fingerprint(splits: Splits) -> str | None:
     digest.update(repr((spec.name, spec.in_channels, spec.num_classes, spec.input_size, spec.mean,
                         spec.std)).encode())
     for split in (splits.train, splits.val):
-        if isinstance(split.images, LazyImages):
+        if isinstance(split, LoaderSplit) or isinstance(split.images, LazyImages):
             return None
         flat = split.images.detach().to("cpu", torch.float32).reshape(len(split.images), -1).contiguous()
         generator = torch.Generator().manual_seed(20261207)

@@ -9,6 +9,7 @@ import torch
 
 from automl_prune.atomic import atomic_write_text
 from automl_prune.config import SearchConfig
+from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.errors import TrainingDivergedError
 from automl_prune.run.base_model import BaseModel, log
 from automl_prune.run.run_dir import write_json
@@ -22,7 +23,7 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
     """Test the chosen model once, export it, write the summary and the pictures."""
     from automl_prune.report.summary import format_table, summary_rows
     from automl_prune.run.export import export
-    from automl_prune.scoring.evaluator import accuracy_and_loss
+    from automl_prune.train.training import evaluate_accuracy
 
     space = base.space
     best = chosen.architecture
@@ -32,8 +33,7 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
                                         "is exported: lower the learning rate (--finetune-lr)")
     test_acc = None
     if base.splits.test is not None:
-        test_acc, _ = accuracy_and_loss(model, base.splits.test.images, base.splits.test.labels, 250,
-                                        base.task.metric)
+        test_acc, _ = evaluate_accuracy(model, base.splits.test, batch_size=250, metric=base.task.metric)
     else:
         log("no test data was given: the summary has no test accuracy")
     costs, full = space.true_costs(best), space.flops_model.full  # FLOPs even under a latency budget
@@ -205,13 +205,16 @@ def _int8_realisation(model: torch.nn.Module, base: BaseModel, best: Any, out: P
     if not layers:
         record["skipped"] = "no layer at 8/8 bits: no int8 kernel applies"
         return record
-    train = base.splits.train.images
-    batches = [train[i:i + 64] for i in range(0, min(len(train), 512), 64)]
+    train = base.splits.train
+    if isinstance(train, LoaderSplit):
+        batches = [x for x, _ in train.take(512)]
+    else:
+        batches = [train.images[i:i + 64] for i in range(0, min(len(train), 512), 64)]
     path = export_int8_onnx(model, batches, out / "model.int8.onnx", int8_layers=layers)
     float_path = path.with_name(path.name.replace(".int8.onnx", ".int8.float.onnx"))
     if not float_path.exists():
         float_path = next(p for p in out.glob("*.float.onnx"))
-    shape = tuple(train.shape[1:])
+    shape = tuple(batches[0].shape[1:])
     float_latency = measure_latency(float_path, shape, batch_sizes=(1, 64), threads=1)
     int8_latency = measure_latency(path, shape, batch_sizes=(1, 64), threads=1)
     record.update({

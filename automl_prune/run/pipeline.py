@@ -36,6 +36,7 @@ from automl_prune.run.search_stage import (
     profile_options,
     run_budget,
     spend_leftover_budget,
+    start_options,
 )
 from automl_prune.run.wall_clock import WallClock
 
@@ -125,7 +126,13 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
     from automl_prune.scoring.rung_job import FineTuneRecipe
 
     batch = FineTuneRecipe.batch_size
-    if config.finetune_epochs > 0 and len(base.splits.train) < batch:
+    from automl_prune.data.loader_split import LoaderSplit
+
+    if isinstance(base.splits.train, LoaderSplit):
+        if config.finetune_epochs > 0 and not base.splits.train.num_batches:
+            raise ConfigError("the `train` loader has no length (len(loader)), so fine-tune epochs cannot be counted "
+                              "in steps; give a DataLoader over a dataset with __len__ (or finetune_epochs 0)")
+    elif config.finetune_epochs > 0 and len(base.splits.train) < batch:
         raise ConfigError(f"the training split has {len(base.splits.train)} images, fewer than one fine-tune batch "
                           f"of {batch}; give more training data (or finetune_epochs 0 to skip the fine-tunes)")
     identity = base_identity(base)
@@ -148,6 +155,7 @@ def _run_search(config: SearchConfig, base: BaseModel | None = None) -> dict[str
         options["storage"] = config.storage
     if config.agent == "sensitivity":  # one profile per base model and proxy, shared by runs of any budget
         options = {**profile_options(config, identity), **options}
+    options = {**start_options(config, identity), **options}  # search_start one-shot: DDPG, PPO, Optuna
     # Searchers are built against a scratch directory first, so a rejected option writes nothing to the run.
     context = SearchContext(space, evaluator, budget, seed=config.seed, search=config.resolved_search)
     try:

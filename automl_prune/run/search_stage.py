@@ -10,22 +10,26 @@ from automl_prune.run.base_model import BaseModel
 from search_spaces import Budget
 
 __all__ = ["calibration_data", "evaluator_kwargs", "make_evaluator", "profile_options", "run_budget",
-           "spend_leftover_budget"]
+           "spend_leftover_budget", "start_options"]
 
 
 def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
     """The arguments of the search's `Evaluator` (the chosen proxy), shared with parallel workers (which replace
     ``device`` with their own)."""
+    from automl_prune.data.loader_split import LoaderSplit
     from automl_prune.train.device import resolve_device
 
     steps = config.search_finetune_steps
+    train, val = base.splits.train, base.splits.val
     return {
         "model": base.model,
         "space": base.space,
-        "train_images": base.splits.train.images,
-        "val_images": base.splits.val.images,
-        "val_labels": base.splits.val.labels,
-        "train_labels": base.splits.train.labels,
+        # The user's loaders travel as they are (pickled to Ray workers): nothing is read to start a worker.
+        "train_images": train if isinstance(train, LoaderSplit) else train.images,
+        "val_images": val if isinstance(val, LoaderSplit) else val.images,
+        "val_labels": None if isinstance(val, LoaderSplit) else val.labels,
+        "train_labels": None if isinstance(train, LoaderSplit) else train.labels,
+        "val_batches": config.val_batches,
         "criterion": config.resolved_criterion,
         "bn_batches": config.bn_batches,
         "finetune_steps": steps,
@@ -42,9 +46,12 @@ def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
 
 def calibration_data(config: SearchConfig, base: BaseModel) -> Any:
     """The training images (and labels) data-driven criteria and reconstruction see: a seeded subset."""
+    from automl_prune.data.loader_split import LoaderSplit
     from automl_prune.prune.calibration import Calibration
 
     train = base.splits.train
+    if isinstance(train, LoaderSplit):
+        return Calibration.from_loader(train, samples=config.calibration_size)
     return Calibration.from_split(train.images, train.labels, samples=config.calibration_size, seed=config.seed)
 
 
@@ -111,3 +118,12 @@ def profile_options(config: SearchConfig, identity: dict[str, Any]) -> dict[str,
     }
     return {"profile_cache": str(Path(config.cache_dir)),
             "profile_key": json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)}
+
+
+def start_options(config: SearchConfig, identity: dict[str, Any]) -> dict[str, Any]:
+    """The searcher's options for ``search_start``: none for ``uniform`` (every searcher's own start); for
+    ``one-shot`` (DDPG, PPO, Optuna: `agents.start`) the start and where its sensitivity profile is cached
+    (`profile_options`), so that a profile measured by any earlier run of this base model and proxy is reused."""
+    if config.search_start == "uniform":
+        return {}
+    return {"start": config.search_start, **profile_options(config, identity)}

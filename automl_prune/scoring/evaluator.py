@@ -15,6 +15,7 @@ forward passes of adaptive BN and scoring, and the short fine-tune, run in the r
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import sys
 import time
@@ -25,7 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from automl_prune.data.batches import call_model, count_items, move, nbytes
 from automl_prune.data.datasets import Split, iterate_batches
+from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.data.streaming import LazyImages
 from automl_prune.data.task import Task
 from automl_prune.prune.calibration import Calibration
@@ -68,7 +71,7 @@ class Metrics:
 
 
 @torch.no_grad()
-def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+def recalibrate_batch_norm(model: nn.Module, batches: list[Any]) -> None:
     """Recompute every batch norm's running mean and variance as the exact average over ``batches``."""
     bns = [m for m in model.modules() if isinstance(m, _BN_TYPES)]
     if not bns:
@@ -83,7 +86,7 @@ def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> Non
         bn.train()
     try:
         for x in batches:
-            model(x)
+            call_model(model, x)
     finally:
         for bn, momentum in zip(bns, saved_momentum, strict=True):
             bn.momentum = momentum
@@ -109,7 +112,7 @@ def accuracy_and_loss(
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     return score_batches(model, iterate_batches(Split(images, labels), batch_size, shuffle=False, seed=0),
-                         len(labels), device, precision.autocast, metric=metric)
+                         device, precision.autocast, metric=metric)
 
 
 class Evaluator:
@@ -118,8 +121,15 @@ class Evaluator:
     Args:
         model: The trained base model (not modified: the evaluator scores a copy of it, on ``device``).
         space: Its search space.
-        train_images: Training images; calibration (and short fine-tune) batches are drawn from them.
-        val_images, val_labels: The validation split the score is measured on (never the test set).
+        train_images: Training images, or the user's training loader (`LoaderSplit`); calibration (and short
+            fine-tune) batches are drawn from them: a seeded random subset of images, or the loader's first
+            batches (and a new pass of it for each candidate's fine-tune, under the evaluator's seed, so that a
+            shuffling loader gives every candidate the same batches).
+        val_images, val_labels: The validation split the score is measured on (never the test set); or the
+            user's validation loader (`LoaderSplit`) and ``None``.
+        val_batches: Score candidates on the first this many batches of the validation split (batches of
+            ``eval_batch_size`` images, or the loader's); ``None``: all of it. Batches whose tensors fit in
+            `VAL_IN_MEMORY_FRACTION` of the streaming limit are read once and kept; more are read anew per score.
         criterion: Which channels survive compression.
         bn_batches, bn_batch_size: How much training data adaptive BN sees.
         finetune_steps: Optional short fine-tune before adaptive BN (a second, costlier proxy).
@@ -139,8 +149,8 @@ class Evaluator:
         model: nn.Module,
         space: SearchSpace,
         train_images: torch.Tensor | LazyImages,
-        val_images: torch.Tensor | LazyImages,
-        val_labels: torch.Tensor,
+        val_images: torch.Tensor | LazyImages | LoaderSplit,
+        val_labels: torch.Tensor | None = None,
         *,
         criterion: str | Criterion = "l1",
         bn_batches: int = 10,
@@ -156,9 +166,12 @@ class Evaluator:
         reconstruct: bool = False,
         task: Task | None = None,
         precision: str | Precision | None = None,
+        val_batches: int | None = None,
     ) -> None:
-        if finetune_steps > 0 and train_labels is None:
+        if finetune_steps > 0 and train_labels is None and not isinstance(train_images, LoaderSplit):
             raise ValueError("finetune_steps > 0 needs train_labels")
+        if not isinstance(val_images, LoaderSplit) and val_labels is None:
+            raise ValueError("tensor validation images need val_labels")
         self.device = torch.device(device) if device is not None else current_device()
         self.precision = resolve_precision(precision, self.device)
         self.space = space
@@ -177,26 +190,33 @@ class Evaluator:
         # Kept for searchers that train (DMCP) and for the short fine-tune proxy.
         self.train_images = train_images
         self.train_labels = train_labels
-        generator = torch.Generator().manual_seed(seed)
-        n_calib = min(len(train_images), bn_batches * bn_batch_size)
-        calib_idx = torch.randperm(len(train_images), generator=generator)[:n_calib]
-        self._calibration = [
-            to_device(train_images[calib_idx[i : i + bn_batch_size]], self.device)
-            for i in range(0, n_calib, bn_batch_size)
-        ]
+        self.finetune_batch_size = finetune_batch_size
+        self.val_batches = val_batches
         self._finetune: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._finetune_index: torch.Tensor | None = None  # streamed images: batches read at each fine-tune
-        if finetune_steps > 0 and train_labels is not None:
-            ft_idx = torch.randint(
-                len(train_images), (finetune_steps, finetune_batch_size), generator=generator
-            )
-            # The batches are gathered at each fine-tune (from host memory, or read from disk when streamed):
-            # the device never holds steps x batch images at once.
-            self._finetune_index = ft_idx
-        # Streamed validation images stay on disk; `accuracy_and_loss` moves each batch to the device. Every
-        # candidate is scored on them, so a split small enough is decoded once, at the first score (`_val`).
-        self.val_images = val_images if isinstance(val_images, LazyImages) else val_images.to(self.device)
-        self.val_labels = val_labels.to(self.device)
+        self._finetune_index: torch.Tensor | None = None  # in-memory/streamed images: batches read at each fine-tune
+        generator = torch.Generator().manual_seed(seed)
+        if isinstance(train_images, LoaderSplit):
+            self._calibration = [move(x, self.device) for x, _ in train_images.take(bn_batches * bn_batch_size)]
+        else:
+            n_calib = min(len(train_images), bn_batches * bn_batch_size)
+            calib_idx = torch.randperm(len(train_images), generator=generator)[:n_calib]
+            self._calibration = [
+                to_device(train_images[calib_idx[i : i + bn_batch_size]], self.device)
+                for i in range(0, n_calib, bn_batch_size)
+            ]
+            if finetune_steps > 0 and train_labels is not None:
+                # Gathered at each fine-tune (from host memory, or read from disk when streamed): the device never
+                # holds steps x batch images at once.
+                self._finetune_index = torch.randint(
+                    len(train_images), (finetune_steps, finetune_batch_size), generator=generator
+                )
+        # Streamed validation images stay on disk (or in the user's loader) until `_val_batches` decides whether
+        # the scored batches are kept in memory; in-memory tensors move to the device now.
+        self.val_images: Any = val_images if isinstance(val_images, (LazyImages, LoaderSplit)) \
+            else val_images.to(self.device)
+        self.val_labels = val_labels.to(self.device) if val_labels is not None else None
+        self._val_kept: list[tuple[Any, Any]] | None = None
+        self._val_decided = False
         self._cache: dict[str, Metrics] = {}
         self.evaluations = 0  # evaluations actually computed (cache misses)
 
@@ -209,14 +229,16 @@ class Evaluator:
             pruned = compress_widths(self.model, self.space.graph, architecture.widths, self.criterion,
                                      self._channel_order(), calibration=self.calibration,
                                      reconstruct=self.reconstruct, targets=self._targets).to(self.device)
-            if self._finetune or self._finetune_index is not None:
+            if self._finetune or self._finetune_index is not None or (
+                    self.finetune_steps > 0 and isinstance(self.train_images, LoaderSplit)):
                 self._short_finetune(pruned)
             with self.precision.autocast():
                 recalibrate_batch_norm(pruned, self._calibration)
             if architecture.bits:
                 from automl_prune.quantize.fake import calibrate, quantize
 
-                pruned = calibrate(quantize(pruned, architecture.bits, inplace=True), self._calibration)
+                pruned = calibrate(quantize(pruned, architecture.bits, inplace=True),
+                                   [(x, None) for x in self._calibration])
         return pruned.eval()
 
     def _channel_order(self) -> dict[str, list[int]] | None:
@@ -235,7 +257,13 @@ class Evaluator:
         model.train()
         labels: Any = self.train_labels  # not None when there is a fine-tune: checked in __init__
         batches: Any = self._finetune
-        if self._finetune_index is not None and isinstance(self.train_images, LazyImages):
+        if isinstance(self.train_images, LoaderSplit):
+            # A new pass of the user's loader; build() seeds torch's generator first, so a shuffling loader's
+            # sampler gives every candidate the same batches.
+            batches = ((move(x, self.device), move(y, self.device)) for x, y in itertools.islice(
+                iterate_batches(self.train_images, self.finetune_batch_size, shuffle=True, seed=None,
+                                drop_last=True), self.finetune_steps))
+        elif self._finetune_index is not None and isinstance(self.train_images, LazyImages):
             batches = ((x.to(self.device), labels[idx].to(self.device)) for idx, x in
                        zip(self._finetune_index, self.train_images.iter_batches(self._finetune_index), strict=True))
         elif self._finetune_index is not None:
@@ -247,7 +275,7 @@ class Evaluator:
         for x, y in batches:
             optimizer.zero_grad(set_to_none=True)
             with self.precision.autocast():
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(call_model(model, x), y)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -264,8 +292,7 @@ class Evaluator:
             return self._cache[key]
         start = time.perf_counter()
         pruned = self.build(architecture)
-        acc, loss = accuracy_and_loss(pruned, self._val(), self.val_labels, self.eval_batch_size,
-                                      self.task.metric, FP32 if architecture.bits else self.precision)
+        acc, loss = self._score(pruned, FP32 if architecture.bits else self.precision)
         costs = self.space.costs(architecture)
         full = self.space.cost_model.full
         metrics = Metrics(
@@ -294,23 +321,78 @@ class Evaluator:
 
     def base_accuracy(self) -> float:
         """Validation accuracy (or the task's metric) of the unpruned model with its own statistics."""
-        return accuracy_and_loss(self.model, self._val(), self.val_labels, self.eval_batch_size,
-                                 self.task.metric, self.precision)[0]
+        return self._score(self.model, self.precision)[0]
 
-    def _val(self) -> torch.Tensor | LazyImages:
-        """The validation images to score on: a streamed split is decoded into memory once, in batches, when its
-        float pixels fit in `VAL_IN_MEMORY_FRACTION` of the streaming limit; a larger one stays on disk."""
-        images = self.val_images
-        if not isinstance(images, LazyImages):
-            return images
+    def _score(self, model: nn.Module, precision: Precision) -> tuple[float, float]:
+        """The score and cross-entropy of ``model`` on the scored validation batches."""
+        model.eval()
+        return score_batches(model, self._val_batches(), self.device, precision.autocast, metric=self.task.metric)
+
+    def _val_batches(self) -> Any:
+        """The validation batches candidates are scored on (the first ``val_batches`` when set).
+
+        Tensors in memory are sliced into batches of ``eval_batch_size``. A streamed folder or the user's loader is
+        read once and kept (on the device) when the scored batches fit in `VAL_IN_MEMORY_FRACTION` of the
+        streaming limit, and read anew for every score otherwise; the log says which.
+        """
+        if self._val_kept is not None:
+            return self._val_kept
+        images, labels = self.val_images, self.val_labels
+        if isinstance(images, torch.Tensor):
+            if self.val_batches is not None:
+                n = self.val_batches * self.eval_batch_size
+                images, labels = images[:n], labels[:n] if labels is not None else None
+            return iterate_batches(Split(images, labels), self.eval_batch_size, shuffle=False, seed=0)
+        if self._val_decided:
+            return self._read_val()
+        self._val_decided = True
         from automl_prune.data.streaming import stream_limit_bytes
 
-        size = math.prod(images.shape) * 4
-        if size > VAL_IN_MEMORY_FRACTION * stream_limit_bytes():
-            return images
-        decoded = [x for x, _ in iterate_batches(Split(images, self.val_labels.cpu()), self.eval_batch_size,
-                                                 shuffle=False, seed=0)]
-        self.val_images = torch.cat(decoded).to(self.device)
-        print(f"validation split: {len(images)} streamed images decoded once into memory for scoring "
-              f"({size / 2**20:.0f} MB)", file=sys.stderr, flush=True)
-        return self.val_images
+        limit = VAL_IN_MEMORY_FRACTION * stream_limit_bytes()
+        kept: list[tuple[Any, Any]] = []
+        size = items = 0
+        for x, y in (self._read_val() if self._val_estimate() <= limit else ()):
+            size += nbytes(x) + nbytes(y)
+            items += count_items(x)
+            if size > limit:
+                kept = []
+                break
+            kept.append((x, y))
+        scope = ("all of it" if self.val_batches is None else f"its first {self.val_batches} batches") + \
+            " (the final model is scored on all of it)" * (self.val_batches is not None)
+        if kept:
+            self._val_kept = [(move(x, self.device), move(y, self.device)) for x, y in kept]
+            print(f"validation: candidates are scored on {scope}: {items} items read once and kept in memory "
+                  f"({size / 2**20:.0f} MB)", file=sys.stderr, flush=True)
+            return self._val_kept
+        print(f"validation: candidates are scored on {scope}, read anew for each score (over the "
+              f"{limit / 2**20:.0f} MB kept in memory: AUTOML_PRUNE_STREAM_LIMIT_MB sets it)", file=sys.stderr,
+              flush=True)
+        return self._read_val()
+
+    def _read_val(self) -> Any:
+        """One pass over the streamed or loader validation batches (the first ``val_batches``)."""
+        images = self.val_images
+        if isinstance(images, LoaderSplit):
+            return images.batches(limit=self.val_batches)
+        labels = self.val_labels.cpu() if self.val_labels is not None else None
+        if self.val_batches is None:
+            return iterate_batches(Split(images, labels), self.eval_batch_size, shuffle=False, seed=0)
+        n, step = min(len(images), self.val_batches * self.eval_batch_size), self.eval_batch_size
+        return ((images[i:i + step], labels[i:i + step] if labels is not None else None) for i in range(0, n, step))
+
+    def _val_estimate(self) -> int:
+        """Bytes the scored validation batches would take in memory, estimated before reading them."""
+        images = self.val_images
+        if isinstance(images, LoaderSplit):
+            x, y = images.first_batch()
+            per_item = (nbytes(x) + nbytes(y)) / max(1, count_items(x))
+            batches = images.num_batches
+            if self.val_batches is not None and batches is not None:
+                batches = min(batches, self.val_batches)
+            elif self.val_batches is not None:
+                batches = self.val_batches
+            items = (batches * count_items(x) if batches is not None else images.num_items) or 0
+            return int(per_item * items)
+        n = len(images) if self.val_batches is None else min(len(images), self.val_batches * self.eval_batch_size)
+        return int(math.prod(images.shape[1:]) * 4 * n)

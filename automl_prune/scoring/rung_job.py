@@ -22,6 +22,7 @@ from torch import nn
 
 from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.data.datasets import Splits
+from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.data.task import LossFn, Task
 from automl_prune.scoring.ladder import Candidate, RungExecutor, RungResult
 from automl_prune.train.device import current_deterministic, current_device, current_precision
@@ -161,8 +162,11 @@ class LadderJob:
                 method=self.recipe.regularize, steps=self.recipe.regularize_steps,
                 strength=self.recipe.regularize_strength, lr=self.recipe.lr, batch_size=self.recipe.batch_size,
                 seed=self.recipe.seed, calibration=self.calibration, loss=self.task.loss, device=self.device)
-        evaluator = Evaluator(model, self.space, self.splits.train.images, self.splits.val.images[:1],
-                              self.splits.val.labels[:1], criterion=criterion, bn_batches=self.bn_batches,
+        train = self.splits.train
+        # The evaluator only builds here (compress, recalibrate); it never scores, so one validation image will do.
+        evaluator = Evaluator(model, self.space, train if isinstance(train, LoaderSplit) else train.images,
+                              torch.zeros(1), torch.zeros(1, dtype=torch.long), criterion=criterion,
+                              bn_batches=self.bn_batches,
                               seed=self.recipe.seed, device=self.device, precision=self.precision,
                               calibration=self.calibration, reconstruct=reconstruct)
         return evaluator.build(architecture)

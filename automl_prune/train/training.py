@@ -16,6 +16,7 @@ a core, OpenMP's spinning barriers made every elementwise op ~40x slower here (a
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import sys
 import time
@@ -26,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from automl_prune.data.batches import call_model, count_items, move
 from automl_prune.data.datasets import Split, Splits, iterate_batches
+from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.errors import ConfigError, TrainingDivergedError
 from automl_prune.train.device import (
     Precision,
@@ -35,7 +38,6 @@ from automl_prune.train.device import (
     get_rng_states,
     resolve_precision,
     set_rng_states,
-    to_device,
 )
 
 __all__ = ["Trainer", "default_device", "evaluate_accuracy", "score_batches", "train"]
@@ -136,7 +138,19 @@ class Trainer:
         _check_positive(epochs=epochs, lr=lr, batch_size=batch_size)
         if augment and spec is None:
             raise ConfigError("`train(augment=True)` needs `Splits` (for the dataset spec), not a single `Split`")
-        self.steps_per_epoch = len(split) // batch_size
+        if isinstance(split, LoaderSplit):
+            # The user's loader sets the batch size and the order; an epoch is one pass over it.
+            if augment:
+                raise ConfigError("`augment` applies to in-memory images; the `train` loader augments as it likes")
+            batches = split.num_batches
+            if batches is None:
+                raise ConfigError(f"the `{split.name}` loader has no length (len(loader)), so epochs cannot be "
+                                  "counted in steps; give a DataLoader over a dataset with __len__")
+            self.steps_per_epoch = batches
+            if batches == 0:
+                raise ConfigError(f"the `{split.name}` loader has no batches")
+        else:
+            self.steps_per_epoch = len(split) // batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}")
         total = max(1, math.ceil(epochs * self.steps_per_epoch))
@@ -178,6 +192,8 @@ class Trainer:
         self.images = 0
         self.seconds = 0.0
         self._last_epoch_stats = (0.0, 0, 0)
+        self._classified = 0  # items of the epoch part whose outputs are class scores (top-1 is reported then)
+        self._stream: Any = None  # the user's loader: one endless stream of its passes, continued across segments
 
     def run(self, until: int | None = None, *, progress: bool = True) -> dict[str, Any]:
         """Train up to step ``until`` (default: the end of the plan); returns the stats of `train`."""
@@ -197,7 +213,7 @@ class Trainer:
             "seconds": self.seconds,
             "images_per_second": self.images / self.seconds if self.seconds > 0 else float("inf"),
             "train_loss": loss_sum / max(seen, 1),
-            "train_acc": correct / max(seen, 1),
+            "train_acc": correct / max(seen, 1) if self._classified else None,
         }
 
     def _save_rng(self) -> None:
@@ -205,36 +221,48 @@ class Trainer:
         states = get_rng_states(self.device)
         self._rng_state, self._cuda_rng_state = states["cpu"], states.get("cuda")
 
+    def _batches(self, epoch: int, offset: int) -> Any:
+        """An iterator of the epoch's remaining batches: in-memory and streamed splits replay the epoch's seeded
+        order from ``offset``; the user's loader continues its stream of passes where the last segment stopped
+        (a restored run starts a new pass: a loader's own shuffling cannot be replayed)."""
+        if isinstance(self.split, LoaderSplit):
+            if self._stream is None:
+                self._stream = self._loader_stream()
+            return self._stream
+        batches = iterate_batches(self.split, self.batch_size, shuffle=True, seed=self.seed * 100_003 + epoch,
+                                  augment=self.augment, spec=self.spec, drop_last=True)
+        for _ in range(offset):  # continuing mid-epoch: the same order, from where the last segment stopped
+            next(batches, None)
+        return batches
+
+    def _loader_stream(self) -> Any:
+        while True:
+            yield from iterate_batches(self.split, self.batch_size, shuffle=True, seed=None, drop_last=True)
+
     def _run_epoch_part(self, until: int, progress: bool) -> None:
         epoch, offset = divmod(self.step, self.steps_per_epoch)
         epoch_end = min(until, (epoch + 1) * self.steps_per_epoch)
         n_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         bar = _progress_bar(epoch_end - self.step, f"epoch {epoch + 1}/{n_epochs}", progress)
         loss_sum, correct, seen = self._last_epoch_stats if offset else (0.0, 0, 0)
-        batches = iterate_batches(
-            self.split,
-            self.batch_size,
-            shuffle=True,
-            seed=self.seed * 100_003 + epoch,
-            augment=self.augment,
-            spec=self.spec,
-            drop_last=True,
-        )
+        if not offset:
+            self._classified = 0
+        batches = self._batches(epoch, offset)
         self.model.train()
         # On a GPU the step's loss and accuracy are summed there and read once at the end (no sync per step).
         on_gpu = self.device.type == "cuda"
         gpu_loss = torch.zeros((), device=self.device) if on_gpu else None
         gpu_correct = torch.zeros((), dtype=torch.long, device=self.device) if on_gpu else None
-        for position, (x, y) in enumerate(batches):
-            if position < offset:
-                continue  # continuing mid-epoch: the same order, from where the last segment stopped
-            if self.step >= epoch_end:
+        while self.step < epoch_end:
+            batch = next(batches, None)
+            if batch is None:
                 break
-            x = to_device(x, self.device).contiguous(memory_format=self.memory_format)
-            y = to_device(y, self.device)
+            x, y = move(batch[0], self.device), move(batch[1], self.device)
+            if isinstance(x, torch.Tensor) and x.dim() == 4:
+                x = x.contiguous(memory_format=self.memory_format)
             with self.precision.autocast():
-                logits = self.model(x)
-                loss = self._loss(logits, x, y)
+                outputs = call_model(self.model, x)
+                loss = self._loss(outputs, x, y)
                 if self.penalty is not None:
                     loss = loss + self.penalty(self.model, self.step)
             self.optimizer.zero_grad(set_to_none=True)
@@ -247,14 +275,19 @@ class Trainer:
                 self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            self.images += len(y)
+            items = count_items(x)
+            self.images += items
+            hits = _top1_hits(outputs, y)
             if gpu_loss is not None and gpu_correct is not None:
-                gpu_loss += loss.detach().float() * len(y)
-                gpu_correct += (logits.argmax(1) == y).sum()
+                gpu_loss += loss.detach().float() * items
+                if hits is not None:
+                    gpu_correct += hits
             else:
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+                loss_sum += float(loss.detach()) * items
+                correct += int(hits) if hits is not None else 0
+            if hits is not None:
+                self._classified += items
+            seen += items
             if bar is not None:
                 bar.update(1)
                 if not on_gpu:
@@ -272,14 +305,17 @@ class Trainer:
             )
         self._last_epoch_stats = (loss_sum, correct, seen)
 
-    def _loss(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: Any, x: Any, y: Any) -> torch.Tensor:
         """Cross-entropy (or the given ``loss``), blended with distillation from ``teacher`` when there is one
         (Hinton et al. 2015): ``(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))``."""
         loss = self.loss_fn(logits, y)
         if self.teacher is None:
             return loss
+        if not isinstance(logits, torch.Tensor):
+            raise ConfigError(f"distillation blends class scores, but the model returns {type(logits).__name__}; "
+                              "turn `distill` off for this model")
         with torch.no_grad():
-            target = self.teacher(x)
+            target = call_model(self.teacher, x)
         t = self.distill_temperature
         soft = nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1),
                                     nn.functional.softmax(target / t, dim=1), reduction="batchmean") * (t * t)
@@ -330,24 +366,24 @@ class Trainer:
 @torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module,
-    split: Split,
+    split: Split | LoaderSplit,
     *,
     batch_size: int = 512,
     device: torch.device | str | None = None,
-    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    metric: Any = None,
     precision: str | Precision | None = None,
+    max_batches: int | None = None,
 ) -> tuple[float, float]:
-    """Top-1 accuracy in [0, 1] and mean cross-entropy of ``model`` on ``split``, in eval mode.
+    """Top-1 accuracy in [0, 1] (or ``metric``: `score_batches`) and mean cross-entropy of ``model`` on ``split``,
+    in eval mode (the first ``max_batches`` batches when given).
 
-    With ``metric`` the first number is ``metric(outputs, labels)`` of the whole split instead (outputs
-    concatenated in order, on the CPU: `automl_prune.data.task.Task`). The model's training/eval mode is restored
-    afterwards. On CUDA the forward passes run in ``precision`` (autocast; fp32 on the CPU) and the sums stay
-    on the GPU until the end.
+    The model's training/eval mode is restored afterwards. On CUDA the forward passes run in ``precision``
+    (autocast; fp32 on the CPU) and the sums stay on the GPU until the end.
 
     Raises:
         ConfigError: An empty split or a non-positive ``batch_size``.
     """
-    if len(split) == 0:
+    if not isinstance(split, LoaderSplit) and len(split) == 0:
         raise ConfigError("cannot evaluate on an empty split (was `val_size=0`?)")
     _check_positive(batch_size=batch_size)
     device = torch.device(device) if device is not None else _model_device(model)
@@ -356,52 +392,113 @@ def evaluate_accuracy(
     autocast = resolve_precision(precision, device).autocast
     was_training = model.training
     model.eval()
+    batches: Iterable[tuple[Any, Any]] = iterate_batches(split, batch_size, shuffle=False, seed=0)
+    if max_batches is not None:
+        batches = itertools.islice(batches, max_batches)
     try:
-        return score_batches(model, iterate_batches(split, batch_size, shuffle=False, seed=0), len(split), device,
-                             autocast, metric=metric, memory_format=memory_format)
+        return score_batches(model, batches, device, autocast, metric=metric, memory_format=memory_format)
     finally:
         model.train(was_training)
 
 
+@torch.no_grad()
 def score_batches(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    count: int,
+    batches: Iterable[tuple[Any, Any]],
     device: torch.device,
     autocast: Callable[[], AbstractContextManager[Any]],
     *,
-    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    metric: Any = None,
     memory_format: torch.memory_format | None = None,
 ) -> tuple[float, float]:
-    """Top-1 accuracy (or ``metric`` of all outputs, concatenated in order on the CPU) and mean cross-entropy of
-    ``model`` (in eval mode, under ``torch.no_grad``) over ``batches`` of ``count`` items in all, each moved to
-    ``device``. On CUDA the sums stay on the GPU until the end (no host sync per batch)."""
-    correct, loss_sum = 0, 0.0
+    """The score and the mean cross-entropy of ``model`` (in eval mode, under ``torch.no_grad``) over ``batches`` of
+    ``(inputs, targets)``, each moved to ``device``.
+
+    The score is top-1 accuracy by default; with ``metric``, a ``torchmetrics.Metric`` (a private copy is reset,
+    updated batch by batch on ``device`` and computed at the end) or a function ``metric(outputs, targets)``:
+    called once on all outputs and targets concatenated in order on the CPU when both are tensors (exact for
+    non-averaging metrics), else per batch and averaged over items. Cross-entropy is measured when the outputs are
+    N x classes scores of N class indices, else it is NaN (the task's own loss may not apply to eval-mode outputs:
+    a detector's). On CUDA the sums stay on the GPU until the end (no host sync per batch).
+    """
+    correct, loss_sum, seen = 0, 0.0, 0
     gpu_sums = torch.zeros(2, dtype=torch.float64, device=device) if device.type == "cuda" else None
-    outputs: list[torch.Tensor] = []
-    targets: list[torch.Tensor] = []
-    for x, y in batches:
-        x, y = to_device(x, device), to_device(y, device)
-        if memory_format is not None:
+    streaming = _streaming_metric(metric, device)
+    outputs_kept: list[Any] = []
+    targets_kept: list[Any] = []
+    per_batch: list[tuple[float, int]] = []
+    for inputs, targets in batches:
+        x, y = move(inputs, device), move(targets, device)
+        if memory_format is not None and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=memory_format)
+        items = count_items(x)
         with autocast():
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-        if gpu_sums is not None:
-            gpu_sums[0] += loss.double()
-            gpu_sums[1] += (logits.argmax(1) == y).sum()
+            outputs = call_model(model, x)
+        hits = _top1_hits(outputs, y)
+        batch_loss = nn.functional.cross_entropy(outputs.float(), y, reduction="sum") if hits is not None else None
+        if batch_loss is None:
+            loss_sum = math.nan
+        elif gpu_sums is not None:
+            gpu_sums[0] += batch_loss.double()
+            gpu_sums[1] += hits
         else:
-            loss_sum += float(loss)
-            correct += int((logits.argmax(1) == y).sum())
-        if metric is not None:
-            outputs.append(logits.detach().float().cpu())
-            targets.append(y.cpu())
-    if gpu_sums is not None:
+            loss_sum += float(batch_loss)
+            correct += int(hits)
+        seen += items
+        if streaming is not None:
+            streaming.update(outputs, y)
+        elif metric is not None and isinstance(outputs, torch.Tensor) and isinstance(y, torch.Tensor):
+            outputs_kept.append(outputs.detach().float().cpu())
+            targets_kept.append(y.cpu())
+        elif metric is not None:
+            per_batch.append((float(metric(outputs, y)), items))
+    if gpu_sums is not None and not math.isnan(loss_sum):
         loss_sum, correct = float(gpu_sums[0]), int(gpu_sums[1])
-    n = max(1, count)
+    n = max(1, seen)
+    if streaming is not None:
+        return metric_value(streaming.compute(), metric), loss_sum / n
+    if metric is not None and per_batch:
+        return sum(v * k for v, k in per_batch) / max(1, sum(k for _, k in per_batch)), loss_sum / n
     if metric is not None:
-        return float(metric(torch.cat(outputs), torch.cat(targets))), loss_sum / n
+        return float(metric(torch.cat(outputs_kept), torch.cat(targets_kept))), loss_sum / n
+    if math.isnan(loss_sum):
+        raise ConfigError("top-1 accuracy needs N x classes outputs and N class indices; this model and data are "
+                          "another task: give a `metric` (a torchmetrics Metric or a function)")
     return correct / n, loss_sum / n
+
+
+def metric_value(value: Any, metric: Any) -> float:
+    """A torchmetrics result as one higher-is-better number: a dict's first value (``MeanAveragePrecision``:
+    ``map``), negated when the metric says ``higher_is_better = False`` (an error, a distance)."""
+    if isinstance(value, dict):
+        if not value:
+            raise ConfigError(f"the metric {type(metric).__name__} computed an empty result")
+        value = next(iter(value.values()))
+    number = float(value)
+    return -number if getattr(metric, "higher_is_better", True) is False else number
+
+
+def is_streaming_metric(metric: Any) -> bool:
+    """Whether ``metric`` keeps state across batches (a ``torchmetrics.Metric``: ``reset``/``update``/``compute``)."""
+    return all(callable(getattr(metric, name, None)) for name in ("reset", "update", "compute"))
+
+
+def _streaming_metric(metric: Any, device: torch.device) -> Any:
+    """A fresh copy of a torchmetrics metric on ``device`` (the caller's object is never updated), or None."""
+    if metric is None or not is_streaming_metric(metric):
+        return None
+    fresh = metric.clone() if callable(getattr(metric, "clone", None)) else copy.deepcopy(metric)
+    fresh.reset()
+    return fresh.to(device) if callable(getattr(fresh, "to", None)) else fresh
+
+
+def _top1_hits(outputs: Any, targets: Any) -> torch.Tensor | None:
+    """Correct top-1 predictions of a batch (a tensor, summed on its device) when ``outputs`` are N x classes
+    scores and ``targets`` N class indices; None for any other task."""
+    if (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor) and outputs.dim() == 2
+            and targets.dim() == 1 and not targets.dtype.is_floating_point and len(targets) == len(outputs)):
+        return (outputs.argmax(1) == targets).sum()
+    return None
 
 
 def _warmup_cosine(total_steps: int) -> Any:
