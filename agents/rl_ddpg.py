@@ -252,7 +252,8 @@ class DDPGSearcher(_SB3Searcher):
             of candidates proposed at once) and target-network update rate.
         **options: The options of every RL searcher (`_SB3Searcher`): ``reward``, ``min_flops_fraction``,
             ``episodes_per_round``, ``net_arch`` (of both the actor and the critic), ``learning_rate`` (1e-3),
-            ``save_every``, ``device``, ``verbose``.
+            ``save_every``, ``device``, ``verbose``, and ``start`` (``"one-shot"``: the first episode and the
+            warm-up's centre are the sensitivity profile's answer) with ``profile_cache`` and ``profile_key``.
     """
 
     name = "ddpg"

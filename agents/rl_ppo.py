@@ -105,7 +105,8 @@ class PPOSearcher(_SB3Searcher):
         learning_rate: Adam step size.
         **options: The other options of every RL searcher (`_SB3Searcher`): ``reward``, ``min_flops_fraction``,
             ``episodes_per_round``, ``net_arch`` (of the policy and of the value function), ``save_every``,
-            ``device``, ``verbose``.
+            ``device``, ``verbose``, and ``start`` (``"one-shot"``: the first episode is the sensitivity profile's
+            answer) with ``profile_cache`` and ``profile_key``.
     """
 
     name = "ppo"

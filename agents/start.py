@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,28 +131,22 @@ class StartingSearcher(Searcher):
         start: One of `STARTS`: ``"uniform"`` (default: the searcher's own start, unchanged) or ``"one-shot"``.
         profile_cache, profile_key: Where sensitivity profiles are kept across runs and what makes two runs'
             profiles the same (see `agents.sensitivity.SensitivitySearcher`); used with ``"one-shot"`` only.
-        quiet: No log line about the start.
 
     Subclasses make ``self.search_start.architecture`` their first proposal in `_use_start`, which is called
     once, before the first evaluation of the first `search` (after a `restore` as well).
     """
 
     def __init__(self, context: SearchContext, *, start: str = "uniform", profile_cache: str | Path | None = None,
-                 profile_key: str | Mapping[str, Any] | None = None, quiet: bool = False) -> None:
+                 profile_key: str | Mapping[str, Any] | None = None) -> None:
         super().__init__(context)
         if start not in STARTS:
             raise ConfigError(f"unknown start {start!r}; must be one of {list(STARTS)}")
         self.start = start
         self.profile_cache = profile_cache
         self.profile_key = profile_key
-        self.quiet = bool(quiet)
         self.search_start: SearchStart | None = None
         """The one-shot start once obtained (``None`` with ``start="uniform"``)."""
         self._start_used = False
-
-    def _log(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
 
     def search(self, n_evaluations: int, callback: Callable[[HistoryEntry], None] | None = None) -> SearchResult:
         """As `Searcher.search`; with ``start="one-shot"`` the start is obtained first, and the evaluations its
@@ -159,8 +154,9 @@ class StartingSearcher(Searcher):
         if self.start == "one-shot":
             if n_evaluations < 1:
                 raise ValueError(f"`n_evaluations >= 1` must hold, but got {n_evaluations=}")
-            fresh = self.search_start is None
+            fresh, began = not self._start_used, time.perf_counter()
             start = self.resolve_start()
+            self._elapsed += time.perf_counter() - began  # the profile's time is the search's too
             left = max(1, n_evaluations - start.evaluations)
             if fresh:
                 self._log_start(start, n_evaluations, left)
@@ -175,7 +171,8 @@ class StartingSearcher(Searcher):
                     "evaluates only its start")
         else:
             cost = f"{start.evaluations} of the search's {asked} evaluations, {left} left for {self.name}"
-        self._log(f"{self.name} starts from the sensitivity one-shot answer {start.origin}; cost: {cost}")
+        print(f"{self.name} starts from the sensitivity one-shot answer {start.origin}; cost: {cost}", file=sys.stderr,
+              flush=True)
 
     def resolve_start(self) -> SearchStart:
         """The one-shot start: recorded (``RUN_DIR/search_start.json``, or restored), else obtained now

@@ -194,13 +194,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     pruned = compress(base.model, space.graph, arch, config.resolved_criterion,
                       calibration=calibration_data(config, base), reconstruct=config.reconstruct)
-    batches = [base.splits.train.images[i : i + 128] for i in range(0, 1280, 128)]
+    from automl_prune.data.datasets import Split
+
+    train, val = base.splits.train, base.splits.val
+    assert isinstance(train, Split) and isinstance(val, Split), "the CLI's datasets are in memory or on disk"
+    batches = [train.images[i : i + 128] for i in range(0, 1280, 128)]
     recalibrate_batch_norm(pruned, batches)
     if arch.bits:  # as the search builds a candidate: fake-quantize, then calibrate the activation ranges
         from automl_prune.quantize.fake import calibrate, quantize
 
         pruned = calibrate(quantize(pruned, arch.bits, inplace=True), batches).eval()
-    val_acc, _ = accuracy_and_loss(pruned, base.splits.val.images, base.splits.val.labels, 1000)
+    val_acc, _ = accuracy_and_loss(pruned, val.images, val.labels, 1000)
     out = export(args.out, model=pruned, space=space, architecture=arch, model_name=config.model,
                  in_channels=base.meta["in_channels"], num_classes=base.meta["num_classes"], dataset=config.dataset,
                  base_checkpoint_sha256=base.meta.get("sha256"), metrics={"val_acc_adaptive_bn": val_acc},

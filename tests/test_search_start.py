@@ -17,6 +17,7 @@ import torch
 
 from agents import SEARCHERS, SearchContext
 from agents.budget import uniform_architecture
+from agents.rl_base import _SB3Searcher
 from agents.sensitivity import SensitivitySearcher
 from agents.start import one_shot_start
 from automl_prune.config import SearchConfig
@@ -68,10 +69,11 @@ def _budget(space: SearchSpace, search: str) -> Budget:
 
 
 def _options(name: str, **extra: Any) -> dict[str, Any]:
-    small = {"ddpg": {"warmup_episodes": 2, "batch_size": 8, "net_arch": (16,)},
-             "ppo": {"episodes_per_rollout": 2, "n_epochs": 1, "net_arch": (16,)},
-             "optuna": {"n_startup_trials": 2}}[name]
-    return {**small, **extra}
+    small: dict[str, dict[str, Any]] = {
+        "ddpg": {"warmup_episodes": 2, "batch_size": 8, "net_arch": (16,)},
+        "ppo": {"episodes_per_rollout": 2, "n_epochs": 1, "net_arch": (16,)},
+        "optuna": {"n_startup_trials": 2}}
+    return {**small[name], **extra}
 
 
 def _answer(space: SearchSpace, budget: Budget, search: str) -> Architecture:
@@ -163,7 +165,24 @@ def test_the_lower_wall_gives_way_to_the_start(name: str, space: SearchSpace, ca
     searcher = SEARCHERS.create(name, SearchContext(space, AnalyticEvaluator(space), budget), start="one-shot",
                                 profile_cache=cache, profile_key=KEY, min_flops_fraction=1.0, **_options(name))
     assert searcher.search(2).history[0].architecture == answer
+    assert isinstance(searcher, _SB3Searcher)
     assert searcher.min_flops_fraction < space.flops(answer) / budget.flops
+
+
+def test_ddpg_warms_up_around_the_start(space: SearchSpace, cache: Path) -> None:
+    """The warm-up samples the truncated normal around the start's actions: with no spread, every warm-up
+    episode is the start; the default warm-up (uniform random actions) is not."""
+    budget = _budget(space, "widths")
+    answer = _answer(space, budget, "widths")
+
+    def history(**start: Any) -> list[Architecture]:
+        searcher = SEARCHERS.create("ddpg", SearchContext(space, AnalyticEvaluator(space), budget), noise_sigma=0.0,
+                                    profile_cache=cache, profile_key=KEY, **_options("ddpg", warmup_episodes=3),
+                                    **start)
+        return [e.architecture for e in searcher.search(3).history]
+
+    assert history(start="one-shot") == [answer] * 3
+    assert answer not in history()
 
 
 @pytest.mark.parametrize("name", STARTING)

@@ -63,7 +63,7 @@ class LoaderSplit:
         """Items in one pass when the loader's dataset says (``len(loader.dataset)``), else ``None``."""
         dataset = getattr(self.loader, "dataset", None)
         try:
-            return len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+            return len(dataset) if dataset is not None else None
         except TypeError:
             return None
 

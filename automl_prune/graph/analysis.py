@@ -146,11 +146,34 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _forward_with_layer_outputs(model: nn.Module, example_input: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
+    """The model's output, and the output of every conv and linear layer that ran (each as a traced output).
+
+    Torch-Pruning follows autograd back from the outputs it is given; a layer whose result reaches the model's
+    outputs only through ``.detach()`` (a detector's region proposal head) is then still in the graph.
+    """
+    captured: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            captured.append(output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        out = model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, captured
+
+
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model``, traced in eval mode (batch norm on one sample)."""
     with _eval_mode(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input, forward_fn=_forward_with_layer_outputs
+        )
 
 
 def _trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, LayerInfo], str]:
@@ -259,8 +282,9 @@ def _channelwise_channels(module: nn.Module) -> int:
 def analyze(model: nn.Module, example_input: torch.Tensor) -> NetworkGraph:
     """Find the layers and the prunable channel groups of ``model`` for inputs shaped like ``example_input``.
 
-    The classifier (the last conv or linear layer to run) never loses outputs, and the network input never
-    loses channels. Groups that touch a grouped, non-depthwise conv are left out: their channel bookkeeping
+    The classifier (the last conv or linear layer to run) and every other layer whose outputs reach a model
+    output without passing another conv or linear layer (detection and segmentation heads) never lose outputs,
+    and the network input never loses channels. Groups that touch a grouped, non-depthwise conv are left out: their channel bookkeeping
     is not a plain per-channel removal.
     """
     example_input = example_input[:1]
@@ -273,10 +297,12 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> NetworkGraph:
             f"(ZeroDivisionError: {error}; channel shuffles are not supported); choose another model"
         ) from error
     module_names = {module: name for name, module in model.named_modules()}
+    _check_traced(model, dg, layers)
     grouped_convs = [
         model.get_submodule(n) for n, layer in layers.items() if layer.kind == "conv" and layer.groups > 1
     ]
-    ignored = [model.get_submodule(classifier)] + [
+    outputs = _output_layers(model, dg, layers)
+    ignored = [model.get_submodule(n) for n in sorted({classifier, *outputs}, key=lambda n: layers[n].order)] + [
         m for m in grouped_convs if not layers[module_names[m]].depthwise
     ]
 
@@ -335,6 +361,55 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> NetworkGraph:
         classifier=classifier,
         fixed_params=fixed_params,
     )
+
+
+def _check_traced(model: nn.Module, dg: tp.DependencyGraph, layers: dict[str, LayerInfo]) -> None:
+    """Every conv/linear that ran must be in the dependency graph, or its channel couplings are unknown.
+
+    Torch-Pruning follows autograd from the outputs back, so a layer whose result reaches the outputs only
+    through ``.detach()`` (or under ``torch.no_grad()``), such as a detector's region proposal head, is invisible
+    to it: pruning the channels it reads would silently break it.
+    """
+    missing = [
+        name
+        for name, layer in layers.items()
+        if layer.kind in ("conv", "linear") and model.get_submodule(name) not in dg.module2node
+    ]
+    if missing:
+        listed = ", ".join(repr(n) for n in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ConfigError(
+            f"cannot trace the channel dependencies of layer {listed}: it runs, but its result reaches the model's "
+            "outputs only through .detach() or torch.no_grad() (e.g. a detector's proposal head), so the layers "
+            "feeding it could not be pruned safely; trace a forward that returns differentiable outputs of every "
+            "layer (e.g. the raw head outputs), or prune a submodule (such as the backbone) instead"
+        )
+
+
+def _output_layers(model: nn.Module, dg: tp.DependencyGraph, layers: dict[str, LayerInfo]) -> set[str]:
+    """Conv/linear layers whose output channels reach a model output without passing another conv or linear.
+
+    Their output channels are part of what the model returns (class logits, box regressions, a segmentation
+    map, a returned feature map): they are never pruned. Per-channel layers (batch norm) and parameter-free
+    operations (activations, reshapes, concatenations, pooling, post-processing) are followed through.
+    """
+    weighted = {id(model.get_submodule(n)): n for n, layer in layers.items() if layer.kind in ("conv", "linear")}
+    found: set[str] = set()
+    for name in weighted.values():
+        start = dg.module2node.get(model.get_submodule(name))
+        if start is None:
+            continue
+        stack, seen = [start], {start}
+        while stack:
+            node = stack.pop()
+            if not node.outputs:
+                found.add(name)
+                break
+            for nxt in node.outputs:
+                if nxt in seen or id(nxt.module) in weighted:
+                    continue
+                seen.add(nxt)
+                stack.append(nxt)
+    return found
 
 
 def measure_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:

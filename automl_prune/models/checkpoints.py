@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from automl_prune.atomic import atomic_write
-from automl_prune.data.datasets import Splits
+from automl_prune.data.datasets import Split, Splits
 from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.data.streaming import LazyImages
 from automl_prune.errors import CheckpointError
@@ -282,6 +282,7 @@ def pretrain_or_load(
         progress=progress,
     )
     train_seconds = time.perf_counter() - start
+    assert isinstance(splits.val, Split) and splits.test is not None, "a zoo dataset's splits are in memory or on disk"
     val_acc, _ = evaluate_accuracy(model, splits.val)
     test_acc, _ = evaluate_accuracy(model, splits.test)
     model = model.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]  # torch's stub lacks to(device, memory_format=)

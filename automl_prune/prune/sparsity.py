@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.errors import ConfigError
 from automl_prune.graph.analysis import NetworkGraph, build_dependency_graph
 from automl_prune.prune.criteria import Criterion, get_criterion
@@ -237,7 +238,7 @@ def regularize(
     regularized: nn.Module = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks to(device, memory_format=)
     penalty = ChannelPenalty(regularized, graph, removed, method=method, strength=strength, steps=steps)
     split = data.train if hasattr(data, "train") else data
-    per_epoch = max(1, len(split) // batch_size)
+    per_epoch = max(1, split.num_batches or 1) if isinstance(split, LoaderSplit) else max(1, len(split) // batch_size)
     trainer = Trainer(regularized, data, epochs=math.ceil(steps / per_epoch), max_steps=steps, lr=lr,
                       batch_size=batch_size, seed=seed, device=device, channels_last=False, penalty=penalty,
                       loss=loss)

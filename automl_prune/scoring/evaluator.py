@@ -148,7 +148,7 @@ class Evaluator:
         self,
         model: nn.Module,
         space: SearchSpace,
-        train_images: torch.Tensor | LazyImages,
+        train_images: torch.Tensor | LazyImages | LoaderSplit,
         val_images: torch.Tensor | LazyImages | LoaderSplit,
         val_labels: torch.Tensor | None = None,
         *,
@@ -214,7 +214,8 @@ class Evaluator:
         # the scored batches are kept in memory; in-memory tensors move to the device now.
         self.val_images: Any = val_images if isinstance(val_images, (LazyImages, LoaderSplit)) \
             else val_images.to(self.device)
-        self.val_labels = val_labels.to(self.device) if val_labels is not None else None
+        # The user's loader carries its own targets: no labels are kept apart then.
+        self.val_labels = val_labels.to(self.device) if val_labels is not None else torch.empty(0, dtype=torch.long)
         self._val_kept: list[tuple[Any, Any]] | None = None
         self._val_decided = False
         self._cache: dict[str, Metrics] = {}
@@ -341,7 +342,7 @@ class Evaluator:
         if isinstance(images, torch.Tensor):
             if self.val_batches is not None:
                 n = self.val_batches * self.eval_batch_size
-                images, labels = images[:n], labels[:n] if labels is not None else None
+                images, labels = images[:n], labels[:n]
             return iterate_batches(Split(images, labels), self.eval_batch_size, shuffle=False, seed=0)
         if self._val_decided:
             return self._read_val()
@@ -375,11 +376,11 @@ class Evaluator:
         images = self.val_images
         if isinstance(images, LoaderSplit):
             return images.batches(limit=self.val_batches)
-        labels = self.val_labels.cpu() if self.val_labels is not None else None
+        labels = self.val_labels.cpu()
         if self.val_batches is None:
             return iterate_batches(Split(images, labels), self.eval_batch_size, shuffle=False, seed=0)
         n, step = min(len(images), self.val_batches * self.eval_batch_size), self.eval_batch_size
-        return ((images[i:i + step], labels[i:i + step] if labels is not None else None) for i in range(0, n, step))
+        return ((images[i:i + step], labels[i:i + step]) for i in range(0, n, step))
 
     def _val_estimate(self) -> int:
         """Bytes the scored validation batches would take in memory, estimated before reading them."""

@@ -151,8 +151,8 @@ class Trainer:
                 raise ConfigError(f"the `{split.name}` loader has no batches")
         else:
             self.steps_per_epoch = len(split) // batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}")
+            if self.steps_per_epoch == 0:
+                raise ConfigError(f"the training split has {len(split)} images, fewer than one batch of {batch_size}")
         total = max(1, math.ceil(epochs * self.steps_per_epoch))
         self.total_steps = min(total, max_steps) if max_steps is not None else total
         self.split, self.spec = split, spec
@@ -436,7 +436,7 @@ def score_batches(
             outputs = call_model(model, x)
         hits = _top1_hits(outputs, y)
         batch_loss = nn.functional.cross_entropy(outputs.float(), y, reduction="sum") if hits is not None else None
-        if batch_loss is None:
+        if batch_loss is None or hits is None:
             loss_sum = math.nan
         elif gpu_sums is not None:
             gpu_sums[0] += batch_loss.double()
