@@ -179,18 +179,21 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
 def _trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, LayerInfo], str]:
     """Run one forward pass with hooks to learn each layer's spatial positions and execution order."""
     names = {module: name for name, module in model.named_modules()}
+    batch = len(example_input)
     calls: dict[str, list[tuple[int, int, int]]] = {}
     order: dict[str, int] = {}
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         name = names[module]
         order.setdefault(name, len(order))
+        # Applications per sample: H x W of a conv, the leading dims of a linear; a layer applied per region
+        # of interest (a detector's box head, whose leading dim counts regions, not samples) counts each region.
         if isinstance(module, nn.Conv2d):
-            positions = output.shape[-1] * output.shape[-2]
+            positions = output.numel() // (batch * output.shape[-3])
             in_size = inputs[0].shape[-1]
             out_size = output.shape[-1]
         else:
-            positions = output.numel() // (output.shape[0] * output.shape[-1])
+            positions = output.numel() // (batch * output.shape[-1])
             in_size = out_size = 1
         calls.setdefault(name, []).append((positions, in_size, out_size))
 
@@ -284,8 +287,8 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> NetworkGraph:
 
     The classifier (the last conv or linear layer to run) and every other layer whose outputs reach a model
     output without passing another conv or linear layer (detection and segmentation heads) never lose outputs,
-    and the network input never loses channels. Groups that touch a grouped, non-depthwise conv are left out: their channel bookkeeping
-    is not a plain per-channel removal.
+    and the network input never loses channels. Groups that touch a grouped, non-depthwise conv are left out:
+    their channel bookkeeping is not a plain per-channel removal.
     """
     example_input = example_input[:1]
     layers, classifier = _trace_layers(model, example_input)
@@ -307,7 +310,10 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> NetworkGraph:
     ]
 
     groups: list[ChannelGroup] = []
-    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Maximum recursive depth reached")  # Torch-Pruning shape inference
+        found = list(dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)))
+    for group in found:
         root = group[0].dep.target.module
         root_name = module_names[root]
         size = layers[root_name].out_channels
@@ -413,14 +419,48 @@ def _output_layers(model: nn.Module, dg: tp.DependencyGraph, layers: dict[str, L
 
 
 def measure_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of one forward pass on one sample, counted by `torch.utils.flop_counter.FlopCounterMode`."""
+    """FLOPs of one forward pass on one sample, counted by `torch.utils.flop_counter.FlopCounterMode`.
+
+    Counted on a zero image and on a random one: a model whose FLOPs depend on the input values (a detector
+    whose box head runs once per region kept by non-maximum suppression) cannot have exact FLOPs budgets.
+
+    Raises:
+        ConfigError: The two counts differ; the message names the layers that ran a different amount.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     shape = (1, *input_shape[1:])
     param = next(model.parameters())
-    x = torch.zeros(shape, device=param.device, dtype=param.dtype)
-    with _eval_mode(model), torch.no_grad():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(x)
-    return int(counter.get_total_flops())
+    names = {module: name for name, module in model.named_modules()}
+
+    def count(x: torch.Tensor) -> tuple[int, dict[str, int]]:
+        sizes: dict[str, int] = {}
+
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                sizes[names[module]] = sizes.get(names[module], 0) + output.numel()
+
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        try:
+            with _eval_mode(model), torch.no_grad():
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return int(counter.get_total_flops()), sizes
+
+    flops, sizes = count(torch.zeros(shape, device=param.device, dtype=param.dtype))
+    generator = torch.Generator().manual_seed(0)
+    random = torch.randn(shape, generator=generator).to(device=param.device, dtype=param.dtype)
+    other, other_sizes = count(random)
+    if other != flops:
+        varying = [n for n in {**sizes, **other_sizes} if sizes.get(n) != other_sizes.get(n)]
+        listed = ", ".join(repr(n) for n in varying[:3]) + (f" and {len(varying) - 3} more" if len(varying) > 3 else "")
+        raise ConfigError(
+            f"the FLOPs of this model depend on the input values ({flops:,} on a zero image, {other:,} on a random "
+            f"one): layer {listed or '(unknown)'} runs a data-dependent number of times (e.g. a detector's per-region "
+            "box head after non-maximum suppression), so FLOPs budgets cannot be exact; this model is not supported"
+        )
+    return flops

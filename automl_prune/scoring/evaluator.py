@@ -127,6 +127,9 @@ class Evaluator:
             shuffling loader gives every candidate the same batches).
         val_images, val_labels: The validation split the score is measured on (never the test set); or the
             user's validation loader (`LoaderSplit`) and ``None``.
+        channel_order: Every group's channel ranking on ``model`` under ``criterion``, when already known (the
+            `channel_order` of an evaluator of the same model, criterion and calibration); else ranked at the first
+            build.
         val_batches: Score candidates on the first this many batches of the validation split (batches of
             ``eval_batch_size`` images, or the loader's); ``None``: all of it. Batches whose tensors fit in
             `VAL_IN_MEMORY_FRACTION` of the streaming limit are read once and kept; more are read anew per score.
@@ -167,6 +170,7 @@ class Evaluator:
         task: Task | None = None,
         precision: str | Precision | None = None,
         val_batches: int | None = None,
+        channel_order: dict[str, list[int]] | None = None,
     ) -> None:
         if finetune_steps > 0 and train_labels is None and not isinstance(train_images, LoaderSplit):
             raise ValueError("finetune_steps > 0 needs train_labels")
@@ -179,7 +183,7 @@ class Evaluator:
         self.calibration = calibration
         self.reconstruct = reconstruct
         self.task = task or Task()
-        self._order: dict[str, list[int]] | None = None
+        self._order: dict[str, list[int]] | None = channel_order
         self._targets = OriginalOutputs()  # the re-fit targets, shared by every candidate
         self.seed = seed
         self.eval_batch_size = eval_batch_size
@@ -241,6 +245,12 @@ class Evaluator:
                 pruned = calibrate(quantize(pruned, architecture.bits, inplace=True),
                                    [(x, None) for x in self._calibration])
         return pruned.eval()
+
+    @property
+    def channel_order(self) -> dict[str, list[int]] | None:
+        """The channel ranking builds use, once known (``None`` before the first build, or for criteria that
+        choose a set per width)."""
+        return self._order
 
     def _channel_order(self) -> dict[str, list[int]] | None:
         """Every group's channel ranking on the base model, scored once (a data-driven criterion runs its

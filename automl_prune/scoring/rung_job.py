@@ -24,6 +24,7 @@ from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.data.datasets import Splits
 from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.data.task import LossFn, Task
+from automl_prune.prune.pruning import compress_widths
 from automl_prune.scoring.ladder import Candidate, RungExecutor, RungResult
 from automl_prune.train.device import current_deterministic, current_device, current_precision
 from automl_prune.train.training import Trainer, evaluate_accuracy
@@ -128,6 +129,7 @@ class LadderJob:
         self.calibration = calibration
         self.reconstruct = reconstruct
         self.task = task or Task()
+        self._orders: dict[str, dict[str, list[int]]] = {}  # channel rankings per criterion, found once per process
 
     def folder(self, candidate_id: str) -> Path:
         """Where a candidate's states and results live."""
@@ -141,14 +143,25 @@ class LadderJob:
         """The result of ``rung``, written once its state is safely on disk."""
         return self.folder(candidate_id) / f"rung{rung}.json"
 
-    def build(self, architecture: Architecture, *, regularize: bool = False) -> nn.Module:
+    def build(self, architecture: Architecture, *, regularize: bool = False, structure_only: bool = False
+              ) -> nn.Module:
         """The candidate as its fine-tune starts: compressed, batch-norm statistics recalibrated.
 
         With ``regularize`` and a recipe that has one, the base model is first trained with the sparsity penalty
         on the channels this candidate removes (`automl_prune.prune.sparsity.regularized_start`); only rung 0 needs
-        that, later rungs load their weights over the built model.
+        that. With ``structure_only`` the model only has the candidate's shapes (channels kept by l1, nothing
+        recalibrated): for a saved state that sets every weight and buffer next (later rungs, the final model),
+        where ranking channels by a data-driven criterion and re-fitting them would be thrown away.
         """
         from automl_prune.scoring.evaluator import Evaluator
+
+        if structure_only:
+            pruned = compress_widths(self.model, self.space.graph, architecture.widths, "l1")
+            if architecture.bits:
+                from automl_prune.quantize.fake import quantize
+
+                pruned = quantize(pruned, architecture.bits, inplace=True)
+            return pruned.to(self.device)
 
         model, reconstruct = self.model, self.reconstruct
         criterion: str | Criterion = self.criterion  # `regularized_start` pins the order it trained for
@@ -168,12 +181,17 @@ class LadderJob:
                               torch.zeros(1), torch.zeros(1, dtype=torch.long), criterion=criterion,
                               bn_batches=self.bn_batches,
                               seed=self.recipe.seed, device=self.device, precision=self.precision,
-                              calibration=self.calibration, reconstruct=reconstruct)
-        return evaluator.build(architecture)
+                              calibration=self.calibration, reconstruct=reconstruct,
+                              channel_order=self._orders.get(criterion) if isinstance(criterion, str) else None)
+        built = evaluator.build(architecture)
+        if isinstance(criterion, str) and evaluator.channel_order is not None:
+            self._orders[criterion] = evaluator.channel_order
+        return built
 
     def trainer_for(self, candidate: Candidate, state: dict[str, Any] | None = None) -> Trainer:
         """A `Trainer` of the candidate, continued from ``state`` when given."""
-        trainer = self.recipe.trainer(self.build(candidate.architecture, regularize=state is None), self.splits,
+        built = self.build(candidate.architecture, regularize=state is None, structure_only=state is not None)
+        trainer = self.recipe.trainer(built, self.splits,
                                       teacher=self.model, loss=self.task.loss, device=self.device,
                                       precision=self.precision)
         if state is not None:
