@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from automl_prune.errors import ConfigError
 
-__all__ = ["call_model", "count_items", "first_items", "move", "nbytes", "split_batch", "tensor_inputs"]
+__all__ = ["call_model", "count_items", "first_items", "first_tensor", "move", "nbytes", "split_batch", "tensor_inputs"]
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -72,6 +72,21 @@ def first_items(value: Any, n: int) -> Any:
     if isinstance(value, tuple):
         return tuple(first_items(v, n) for v in value)
     return value
+
+
+def first_tensor(inputs: Any) -> Tensor:
+    """The first tensor of a batch's inputs (the tensor itself, or the first one inside a tuple, list or dict)."""
+    if isinstance(inputs, Tensor):
+        return inputs
+    values = list(inputs.values()) if isinstance(inputs, Mapping) else inputs
+    if isinstance(values, (tuple, list)):
+        for value in values:
+            if isinstance(value, (Tensor, Mapping, tuple, list)):
+                try:
+                    return first_tensor(value)
+                except ConfigError:
+                    continue
+    raise ConfigError(f"a batch's inputs hold no tensor ({type(inputs).__name__})")
 
 
 def split_batch(batch: Any, name: str, index: int) -> tuple[Any, Any]:

@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from automl_prune.data.batches import first_tensor
 from automl_prune.data.loader_split import LoaderSplit
 from automl_prune.data.streaming import LazyImages
 from automl_prune.errors import ConfigError
@@ -61,15 +62,13 @@ class Calibration:
 
     @classmethod
     def from_loader(cls, split: LoaderSplit, samples: int = 256, batch_size: int = 64) -> Calibration:
-        """The first ``samples`` items of the user's loader (its first batches); labels when its targets are class
-        indices (one integer per item), else none (criteria that differentiate a loss then refuse)."""
+        """The first ``samples`` items of the user's loader (its first batches; of inputs that are not one tensor,
+        the first tensor); labels when its targets are class indices (one integer per item), else none (criteria
+        that differentiate a loss then refuse)."""
         inputs, targets = [], []
         for x, y in split.take(samples):
-            if not isinstance(x, Tensor):
-                raise ConfigError(f"data-driven criteria and --reconstruct feed calibration images to the model, but "
-                                  f"the `{split.name}` loader's inputs are {type(x).__name__}, not a tensor; use a "
-                                  "weight criterion (criterion='l1')")
-            inputs.append(x)
+            # Criteria call the model on one tensor, as the graph is traced: a batch's first input tensor.
+            inputs.append(first_tensor(x))
             targets.append(y)
         images = torch.cat(inputs)[:samples]
         labelled = all(isinstance(y, Tensor) and y.dim() == 1 and not y.dtype.is_floating_point for y in targets)

@@ -6,6 +6,7 @@ Named `pruning`, not `compress`, so that `automl_prune.compress` stays the publi
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -203,7 +204,10 @@ def compress_widths(
         root = pruned.get_submodule(g.name)
         prune_fn = dg.get_pruner_of_module(root).prune_out_channels
         removed = sorted(set(range(g.size)) - set(kept[g.name]))
-        dg.get_pruning_group(root, prune_fn, removed).prune()
+        with warnings.catch_warnings():
+            # Torch-Pruning's shape inference says this of deep heads (a detector's); the groups are still exact.
+            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+            dg.get_pruning_group(root, prune_fn, removed).prune()
     record_kept(pruned, layer_kept)
     if refit:
         assert calibration is not None

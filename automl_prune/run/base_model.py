@@ -83,6 +83,20 @@ def base_from_model(config: SearchConfig, model: torch.nn.Module, meta: dict[str
     from search_spaces import SearchSpace
 
     example = splits.val.example_inputs() if isinstance(splits.val, LoaderSplit) else splits.val.images[:1]
+    if not isinstance(example, torch.Tensor):
+        # Channel groups, FLOPs, export and reload trace ``model(x)`` on one tensor: a batch's first input tensor,
+        # in eval mode (a detector wrapper whose targets are optional takes it as it is).
+        from automl_prune.data.batches import call_model, first_tensor
+
+        example = first_tensor(example)
+        try:
+            with torch.no_grad():
+                call_model(model.eval(), example)
+        except Exception as exc:
+            raise ConfigError(
+                f"the model's channels are traced by calling it on one tensor, the first of a batch's inputs "
+                f"(shape {list(example.shape)}), in eval mode; it failed ({type(exc).__name__}: {exc}); give the "
+                "model a forward whose other inputs are optional (see the detection example in the docs)") from exc
     space = SearchSpace.from_model(
         model, example, min_keep_ratio=config.min_keep_ratio, round_to=config.round_to, model_name=config.model
     )

@@ -45,10 +45,14 @@ def evaluator_kwargs(config: SearchConfig, base: BaseModel) -> dict[str, Any]:
 
 
 def calibration_data(config: SearchConfig, base: BaseModel) -> Any:
-    """The training images (and labels) data-driven criteria and reconstruction see: a seeded subset."""
+    """The training images (and labels) data-driven criteria and reconstruction see: a seeded subset (None when
+    neither the criterion nor ``reconstruct`` reads data)."""
     from automl_prune.data.loader_split import LoaderSplit
     from automl_prune.prune.calibration import Calibration
+    from automl_prune.prune.criteria import get_criterion
 
+    if not config.reconstruct and not getattr(get_criterion(config.resolved_criterion), "requires_data", False):
+        return None
     train = base.splits.train
     if isinstance(train, LoaderSplit):
         return Calibration.from_loader(train, samples=config.calibration_size)
