@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch_pruning as tp
@@ -177,8 +177,17 @@ def compress_widths(
     to_prune = [g for g in graph.groups if int(widths.get(g.name, g.size)) < g.size]
     if not to_prune:
         return pruned
-    given = dict(order or {})
     dg = build_dependency_graph(pruned, _example(pruned, graph))
+    with warnings.catch_warnings():
+        # Torch-Pruning's shape inference says this of deep heads (a detector's); the groups are still exact.
+        warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+        return _prune_groups(model, pruned, dg, to_prune, widths, crit, dict(order or {}), calibration,
+                             reconstruct, targets)
+
+
+def _prune_groups(model: nn.Module, pruned: nn.Module, dg: tp.DependencyGraph, to_prune: list[Any],
+                  widths: Mapping[str, int], crit: Criterion, given: dict[str, list[int]], calibration: Any,
+                  reconstruct: bool, targets: Any) -> nn.Module:
     groups = {g.name: _full_group(dg, pruned, g.name, g.size) for g in to_prune}
     folds = type(crit).fold is not Criterion.fold
     if folds or any(g.name not in given for g in to_prune):
@@ -204,10 +213,7 @@ def compress_widths(
         root = pruned.get_submodule(g.name)
         prune_fn = dg.get_pruner_of_module(root).prune_out_channels
         removed = sorted(set(range(g.size)) - set(kept[g.name]))
-        with warnings.catch_warnings():
-            # Torch-Pruning's shape inference says this of deep heads (a detector's); the groups are still exact.
-            warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
-            dg.get_pruning_group(root, prune_fn, removed).prune()
+        dg.get_pruning_group(root, prune_fn, removed).prune()
     record_kept(pruned, layer_kept)
     if refit:
         assert calibration is not None
