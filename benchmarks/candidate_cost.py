@@ -8,11 +8,16 @@ script evaluates a few random architectures at the search's proxy (adaptive BN) 
 - ``forward s``: the same pruned model's forward passes alone (recalibration + scoring), timed after it is built;
 - ``ratio``: candidate / forward (the target is <= 1.5).
 
+``--val-sources`` scores the same validation images from memory (tensors), from a ``DataLoader`` whose scored
+batches the evaluator keeps after the first read (``loader``), and from a ``DataLoader`` read anew for every
+score (``loader-streamed``: the in-memory limit set to 0), all in one run.
+
 Models: ``vgg-small`` on Fashion-MNIST (10 recalibration batches of 128, 1,000 scored images, as the pipeline),
 and torchvision's ``resnet50`` at 64 px, random init, 256 training and 128 scored generated images. Mean and
 sample std over the candidates; ``--profile`` prints the top functions of one candidate (cProfile).
 
     .venv/bin/python benchmarks/candidate_cost.py --candidates 5 --threads 1 --out runs/bench/candidate_cost
+    .venv/bin/python benchmarks/candidate_cost.py --criteria l1 --val-sources memory loader loader-streamed
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from search_spaces import SearchSpace
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def _setup(name: str, criterion: str) -> tuple[Evaluator, SearchSpace, dict[str, Any]]:
+def _setup(name: str, criterion: str, val_source: str = "memory") -> tuple[Evaluator, SearchSpace, dict[str, Any]]:
     torch.manual_seed(0)
     if name == "vgg-small":
         splits = load_dataset("fashion-mnist", FMNIST)
@@ -57,23 +62,42 @@ def _setup(name: str, criterion: str) -> tuple[Evaluator, SearchSpace, dict[str,
     space = SearchSpace.from_model(model, example)
     # As the pipeline: data-driven criteria read a seeded subset of the training images (512 by default).
     calibration = Calibration.from_split(train_images, None, samples=512)
-    evaluator = Evaluator(model, space, train_images, val_images, val_labels, criterion=criterion,
+    shape.update(val_images=val_images, val_labels=val_labels, val_source=val_source)
+    val: Any = val_images
+    if val_source != "memory":
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from automl_prune.data.loader_split import LoaderSplit
+
+        val = LoaderSplit(DataLoader(TensorDataset(val_images, val_labels), batch_size=250), "val")
+        val_labels = None
+    evaluator = Evaluator(model, space, train_images, val, val_labels, criterion=criterion,
                           bn_batches=10 if name == "vgg-small" else 2, bn_batch_size=128, device="cpu",
                           calibration=calibration)
     return evaluator, space, shape
 
 
-def _forward_seconds(evaluator: Evaluator, pruned: torch.nn.Module) -> float:
-    """The candidate's own forward passes: recalibration then scoring, on a fresh copy of the pruned model."""
+def _forward_seconds(evaluator: Evaluator, pruned: torch.nn.Module, images: torch.Tensor,
+                     labels: torch.Tensor) -> float:
+    """The candidate's own forward passes: recalibration then scoring (of the validation tensors in memory), on a
+    fresh copy of the pruned model."""
     model = copy.deepcopy(pruned)
     start = time.perf_counter()
     recalibrate_batch_norm(model, evaluator._calibration)
-    accuracy_and_loss(model, evaluator.val_images, evaluator.val_labels, evaluator.eval_batch_size)
+    accuracy_and_loss(model, images, labels, evaluator.eval_batch_size)
     return time.perf_counter() - start
 
 
-def measure(name: str, criterion: str, candidates: int, seed: int, profile: bool) -> dict[str, Any]:
-    evaluator, space, shape = _setup(name, criterion)
+def measure(name: str, criterion: str, candidates: int, seed: int, profile: bool,
+            val_source: str = "memory") -> dict[str, Any]:
+    import os
+
+    if val_source == "loader-streamed":
+        os.environ["AUTOML_PRUNE_STREAM_LIMIT_MB"] = "0"  # nothing is kept: every score reads the loader again
+    else:
+        os.environ.pop("AUTOML_PRUNE_STREAM_LIMIT_MB", None)
+    evaluator, space, shape = _setup(name, criterion, val_source)
+    images_labels = (shape.pop("val_images"), shape.pop("val_labels"))
     evaluator.evaluate(space.full())  # warm-up: channel ranking and caches a search pays once
     rng = np.random.default_rng(seed)
     rows = []
@@ -87,7 +111,7 @@ def measure(name: str, criterion: str, candidates: int, seed: int, profile: bool
         if profiler is not None:
             profiler.disable()
         candidate = time.perf_counter() - start
-        forward = _forward_seconds(evaluator, evaluator.build(arch))
+        forward = _forward_seconds(evaluator, evaluator.build(arch), *images_labels)
         rows.append((candidate, forward))
         print(f"{name} {criterion} candidate {index + 1}/{candidates}: {candidate:.2f} s, "
               f"forward passes {forward:.2f} s, "
@@ -111,11 +135,12 @@ def measure(name: str, criterion: str, candidates: int, seed: int, profile: bool
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | criterion | scored images | BN batches | candidates | candidate s | forward s | ratio | "
-            "images/s (candidate / forward) |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | criterion | validation from | scored images | BN batches | candidates | candidate s | "
+            "forward s | ratio | images/s (candidate / forward) |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['criterion']} | {r['scored']} | {r['bn']} | {r['candidates']} | "
+        lines.append(f"| {r['model']} | {r['criterion']} | {r['val_source']} | {r['scored']} | {r['bn']} | "
+                     f"{r['candidates']} | "
                      f"{r['candidate_s']:.2f} ± {r['candidate_sd']:.2f} | "
                      f"{r['forward_s']:.2f} ± {r['forward_sd']:.2f} | "
                      f"{r['ratio']:.2f} ± {r['ratio_sd']:.2f} | {r['candidate_images_per_s']:.0f} / "
@@ -127,6 +152,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["vgg-small", "resnet50"], choices=["vgg-small", "resnet50"])
     parser.add_argument("--criteria", nargs="+", default=["l1", "reap"], help="reap: the pipeline's default")
+    parser.add_argument("--val-sources", nargs="+", default=["memory"],
+                        choices=["memory", "loader", "loader-streamed"])
     parser.add_argument("--candidates", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -136,8 +163,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [measure(name, criterion, args.candidates, args.seed, args.profile)
-            for name in args.models for criterion in args.criteria]
+    rows = [measure(name, criterion, args.candidates, args.seed, args.profile, source)
+            for name in args.models for criterion in args.criteria for source in args.val_sources]
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     text = table(rows)
     (out / "table.md").write_text(text + "\n")

@@ -57,6 +57,8 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
         "search_proxy_finetune_steps": config.search_finetune_steps,
         "evaluations": len(result.history),
         "evaluations_planned": config.episodes,
+        # A one-shot start (search_start): where it came from and the profile evaluations it cost.
+        **({"search_start": result.extra["search_start"]} if "search_start" in result.extra else {}),
         "stopped_by_time_limit": bool(result.extra.get("stopped_by_time_limit", False)),
         "search_seconds": search_seconds,
         "rerank_seconds": rerank_seconds,
