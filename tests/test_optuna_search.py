@@ -18,7 +18,8 @@ import torch
 from optuna.trial import TrialState
 
 from agents import SEARCHERS, SearchContext
-from agents.optuna_search import OptunaMOSearcher, OptunaSearcher
+from agents.optuna_mo import OptunaMOSearcher
+from agents.optuna_search import OptunaSearcher
 from agents.pareto import dominates, pareto_front
 from automl_prune.data.datasets import load_dataset
 from automl_prune.models import build_model

@@ -13,7 +13,8 @@ import torch
 from agents import SEARCHERS, SearchContext
 from agents.baselines import RandomSearcher
 from agents.budget import around_uniform, uniform_architecture, uniform_ratios
-from agents.optuna_search import OptunaMOSearcher, OptunaSearcher
+from agents.optuna_mo import OptunaMOSearcher
+from agents.optuna_search import OptunaSearcher
 from automl_prune.errors import ConfigError
 from automl_prune.models import build_model
 from search_spaces import Architecture, Budget, SearchSpace

@@ -195,3 +195,24 @@ def test_the_saved_tune_experiment_does_not_carry_the_data(tmp_path: Path) -> No
     assert (run / "tune" / "rerank" / "tuner.pkl").stat().st_size < 64_000  # the synthetic data is 2.5 MB
     assert (run / "best" / "arch.json").exists()
     _nothing_outside(tmp_path)
+
+
+def test_ray_workers_receive_the_users_loaders_not_a_copy_of_the_data(tmp_path: Path) -> None:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import automl_prune
+    from automl_prune.data.datasets import load_dataset
+    from automl_prune.models import build_model
+
+    splits = load_dataset("synthetic", seed=0)
+    model = build_model("tiny-cnn", splits.spec.in_channels, splits.spec.num_classes, splits.spec.input_size)
+    train = DataLoader(TensorDataset(splits.train.images, splits.train.labels), batch_size=64, shuffle=True)
+    val = DataLoader(TensorDataset(splits.val.images, splits.val.labels), batch_size=100)
+    torch.manual_seed(0)
+    result = automl_prune.search(model.eval(), train, val, flops=0.5, agent="random", episodes=3, workers=2,
+                                 out=tmp_path / "run", criterion="l1", rerank_top_k=1, finetune_epochs=0.2,
+                                 progress=False)
+    assert result.metrics["compressed"]["flops"] <= 0.5 * result.metrics["base"]["flops"]
+    assert (tmp_path / "run" / "tune" / "rerank" / "tuner.pkl").stat().st_size < 64_000
+    assert (tmp_path / "run" / "best" / "arch.json").exists()

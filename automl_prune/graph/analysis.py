@@ -169,11 +169,20 @@ def _forward_with_layer_outputs(model: nn.Module, example_input: torch.Tensor) -
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model``, traced in eval mode (batch norm on one sample)."""
-    with _eval_mode(model), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input, forward_fn=_forward_with_layer_outputs
-        )
+    # Torch-Pruning follows autograd: frozen layers (requires_grad False) would be invisible, so they are traced
+    # as trainable and put back as they were.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(True)
+    try:
+        with _eval_mode(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, forward_fn=_forward_with_layer_outputs
+            )
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
 
 
 def _trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[dict[str, LayerInfo], str]:

@@ -422,6 +422,7 @@ def score_batches(
     a detector's). On CUDA the sums stay on the GPU until the end (no host sync per batch).
     """
     correct, loss_sum, seen = 0, 0.0, 0
+    classification = True  # every batch had N x classes outputs and N class indices
     gpu_sums = torch.zeros(2, dtype=torch.float64, device=device) if device.type == "cuda" else None
     streaming = _streaming_metric(metric, device)
     outputs_kept: list[Any] = []
@@ -437,7 +438,7 @@ def score_batches(
         hits = _top1_hits(outputs, y)
         batch_loss = nn.functional.cross_entropy(outputs.float(), y, reduction="sum") if hits is not None else None
         if batch_loss is None or hits is None:
-            loss_sum = math.nan
+            classification, loss_sum = False, math.nan
         elif gpu_sums is not None:
             gpu_sums[0] += batch_loss.double()
             gpu_sums[1] += hits
@@ -452,7 +453,7 @@ def score_batches(
             targets_kept.append(y.cpu())
         elif metric is not None:
             per_batch.append((float(metric(outputs, y)), items))
-    if gpu_sums is not None and not math.isnan(loss_sum):
+    if gpu_sums is not None and classification:
         loss_sum, correct = float(gpu_sums[0]), int(gpu_sums[1])
     n = max(1, seen)
     if streaming is not None:
@@ -461,7 +462,7 @@ def score_batches(
         return sum(v * k for v, k in per_batch) / max(1, sum(k for _, k in per_batch)), loss_sum / n
     if metric is not None:
         return float(metric(torch.cat(outputs_kept), torch.cat(targets_kept))), loss_sum / n
-    if math.isnan(loss_sum):
+    if not classification:
         raise ConfigError("top-1 accuracy needs N x classes outputs and N class indices; this model and data are "
                           "another task: give a `metric` (a torchmetrics Metric or a function)")
     return correct / n, loss_sum / n
