@@ -81,9 +81,14 @@ def search(
 
     Args:
         model: Your trained model (not modified: the search works on a copy).
-        train: Training data: ``(images, labels)`` tensors or a ``DataLoader`` of such batches, normalized as the
-            model expects. Fine-tunes and batch-norm recalibration use it.
-        val: Validation data (same forms), held out from ``train``: every candidate is scored on it.
+        train: Training data: ``(inputs, targets)`` tensors (held in memory, sliced into batches), or a
+            ``DataLoader`` (any re-iterable of ``(inputs, targets)`` batches), read when data is needed and never
+            collected whole: fine-tunes draw its batches with its own shuffling and augmentation (an epoch is
+            ``len(loader)`` batches), batch-norm recalibration and calibration take its first batches. Inputs
+            are a tensor, a tuple or a dict (``model(x)``, ``model(*x)``, ``model(**x)``); targets are what the
+            loss and metric take.
+        val: Validation data (same forms), held out from ``train``: every candidate is scored on it (on its
+            first ``val_batches`` batches when that setting is given; the final model on all of it).
         test: Test data, measured once on the final model; without it the summary has no test accuracy.
         flops: The budget, a fraction of the model's FLOPs in (0, 1] (default 0.5; none when ``latency=`` is
             given: ``latency=0.5`` is a budget of half the model's latency measured on this device).
@@ -91,14 +96,17 @@ def search(
         out: The run directory; calling again with the same settings, model, data, loss and metric resumes it.
         loss: ``loss(outputs, targets) -> Tensor``, a scalar to minimise (mean over the batch) used by every
             fine-tune of a candidate: the search's proxy fine-tune steps (``search_finetune_steps``), the
-            re-ranking rungs and the final fine-tune. ``outputs`` are the model's N x classes outputs of a batch,
-            ``targets`` its N labels. Default: cross-entropy (with the recipe's label smoothing). With
+            re-ranking rungs and the final fine-tune. ``outputs`` are the model's outputs of a batch (class
+            scores, a dict, a detector's losses in train mode), ``targets`` its targets.
+            Default: cross-entropy (with the recipe's label smoothing). With
             ``distill=True`` the distillation term is blended in as with cross-entropy.
-        metric: ``metric(outputs, targets) -> float``, higher is better, in place of top-1 accuracy wherever a
-            candidate is scored or reported: the searchers' reward, the re-ranking ladder, the base and final
-            validation and test numbers. It is called once per split with the outputs of the *whole* split
-            (N x classes, concatenated in order, on the CPU) and its N labels, so non-averaging metrics (F1,
-            AUC) are exact. The summary keeps its key names (``val_acc``, ``test_acc``, ``accuracy``) for the
+        metric: A ``torchmetrics.Metric`` (updated batch by batch, computed per split; ``higher_is_better``
+            honoured) or ``metric(outputs, targets) -> float``, higher is better, in place of top-1 accuracy
+            wherever a candidate is scored or reported: the searchers' reward, the re-ranking ladder, the base
+            and final validation and test numbers. A function is called once per split with the outputs of the
+            *whole* split (concatenated in order, on the CPU) and its targets when both are tensors, so
+            non-averaging metrics (F1, AUC) are exact, else per batch and averaged over items.
+            The summary keeps its key names (``val_acc``, ``test_acc``, ``accuracy``) for the
             metric's values and names it in ``summary["metric"]`` (and a custom loss in ``summary["loss"]``).
             With ``workers`` > 0 (the default: one per CPU) both functions are pickled into Ray worker processes:
             use module-level functions, not lambdas or nested functions (or pass ``workers=0``).
