@@ -149,6 +149,10 @@ def _search(model: nn.Module, train: Any, val: Any, test: Any | None, config: Se
     check_finite(base_model.state_dict().items(), "the model")
     splits = user_splits(base_model, train, val, test, classification=not task.custom,
                          workers=config.resolved_workers)
+    if config.agent == "dmcp" and isinstance(splits.train, LoaderSplit):
+        raise ConfigError("agent dmcp trains its supernet on indexed training images; with a `train` DataLoader "
+                          "choose another agent (ddpg, ppo, optuna, sensitivity, ...) or pass (inputs, targets) "
+                          "tensors")
     tensor_inputs = isinstance(_first_inputs(splits.train), Tensor)
     if not tensor_inputs and config.criterion == "auto":
         config = dataclasses.replace(config, criterion="l1")

@@ -135,3 +135,10 @@ def test_the_run_directory_does_not_hold_the_loaders_data(tmp_path) -> None:
     assert total < data_bytes, total
     base = json.loads((tmp_path / "run" / "base.json").read_text())
     assert base["data_fingerprint"]
+
+
+def test_dmcp_which_indexes_training_images_refuses_a_loader_up_front(tmp_path) -> None:
+    data = DataLoader(Generated(64, 0), batch_size=16)
+    with pytest.raises(ConfigError, match="agent dmcp trains its supernet on indexed training images"):
+        automl_prune.search(SmallNet(), data, data, agent="dmcp", workers=0, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
