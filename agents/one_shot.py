@@ -1,8 +1,9 @@
 """The sensitivity searcher's one-shot answer from a cached profile, without evaluating anything.
 
 The re-ranking ladder enters it beside the uniform answer whatever the searcher (`automl_prune.run.rerank_stage`):
-free when a sensitivity run of the same base model, data and proxy left its profile in the cache folder
-(`agents.profile_cache`), skipped (with the reason) when it would cost the profile's evaluations.
+free when an earlier run of the same base model, data and proxy left its profile in the cache folder
+(`agents.profile_cache`); otherwise the ladder measures the profile's missing points first
+(`agents.start.measure_one_shot`).
 """
 
 from __future__ import annotations

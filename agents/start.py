@@ -37,7 +37,7 @@ from automl_prune.atomic import atomic_write_text
 from automl_prune.errors import ConfigError
 from search_spaces import Architecture, Budget, SearchSpace
 
-__all__ = ["STARTS", "SearchStart", "StartingSearcher", "one_shot_start"]
+__all__ = ["STARTS", "SearchStart", "StartingSearcher", "measure_one_shot", "one_shot_start"]
 
 #: Where a `StartingSearcher` starts: the uniform width (default) or the sensitivity profile's one-shot answer.
 STARTS: tuple[str, ...] = ("uniform", "one-shot")
@@ -89,23 +89,43 @@ def one_shot_start(space: SearchSpace, evaluator: EvaluatorLike, budget: Budget,
         The answer, where it came from, and how many evaluations this run spent on its profile (points
         measured by an earlier process of the same ``run_dir`` included; points from the cache folder not).
     """
+    return measure_one_shot(space, evaluator, budget, search, profile_cache=profile_cache, profile_key=profile_key,
+                            folder=Path(run_dir) / _PROFILE_DIR if run_dir is not None else None)
+
+
+def measure_one_shot(space: SearchSpace, evaluator: EvaluatorLike, budget: Budget, search: str, *,
+                     profile_cache: str | Path | None = None, profile_key: str | Mapping[str, Any] | None = None,
+                     folder: str | Path | None = None, announce: Callable[[int, int], None] | None = None
+                     ) -> SearchStart:
+    """The one-shot answer of the coarsest sensitivity profile (20% steps, and the bits profile when bits are
+    searched), its missing points measured with ``evaluator`` (`one_shot_start`; the re-ranking ladder's entrant,
+    `automl_prune.run.rerank_stage`).
+
+    Args:
+        folder: Keeps the points measured here (``sensitivity.json``, ``profile.json``): a later process given the
+            same folder measures none of them again, and still counts them in ``evaluations``.
+        announce: Called with ``(points to measure, points in the profile)`` before anything is measured, when
+            something is (so a caller can say why it waits).
+    """
     from agents.sensitivity import SensitivitySearcher
 
-    folder = Path(run_dir) / _PROFILE_DIR if run_dir is not None else None
-    profiler = SensitivitySearcher(SearchContext(space, evaluator, budget, search=search, run_dir=folder),
+    profiler = SensitivitySearcher(SearchContext(space, evaluator, budget, search=search,
+                                                 run_dir=Path(folder) if folder is not None else None),
                                    steps=_STEPS, profile_cache=profile_cache, profile_key=profile_key, quiet=True)
 
     def known() -> int:
         return sum(len(v) for v in profiler.profile.values()) + sum(len(v) for v in profiler.bit_profile.values())
 
     reused = sum(profiler.reused.values())
-    earlier = known() - reused  # measured for this run by an earlier process (kept in run_dir/search_start)
+    earlier = known() - reused  # measured for this run by an earlier process (kept in the folder)
     batch = max(1, int(getattr(evaluator, "parallelism", 1)))
     pending: list[tuple[Callable[[Any, Mapping[str, Any]], None], Any]] = []
     if profiler.searches_widths:
         pending += [(profiler.record_profile, p) for p in profiler.pending_profile()]
     if profiler.searches_bits:
         pending += [(profiler.record_bit_profile, p) for p in profiler.pending_bit_profile()]
+    if pending and announce is not None:
+        announce(len(pending), known() + len(pending))
     for first in range(0, len(pending), batch):
         chunk = pending[first:first + batch]
         for (record, point), metrics in zip(chunk, _evaluate_points(evaluator, [p.architecture for _, p in chunk]),

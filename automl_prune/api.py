@@ -224,6 +224,8 @@ def _config(model: nn.Module, *, flops: float, agent: str, out: str, settings: M
     if not isinstance(model, nn.Module):
         raise ConfigError(f"`model` must be a torch nn.Module, but got {type(model).__name__}")
     label = f"{prefix}{type(model).__module__}.{type(model).__qualname__}"
+    # Paths may be given as pathlib paths, as `out` is (`cache_dir=tmp / "cache"`): the settings keep text.
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in settings.items()}
     return SearchConfig(model=label, dataset="user-data", flops=flops, agent=agent, out=out, **settings)
 
 

@@ -50,7 +50,8 @@ def test_segmentation_with_a_torchmetrics_metric_end_to_end(tmp_path) -> None:
     # The model returns {"out": N x classes x H x W}: the metric reads "out" (itemgetter pickles for Ray workers).
     miou = LambdaInputTransformer(MulticlassJaccardIndex(num_classes=3), transform_pred=operator.itemgetter("out"))
     result = automl_prune.search(model, train, val, test=val, flops=0.5, agent="random", episodes=2, workers=0,
-                                 out=tmp_path / "run", loss=segmentation_loss, metric=miou, metric_name="mIoU",
+                                 out=tmp_path / "run",
+                                 cache_dir=tmp_path / "cache", loss=segmentation_loss, metric=miou, metric_name="mIoU",
                                  criterion="l1", finetune_epochs=0.5, rerank_top_k=0, progress=False)
     summary = result.metrics
     assert summary["metric"] == "mIoU" and summary["loss"] == "segmentation_loss"
@@ -118,7 +119,8 @@ def test_detection_through_the_wrapper_searches_fine_tunes_exports_and_reloads(t
     train = DataLoader(Boxes(16, 0), batch_size=8, shuffle=True, collate_fn=detection_batch)
     val = DataLoader(Boxes(8, 1), batch_size=8, collate_fn=detection_batch)
     result = automl_prune.search(model, train, val, flops=0.5, agent="random", episodes=2, workers=0,
-                                 out=tmp_path / "run", loss=detection_loss, metric=MeanAveragePrecision(),
+                                 out=tmp_path / "run",
+                                 cache_dir=tmp_path / "cache", loss=detection_loss, metric=MeanAveragePrecision(),
                                  metric_name="mAP", finetune_epochs=1, rerank_top_k=0, progress=False)
     summary = result.metrics
     assert summary["metric"] == "mAP"

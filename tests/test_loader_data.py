@@ -57,7 +57,8 @@ def test_a_search_reads_what_it_scores_and_fine_tunes_on_not_the_whole_training_
     model = SmallNet().eval()
     episodes, bn_batches = 3, 2
     result = automl_prune.search(model, train, val, flops=0.5, agent="random", episodes=episodes, workers=0,
-                                 out=tmp_path / "run", criterion="l1", bn_batches=bn_batches, rerank_top_k=0,
+                                 out=tmp_path / "run",
+                                 cache_dir=tmp_path / "cache", criterion="l1", bn_batches=bn_batches, rerank_top_k=0,
                                  finetune_epochs=0.002, progress=False)  # 0.002 x 6250 batches: 13 steps
     summary = result.metrics
     ladder = summary["rerank"]
@@ -97,10 +98,11 @@ def test_a_loader_that_cannot_reach_ray_workers_or_is_one_pass_is_refused_up_fro
     lambda_loader = DataLoader(data, batch_size=16, collate_fn=lambda items: torch.utils.data.default_collate(items))
     with pytest.raises(ConfigError, match=r"cannot be sent to the 2 Ray worker processes.*workers=0"):
         automl_prune.search(SmallNet(), lambda_loader, DataLoader(data, batch_size=16), workers=2,
-                            out=tmp_path / "run")
+                            out=tmp_path / "run", cache_dir=tmp_path / "cache")
     generator = (batch for batch in DataLoader(data, batch_size=16))
     with pytest.raises(ConfigError, match="one-pass iterator"):
-        automl_prune.search(SmallNet(), generator, DataLoader(data, batch_size=16), workers=0, out=tmp_path / "run")
+        automl_prune.search(SmallNet(), generator, DataLoader(data, batch_size=16), workers=0, out=tmp_path / "run",
+                            cache_dir=tmp_path / "cache")
     assert not (tmp_path / "run").exists()
 
 
@@ -129,7 +131,8 @@ def test_the_run_directory_does_not_hold_the_loaders_data(tmp_path) -> None:
     train = DataLoader(Generated(4096, 0), batch_size=64, shuffle=True)
     val = DataLoader(Generated(64, 1), batch_size=64)
     automl_prune.search(SmallNet().eval(), train, val, flops=0.5, agent="random", episodes=2, workers=0,
-                        out=tmp_path / "run", criterion="l1", rerank_top_k=0, finetune_epochs=0.05, progress=False)
+                        out=tmp_path / "run", cache_dir=tmp_path / "cache", criterion="l1", rerank_top_k=0,
+                        finetune_epochs=0.05, progress=False)
     total = sum(p.stat().st_size for p in (tmp_path / "run").rglob("*") if p.is_file())
     data_bytes = 4096 * 16 * 16 * 4
     assert total < data_bytes, total
@@ -140,5 +143,6 @@ def test_the_run_directory_does_not_hold_the_loaders_data(tmp_path) -> None:
 def test_dmcp_which_indexes_training_images_refuses_a_loader_up_front(tmp_path) -> None:
     data = DataLoader(Generated(64, 0), batch_size=16)
     with pytest.raises(ConfigError, match="agent dmcp trains its supernet on indexed training images"):
-        automl_prune.search(SmallNet(), data, data, agent="dmcp", workers=0, out=tmp_path / "run")
+        automl_prune.search(SmallNet(), data, data, agent="dmcp", workers=0, out=tmp_path / "run",
+                            cache_dir=tmp_path / "cache")
     assert not (tmp_path / "run").exists()

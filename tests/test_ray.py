@@ -211,7 +211,8 @@ def test_ray_workers_receive_the_users_loaders_not_a_copy_of_the_data(tmp_path: 
     val = DataLoader(TensorDataset(splits.val.images, splits.val.labels), batch_size=100)
     torch.manual_seed(0)
     result = automl_prune.search(model.eval(), train, val, flops=0.5, agent="random", episodes=3, workers=2,
-                                 out=tmp_path / "run", criterion="l1", rerank_top_k=1, finetune_epochs=0.2,
+                                 out=tmp_path / "run",
+                                 cache_dir=tmp_path / "cache", criterion="l1", rerank_top_k=1, finetune_epochs=0.2,
                                  progress=False)
     assert result.metrics["compressed"]["flops"] <= 0.5 * result.metrics["base"]["flops"]
     assert (tmp_path / "run" / "tune" / "rerank" / "tuner.pkl").stat().st_size < 64_000

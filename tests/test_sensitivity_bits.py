@@ -221,6 +221,8 @@ def test_ladder_holds_uniform_and_the_one_shot_answer() -> None:
 
 def test_rerank_stage_enters_the_one_shot_answer_when_cached_and_says_why_not(
         setup: tuple[SearchSpace, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Free from a cached profile; without a ladder (``finetune_epochs`` 0) and without a cached profile it is
+    skipped and nothing is measured (with a ladder it is measured: tests/test_ladder_one_shot.py)."""
     from automl_prune.config import SearchConfig
     from automl_prune.run.base_model import BaseModel
     from automl_prune.run.rerank_stage import one_shot_entrant
@@ -228,7 +230,7 @@ def test_rerank_stage_enters_the_one_shot_answer_when_cached_and_says_why_not(
 
     space, (model, splits) = setup
     config = SearchConfig(model="tiny-resnet", dataset="synthetic", agent="random", size="0.15", flops=1.0,
-                          cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"))
+                          cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"), finetune_epochs=0)
     identity = {"sha256": "abc", "data_fingerprint": "def"}
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "base.json").write_text(json.dumps(identity))
@@ -238,13 +240,15 @@ def test_rerank_stage_enters_the_one_shot_answer_when_cached_and_says_why_not(
     searched = SimpleNamespace(history=[], extra={})
     assert one_shot_entrant(config, base, evaluator, searched, budget, tmp_path / "run") is None
     assert "without the sensitivity one-shot answer" in capsys.readouterr().err and not evaluator.calls
+    assert "it would cost" in searched.extra["ladder_one_shot"]["skipped"]
     # a sensitivity run with the same key fills the cache; then any searcher's ladder gets the answer for free
     SEARCHERS.create("sensitivity", SearchContext(space, _evaluator(setup), Budget.from_fractions(
         space, 1.0, size=0.2), search="bits"), quiet=True, **profile_options(config, identity)).search(1)
     entrant = one_shot_entrant(config, base, evaluator, searched, budget, tmp_path / "run")
     assert entrant is not None and budget.violations(space, entrant[0]) == []
     assert len(evaluator.calls) == 1  # its own score only
-    assert "enters the re-ranking" in capsys.readouterr().err
+    assert "enters the re-ranking from the cached profile" in capsys.readouterr().err
+    assert searched.extra["ladder_one_shot"]["evaluations"] == 0
     found, _ = cached_one_shot(space, budget, "bits", **profile_options(config, identity))
     assert found == entrant[0]
 

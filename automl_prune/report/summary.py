@@ -47,6 +47,10 @@ def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
         ["search time", "-", f"{summary['search_seconds']:.1f} s ({summary['evaluations']} evaluations)"],
         ["fine-tune time", "-", f"{summary['finetune_seconds']:.1f} s"],
     ]
+    one_shot = summary.get("one_shot") or {}
+    if "evaluations" in one_shot:  # the ladder's one-shot entrant, beyond the search's evaluations
+        rows.insert(6, ["one-shot entrant (ladder)", "-",
+                        f"{one_shot['seconds']:.1f} s ({one_shot['evaluations']} profile evaluations)"])
     if summary.get("loss"):
         rows.append(["fine-tune loss", "-", summary["loss"]])
     if summary.get("bits") and base.get("size_bits") and comp.get("size_bits"):

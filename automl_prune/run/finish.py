@@ -59,6 +59,9 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
         "evaluations_planned": config.episodes,
         # A one-shot start (search_start): where it came from and the profile evaluations it cost.
         **({"search_start": result.extra["search_start"]} if "search_start" in result.extra else {}),
+        # The ladder's sensitivity one-shot entrant: where it came from, the profile evaluations and seconds it cost
+        # beyond the search's (`rerank_stage.one_shot_entrant`), or why it was skipped.
+        **({"one_shot": result.extra["ladder_one_shot"]} if "ladder_one_shot" in result.extra else {}),
         "stopped_by_time_limit": bool(result.extra.get("stopped_by_time_limit", False)),
         "search_seconds": search_seconds,
         "rerank_seconds": rerank_seconds,

@@ -20,47 +20,152 @@ from search_spaces import Budget
 __all__ = ["one_shot_entrant", "rerank_candidates"]
 
 
+#: Where the ladder's one-shot entrant is recorded (a resumed run enters the same one, at no new cost).
+_ONE_SHOT_RECORD = "ladder_one_shot.json"
+#: The profile points measured for it by this run (an interrupted run measures none of them twice).
+_ONE_SHOT_PROFILE = "ladder_one_shot"
+#: Its seconds, summed over the processes that worked on it.
+_ONE_SHOT_CLOCK = "ladder_one_shot_seconds.json"
+
+
 def one_shot_entrant(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: Budget,
                      run_dir: Path) -> tuple[Any, float, int] | None:
     """The sensitivity profile's one-shot answer as a ladder entrant ``(architecture, proxy accuracy, FLOPs)``.
 
-    A sensitivity search recorded it (``result.extra["one_shot"]``); any other search gets it from the profile
-    cached by an earlier sensitivity run of the same base model, data and proxy (`agents.one_shot.cached_one_shot`:
-    no evaluation but the answer's own score). Without a complete cached profile it is skipped, and the log says
-    why: measuring the profile would cost hundreds of evaluations, more than the whole search may have had.
+    Where it comes from, cheapest first:
+
+    - the search recorded it (``result.extra["one_shot"]``: a sensitivity search, or a one-shot search start);
+    - an earlier process of this run entered it (``RUN_DIR/ladder_one_shot.json``): the same answer again;
+    - the profile cached by an earlier run of the same base model, data and proxy
+      (`agents.one_shot.cached_one_shot`): no evaluation but the answer's own score;
+    - else its coarsest profile (20% steps, and the bits profile when bits are searched) is measured with the
+      search's own evaluator, as a one-shot search start does (`agents.start.measure_one_shot`); the points go
+      to the cache folder (every later run reuses them) and to ``RUN_DIR/ladder_one_shot/`` (a resumed run
+      measures none twice), when that costs at most the search's own evaluations (``episodes``). Without a
+      ladder (``finetune_epochs`` 0), or when the profile would cost more, it is skipped with the reason.
+
+    One log line says where it came from and what it cost (profile evaluations, seconds); so does
+    ``result.extra["ladder_one_shot"]``, which the summary shows as ``one_shot``.
     """
     from search_spaces import Architecture
 
-    space = base.space
-    recorded = (getattr(result, "extra", None) or {}).get("one_shot")
+    space, search = base.space, config.resolved_search
+    clock = WallClock(run_dir / _ONE_SHOT_CLOCK)
+    record_path = run_dir / _ONE_SHOT_RECORD
+    extra = getattr(result, "extra", None)
+    known: tuple[float, int] | None = None
+    evaluations, again = 0, False
+    recorded = (extra or {}).get("one_shot")
+    kept = _kept_entrant(record_path, search, budget)
     if recorded is not None:
         arch, origin = space.complete(Architecture.from_dict(recorded)), "from this search's profile"
+    elif kept is not None:
+        arch = space.complete(Architecture.from_dict(kept["architecture"]))
+        origin, evaluations, again = str(kept["origin"]), int(kept["evaluations"]), True
+        known = float(kept["accuracy"]), int(kept["flops"])
     else:
-        from agents.one_shot import cached_one_shot
-        from automl_prune.errors import BudgetError
-        from automl_prune.run.base_model import base_identity
-        from automl_prune.run.search_stage import profile_options
-
-        path = run_dir / "base.json"
-        identity = json.loads(path.read_text()) if path.exists() else base_identity(base)
-        float_choice = bool(config.agent_options.get("float_choice", False)) if config.agent == "sensitivity" else False
-        try:
-            found, origin = cached_one_shot(space, budget, config.resolved_search, float_choice=float_choice,
-                                            **profile_options(config, identity))
-        except (BudgetError, ValueError, KeyError) as exc:  # an optional entrant must not end the run
-            found, origin = None, f"the cached profile could not be used ({exc})"
+        found, origin = _cached_entrant(config, base, budget, run_dir)
+        if found is None and config.finetune_epochs <= 0:  # no ladder to enter: nothing is measured for it
+            log(f"re-ranking without the sensitivity one-shot answer: {origin}")
+            _note(extra, {"skipped": origin})
+            return None
+        if found is None:
+            try:
+                found, origin, evaluations = _measured_entrant(config, base, evaluator, budget, run_dir)
+            finally:
+                clock.save()
         if found is None:
             log(f"re-ranking without the sensitivity one-shot answer: {origin}")
+            _note(extra, {"skipped": origin})
             return None
         arch = space.complete(found)
     over = budget.violations(space, arch)
-    if over:
+    if over:  # cannot happen: the one-shot answer is solved within every limit
         log(f"re-ranking without the sensitivity one-shot answer: it is over budget ({'; '.join(over)})")
+        _note(extra, {"skipped": f"over budget ({'; '.join(over)})"})
         return None
-    log(f"the sensitivity one-shot answer enters the re-ranking ({origin})")
-    known = [e.metrics for e in getattr(result, "history", []) if space.complete(e.architecture) == arch]
-    accuracy = float(known[0]["accuracy"]) if known else evaluator.evaluate(arch).accuracy
-    return arch, accuracy, space.flops(arch)
+    if known is None:
+        scored = [e.metrics for e in getattr(result, "history", []) if space.complete(e.architecture) == arch]
+        known = (float(scored[0]["accuracy"]) if scored else float(evaluator.evaluate(arch).accuracy),
+                 space.flops(arch))
+    seconds = clock.save()
+    cost = (f"{evaluations} profile evaluations" if evaluations else "no profile evaluation") + f", {seconds:.1f} s"
+    log(f"the sensitivity one-shot answer enters the re-ranking {origin}; cost: {cost}"
+        + (" (an earlier process of this run entered it: nothing measured now)" if again else ""))
+    entry = {"origin": origin, "evaluations": evaluations, "seconds": seconds}
+    _note(extra, entry)
+    write_json(record_path, {**entry, "search": search, "budget": dataclasses.asdict(budget),
+                             "architecture": arch.to_dict(), "accuracy": known[0], "flops": known[1]})
+    return arch, known[0], known[1]
+
+
+def _note(extra: dict[str, Any] | None, entry: dict[str, Any]) -> None:
+    """Where the ladder's one-shot entrant came from and what it cost, for the summary (``one_shot``)."""
+    if extra is not None:
+        extra["ladder_one_shot"] = entry
+
+
+def _kept_entrant(path: Path, search: str, budget: Budget) -> dict[str, Any] | None:
+    """The entrant an earlier process of this run recorded, when it was for the same search and budget."""
+    if not path.exists():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+        same = kept["search"] == search and kept["budget"] == json.loads(json.dumps(dataclasses.asdict(budget)))
+        return dict(kept) if same and kept.get("architecture") else None
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable record counts as none: the entrant is found again (its points are kept)
+
+
+def _cached_entrant(config: SearchConfig, base: BaseModel, budget: Budget, run_dir: Path) -> tuple[Any, str]:
+    """The one-shot answer of a complete cached profile (free), or ``None`` and why not."""
+    from agents.one_shot import cached_one_shot
+    from automl_prune.errors import BudgetError
+    from automl_prune.run.search_stage import profile_options
+
+    float_choice = bool(config.agent_options.get("float_choice", False)) if config.agent == "sensitivity" else False
+    try:
+        found, origin = cached_one_shot(base.space, budget, config.resolved_search, float_choice=float_choice,
+                                        **profile_options(config, _identity(base, run_dir)))
+    except (BudgetError, ValueError, KeyError) as exc:  # an optional entrant must not end the run
+        return None, f"the cached profile could not be used ({exc})"
+    return found, origin
+
+
+def _measured_entrant(config: SearchConfig, base: BaseModel, evaluator: Any, budget: Budget,
+                      run_dir: Path) -> tuple[Any, str, int]:
+    """The one-shot answer after measuring its coarsest profile's missing points with the search's evaluator."""
+    from agents.start import measure_one_shot
+    from automl_prune.run.search_stage import profile_options
+
+    search = config.resolved_search
+
+    def announce(pending: int, total: int) -> None:
+        if pending > config.episodes:  # never more than the search itself: a later, longer run measures it
+            raise _TooCostly(f"its profile would cost {pending} evaluations, more than the search's "
+                             f"{config.episodes} (--episodes); a sensitivity run, --search-start one-shot or a "
+                             "search of at least that many evaluations measures it, and every later run of this "
+                             "base model and proxy reads it from the cache")
+        log(f"measuring the sensitivity profile for the ladder's one-shot entrant: {pending} of {total} points "
+            f"(20% steps{' and the bits profile' if search != 'widths' else ''}) with the search's evaluator")
+
+    try:
+        found = measure_one_shot(base.space, evaluator, budget, search, folder=run_dir / _ONE_SHOT_PROFILE,
+                                 announce=announce, **profile_options(config, _identity(base, run_dir)))
+    except _TooCostly as reason:
+        return None, str(reason), 0
+    return found.architecture, found.origin, found.evaluations
+
+
+class _TooCostly(Exception):
+    """The ladder's one-shot entrant would cost more evaluations than the search itself."""
+
+
+def _identity(base: BaseModel, run_dir: Path) -> dict[str, Any]:
+    from automl_prune.run.base_model import base_identity
+
+    path = run_dir / "base.json"
+    return json.loads(path.read_text()) if path.exists() else base_identity(base)
 
 
 def rerank_candidates(config: SearchConfig, base: BaseModel, evaluator: Any, result: Any, budget: Budget,
