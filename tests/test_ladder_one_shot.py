@@ -1,7 +1,8 @@
-"""The re-ranking ladder always enters the sensitivity one-shot answer beside the uniform one (issue 28).
+"""The re-ranking ladder enters the sensitivity one-shot answer beside the uniform one (issue 28).
 
 Free when the search recorded it or a cached profile holds it (unchanged); otherwise its coarsest profile is
-measured with the search's own evaluator (as the one-shot search start does), once: the points are kept in the
+measured with the search's own evaluator (as the one-shot search start does) when that costs at most the
+search's own evaluations (else it is skipped with its cost), once: the points are kept in the
 cache folder and the run directory, and the entrant in ``RUN_DIR/ladder_one_shot.json``, so a resumed run or a
 run of another budget measures nothing again. One log line and ``summary.json`` say what it cost.
 """
