@@ -253,6 +253,7 @@ class LadderJob:
                 if fail_marker is not None and not fail_marker.exists():
                     fail_marker.write_text(f"{candidate.id} rung {rung} step {trainer.step}\n")
                     raise RuntimeError(f"injected failure in {candidate.id} at step {trainer.step} (test hook)")
+        trainer.release_data()
         model = trainer.model
         val_acc, _ = evaluate_accuracy(model, self.splits.val, batch_size=250, metric=self.task.metric,
                                        precision=self.precision)

@@ -204,6 +204,8 @@ class Trainer:
             while self.step < until:
                 self._run_epoch_part(until, progress)
             self._save_rng()
+        if self.step >= self.total_steps:
+            self.release_data()
         self.seconds += time.perf_counter() - start
         loss_sum, correct, seen = self._last_epoch_stats
         return {
@@ -215,6 +217,13 @@ class Trainer:
             "train_loss": loss_sum / max(seen, 1),
             "train_acc": correct / max(seen, 1) if self._classified else None,
         }
+
+    def release_data(self) -> None:
+        """Let go of the user's loader pass in progress (its worker processes end); a later `run` starts a new
+        pass. Called before other data is read, so no worker a new loader forks inherits this one's iterator."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def _save_rng(self) -> None:
         """Keep torch's generator states: the CPU's, and on CUDA the device's (`get_rng_states`)."""
