@@ -146,3 +146,18 @@ def test_dmcp_which_indexes_training_images_refuses_a_loader_up_front(tmp_path) 
         automl_prune.search(SmallNet(), data, data, agent="dmcp", workers=0, out=tmp_path / "run",
                             cache_dir=tmp_path / "cache")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_trainer_lets_go_of_a_loader_pass_and_its_worker_processes() -> None:
+    import multiprocessing
+
+    from automl_prune.train.training import Trainer
+
+    loader = DataLoader(Generated(512, 0), batch_size=64, shuffle=True, num_workers=2)
+    trainer = Trainer(SmallNet(), LoaderSplit(loader, "train"), epochs=1, lr=0.01, seed=0, device="cpu")
+    trainer.run(until=3, progress=False)
+    assert multiprocessing.active_children()  # mid-pass: the loader's workers are alive for the next segment
+    trainer.release_data()  # before other data is read (a rung's score): no forked worker inherits this pass
+    assert not multiprocessing.active_children()
+    trainer.run(progress=False)  # a new pass to the end of the plan, then let go of by itself
+    assert trainer.step == trainer.total_steps and not multiprocessing.active_children()
