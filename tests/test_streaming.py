@@ -173,7 +173,9 @@ def test_loader_does_not_hold_the_folder_in_memory(folder) -> None:
         accuracy_and_loss(model, split.images, split.labels, 16)
         peak = max(peak, _rss_bytes() - baseline)
     assert seen == 360
-    assert peak < decoded / 8, f"memory grew by {peak / 1e6:.0f} MB reading a folder of {decoded / 1e6:.0f} MB"
+    # The allocator's own noise reached 45-54 MB in some runs on a loaded 2-core machine (0-25 MB in most);
+    # holding the training split alone would add ~290 MB.
+    assert peak < decoded / 4, f"memory grew by {peak / 1e6:.0f} MB reading a folder of {decoded / 1e6:.0f} MB"
 
 
 def test_search_runs_end_to_end_on_a_streamed_folder(folder, tmp_path, capsys, monkeypatch) -> None:
