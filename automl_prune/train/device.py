@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from automl_prune.data.batches import move
 from automl_prune.errors import ConfigError
 
 __all__ = ["DEVICE_SETTINGS", "FP32", "PRECISIONS", "DeviceDecision", "Precision", "RunDevice",
@@ -230,10 +231,10 @@ def resolve_precision(setting: str | Precision | None, device: torch.device | st
 
 # moving data -------------------------------------------------------------------------------------------------
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``x`` on ``device``: to a GPU through pinned memory without blocking; elsewhere as ``x.to`` does."""
-    if device.type == "cuda" and x.device.type == "cpu":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device, non_blocking=True)
+    """``x`` on ``device``: to a GPU through pinned memory without blocking; elsewhere as ``x.to`` does
+    (`automl_prune.data.batches.move`, which also moves the tensors inside a structured batch)."""
+    moved: torch.Tensor = move(x, device)
+    return moved
 
 
 @contextlib.contextmanager
