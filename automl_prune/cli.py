@@ -303,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
 
             g.add_argument("--search-start", help="where ddpg, ppo and optuna start: uniform (default) or one-shot "
                            "(the sensitivity profile's answer, measured or read from the cache)")
+            g.add_argument("--one-shot-entrant", help="when the re-ranking ladder enters the sensitivity one-shot "
+                           "answer beside the uniform one: always (default; its coarse profile is measured once "
+                           "when no cache holds it), if-cheaper (only when that costs at most --episodes "
+                           "evaluations) or never")
 
             g = p.add_argument_group("criterion and proxy")
             g.add_argument("--criterion", help="which channels a group keeps: auto (default: reap, or l1-std for "

@@ -45,9 +45,12 @@ NumberOrText = Annotated[str | None, BeforeValidator(_number_as_text)]
 
 #: Where DDPG, PPO and Optuna start: the uniform width, or the sensitivity profile's one-shot answer.
 SEARCH_STARTS = ("uniform", "one-shot")
+#: When the re-ranking ladder enters the sensitivity one-shot answer beside the uniform one (`run.rerank_stage`).
+ONE_SHOT_ENTRANTS = ("always", "if-cheaper", "never")
 
 __all__ = [
     "DEFAULTS",
+    "ONE_SHOT_ENTRANTS",
     "SEARCH_MODES",
     "SEARCH_STARTS",
     "SearchConfig",
@@ -118,6 +121,7 @@ class SearchConfig:
     latency: float | None = None
     latency_batch_size: int = 1
     search_start: str = "uniform"
+    one_shot_entrant: str = "always"
     agent_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -188,6 +192,9 @@ class SearchConfig:
             raise ConfigError(f"`search_start one-shot` starts the agents ddpg, ppo, optuna and optuna-mo from the "
                               f"sensitivity profile's answer; agent {self.agent!r} has no such start (give "
                               "search_start uniform, or one of those agents)")
+        if self.one_shot_entrant not in ONE_SHOT_ENTRANTS:
+            raise ConfigError(f"`one_shot_entrant` must be one of {list(ONE_SHOT_ENTRANTS)}, but got "
+                              f"{self.one_shot_entrant!r}")
         if self.proxy not in ("auto", "adaptive-bn", "finetune"):
             raise ConfigError(f"`proxy` must be one of ['adaptive-bn', 'auto', 'finetune'], but got {self.proxy!r}")
         if self.reward not in ("accuracy", "acc_flops_log"):

@@ -1,8 +1,9 @@
 """The re-ranking ladder enters the sensitivity one-shot answer beside the uniform one (issue 28).
 
 Free when the search recorded it or a cached profile holds it (unchanged); otherwise its coarsest profile is
-measured with the search's own evaluator (as the one-shot search start does) when that costs at most the
-search's own evaluations (else it is skipped with its cost), once: the points are kept in the
+measured with the search's own evaluator (as the one-shot search start does) whatever it costs (the default,
+``one_shot_entrant`` always; ``if-cheaper`` skips it with its cost when it costs more than the search's own
+evaluations, ``never`` skips it), once: the points are kept in the
 cache folder and the run directory, and the entrant in ``RUN_DIR/ladder_one_shot.json``, so a resumed run or a
 run of another budget measures nothing again. One log line and ``summary.json`` say what it cost.
 """
@@ -263,13 +264,50 @@ def test_the_run_enters_uniform_and_the_one_shot_answer(tmp_path: Path, capsys: 
     assert any("sensitivity one-shot" in c["origin"] for c in other["rerank"]["candidates"])
 
 
-def test_a_profile_costlier_than_the_search_itself_is_skipped_with_its_cost(
+def test_by_default_it_enters_even_when_its_profile_costs_more_than_the_search(
+        space: SearchSpace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``one_shot_entrant`` always (the default): the ladder holds the one-shot answer whatever its cost."""
+    budget = Budget.from_fractions(space, 0.5)
+    points = _points(space, budget, "widths")
+    evaluator = AnalyticEvaluator(space)
+    searched = SimpleNamespace(history=[], extra={})
+    config = _config(tmp_path, "run", episodes=2)
+    assert config.one_shot_entrant == "always"
+    entrant = one_shot_entrant(config, _base(space), evaluator, searched, budget, tmp_path / "run")
+    assert entrant is not None and budget.violations(space, entrant[0]) == []
+    assert len(evaluator.calls) == points + 1 and searched.extra["ladder_one_shot"]["evaluations"] == points
+    assert len(_entrant_lines(capsys.readouterr().err)) == 1
+
+
+def test_never_and_agent_uniform_enter_nothing_and_measure_nothing(
+        space: SearchSpace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    budget = Budget.from_fractions(space, 0.5)
+    evaluator = AnalyticEvaluator(space)
+    searched = SimpleNamespace(history=[], extra={})
+    config = _config(tmp_path, "run", one_shot_entrant="never")
+    assert one_shot_entrant(config, _base(space), evaluator, searched, budget, tmp_path / "run") is None
+    assert "one_shot_entrant is never" in capsys.readouterr().err and not evaluator.calls
+    assert searched.extra["ladder_one_shot"] == {"skipped": "one_shot_entrant is never"}
+    uniform = _config(tmp_path, "uniform", agent="uniform")  # the naive answer alone: the benchmarks' baseline
+    assert one_shot_entrant(uniform, _base(space), evaluator, searched, budget, tmp_path / "uniform") is None
+    assert "--agent uniform asks for the uniform answer alone" in capsys.readouterr().err and not evaluator.calls
+
+
+def test_a_bad_one_shot_entrant_is_one_clear_error(tmp_path: Path) -> None:
+    from automl_prune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"`one_shot_entrant` must be one of \['always', 'if-cheaper', 'never'\], "
+                                          r"but got 'sometimes'"):
+        _config(tmp_path, "run", one_shot_entrant="sometimes")
+
+
+def test_if_cheaper_skips_a_profile_costlier_than_the_search_with_its_cost(
         space: SearchSpace, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     budget = Budget.from_fractions(space, 0.5)
     points = _points(space, budget, "widths")
     evaluator = AnalyticEvaluator(space)
     searched = SimpleNamespace(history=[], extra={})
-    config = _config(tmp_path, "run", episodes=points - 1)
+    config = _config(tmp_path, "run", episodes=points - 1, one_shot_entrant="if-cheaper")
     assert one_shot_entrant(config, _base(space), evaluator, searched, budget, tmp_path / "run") is None
     err = capsys.readouterr().err
     assert f"would cost {points} evaluations, more than the search's {points - 1}" in err

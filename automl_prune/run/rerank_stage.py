@@ -41,8 +41,10 @@ def one_shot_entrant(config: SearchConfig, base: BaseModel, evaluator: Any, resu
     - else its coarsest profile (20% steps, and the bits profile when bits are searched) is measured with the
       search's own evaluator, as a one-shot search start does (`agents.start.measure_one_shot`); the points go
       to the cache folder (every later run reuses them) and to ``RUN_DIR/ladder_one_shot/`` (a resumed run
-      measures none twice), when that costs at most the search's own evaluations (``episodes``). Without a
-      ladder (``finetune_epochs`` 0), or when the profile would cost more, it is skipped with the reason.
+      measures none twice). ``one_shot_entrant`` sets when: ``always`` (the default), ``if-cheaper`` (only when
+      that costs at most the search's own evaluations, ``episodes``) or ``never``; ``--agent uniform`` (the naive
+      answer, the baseline every benchmark compares with) never enters it. Without a ladder
+      (``finetune_epochs`` 0), or when the setting rules it out, it is skipped with the reason.
 
     One log line says where it came from and what it cost (profile evaluations, seconds); so does
     ``result.extra["ladder_one_shot"]``, which the summary shows as ``one_shot``.
@@ -50,6 +52,12 @@ def one_shot_entrant(config: SearchConfig, base: BaseModel, evaluator: Any, resu
     from search_spaces import Architecture
 
     space, search = base.space, config.resolved_search
+    if config.one_shot_entrant == "never" or config.agent == "uniform":
+        why = ("one_shot_entrant is never" if config.one_shot_entrant == "never"
+               else "--agent uniform asks for the uniform answer alone")
+        log(f"re-ranking without the sensitivity one-shot answer: {why}")
+        _note(getattr(result, "extra", None), {"skipped": why})
+        return None
     clock = WallClock(run_dir / _ONE_SHOT_CLOCK)
     record_path = run_dir / _ONE_SHOT_RECORD
     extra = getattr(result, "extra", None)
@@ -141,11 +149,12 @@ def _measured_entrant(config: SearchConfig, base: BaseModel, evaluator: Any, bud
     search = config.resolved_search
 
     def announce(pending: int, total: int) -> None:
-        if pending > config.episodes:  # never more than the search itself: a later, longer run measures it
+        if config.one_shot_entrant == "if-cheaper" and pending > config.episodes:  # a later, longer run measures it
             raise _TooCostly(f"its profile would cost {pending} evaluations, more than the search's "
-                             f"{config.episodes} (--episodes); a sensitivity run, --search-start one-shot or a "
-                             "search of at least that many evaluations measures it, and every later run of this "
-                             "base model and proxy reads it from the cache")
+                             f"{config.episodes} (--episodes) and one_shot_entrant is if-cheaper; a sensitivity "
+                             "run, --search-start one-shot, --one-shot-entrant always or a search of at least "
+                             "that many evaluations measures it, and every later run of this base model and "
+                             "proxy reads it from the cache")
         log(f"measuring the sensitivity profile for the ladder's one-shot entrant: {pending} of {total} points "
             f"(20% steps{' and the bits profile' if search != 'widths' else ''}) with the search's evaluator")
 

@@ -15,7 +15,7 @@ __all__ = ["IDENTITY_KEYS", "check_run_dir", "write_json"]
 # Settings that define what a run directory holds; the others may change on resume.
 IDENTITY_KEYS = ("model", "dataset", "flops", "agent", "seed", "criterion", "min_keep_ratio", "round_to",
                  "proxy", "proxy_finetune_steps", "bn_batches", "val_size", "val_batches", "search_start",
-                 "pretrain_epochs", "reward",
+                 "one_shot_entrant", "pretrain_epochs", "reward",
                  "pretrain_seed", "agent_options", "exclude", "search", "size", "bops", "reconstruct",
                  "calibration_size", "latency", "latency_batch_size",
                  # the ladder's shape: other entrants or rungs would discard the rungs already fine-tuned
