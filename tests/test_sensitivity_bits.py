@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -274,6 +275,13 @@ def test_pipeline_reuses_the_profile_for_another_budget(tmp_path: Path, capsys: 
     assert "no evaluation for the profile (reused)" in log
     assert "sensitivity one-shot" in log  # the ladder's entrants name it
     assert second["compressed"]["size_bits"] <= math.floor(0.15 * second["base"]["size_bits"])
+    # the summary and its table say what the profile cost in each run, beside the search's own evaluations
+    assert first["profile"]["measured"] == measured and first["profile"]["reused"] == 0
+    assert second["profile"] == {"measured": 0, "reused": measured,
+                                 "solve_seconds": pytest.approx(second["profile"]["solve_seconds"])}
+    table = (tmp_path / "b" / "summary.md").read_text()
+    assert re.search(rf"sensitivity profile \(in search time\) +\| - +\| 0 evaluations measured, {measured} read "
+                     "from the cache", table)
 
 
 def test_allocation_benchmark_plan_and_table(tmp_path: Path) -> None:

@@ -47,10 +47,20 @@ def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
         ["search time", "-", f"{summary['search_seconds']:.1f} s ({summary['evaluations']} evaluations)"],
         ["fine-tune time", "-", f"{summary['finetune_seconds']:.1f} s"],
     ]
+    stages = []  # what each stage cost beyond the search's own evaluations: what it added over the one-shot answer
+    profile = summary.get("profile") or {}
+    if profile:  # a sensitivity search: its profile is inside the search time
+        stages.append(["sensitivity profile (in search time)", "-",
+                       f"{profile['measured']} evaluations measured, {profile['reused']} read from the cache; "
+                       f"solved in {profile['solve_seconds']:.2f} s"])
+    start = summary.get("search_start") or {}
+    if "evaluations" in start:  # a one-shot search start: its profile is inside the search time
+        stages.append(["one-shot start (in search time)", "-", f"{start['evaluations']} profile evaluations"])
     one_shot = summary.get("one_shot") or {}
     if "evaluations" in one_shot:  # the ladder's one-shot entrant, beyond the search's evaluations
-        rows.insert(6, ["one-shot entrant (ladder)", "-",
-                        f"{one_shot['seconds']:.1f} s ({one_shot['evaluations']} profile evaluations)"])
+        stages.append(["one-shot entrant (ladder)", "-",
+                       f"{one_shot['seconds']:.1f} s ({one_shot['evaluations']} profile evaluations)"])
+    rows[6:6] = stages
     if summary.get("loss"):
         rows.append(["fine-tune loss", "-", summary["loss"]])
     if summary.get("bits") and base.get("size_bits") and comp.get("size_bits"):

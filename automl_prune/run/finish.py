@@ -59,6 +59,8 @@ def finish_run(config: SearchConfig, base: BaseModel, run_dir: Path, result: Any
         "evaluations_planned": config.episodes,
         # A one-shot start (search_start): where it came from and the profile evaluations it cost.
         **({"search_start": result.extra["search_start"]} if "search_start" in result.extra else {}),
+        # A sensitivity search: its profile's evaluations (beyond `evaluations`, inside `search_seconds`).
+        **({"profile": _profile_cost(result.extra)} if "profile_measured" in result.extra else {}),
         # The ladder's sensitivity one-shot entrant: where it came from, the profile evaluations and seconds it cost
         # beyond the search's (`rerank_stage.one_shot_entrant`), or why it was skipped.
         **({"one_shot": result.extra["ladder_one_shot"]} if "ladder_one_shot" in result.extra else {}),
@@ -250,3 +252,10 @@ def _draw(config: SearchConfig, space: Any, best: Any, ratio: float, ladder: Any
             plot_ladder(ladder.to_dict(), run_dir / "ladder.png",
                         f"{config.model} at {config.flops:g} FLOPs ({config.agent}): re-ranking ladder",
                         score_name=score_name)
+
+
+def _profile_cost(extra: dict[str, Any]) -> dict[str, Any]:
+    """What a sensitivity search's profile cost: points measured now, points read from the cache, solve time."""
+    return {"measured": int(sum(extra["profile_measured"].values())),
+            "reused": int(sum(extra.get("profile_reused", {}).values())),
+            "solve_seconds": float(extra.get("solve_seconds") or 0.0)}
