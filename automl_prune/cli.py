@@ -52,6 +52,13 @@ def _device_flags(group: Any) -> None:
 
 
 def _config_from(args: argparse.Namespace) -> SearchConfig:
+    return _front_from(args)[0]
+
+
+def _front_from(args: argparse.Namespace) -> tuple[SearchConfig, str | None, list[Any]]:
+    """The settings (YAML, then flags), and the front of budgets when one budget is a list (else ``None``)."""
+    from automl_prune.run.front import split_front
+
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(load_config_file(args.config))
@@ -64,7 +71,8 @@ def _config_from(args: argparse.Namespace) -> SearchConfig:
     for item in getattr(args, "agent_option", None) or []:
         values.setdefault("agent_options", {})
         values["agent_options"] = {**values["agent_options"], **_parse_option(item)}
-    return SearchConfig(**values)
+    settings, front_key, budgets = split_front(values)
+    return SearchConfig(**settings), front_key, budgets
 
 
 def _parse_option(item: str) -> dict[str, Any]:
@@ -116,8 +124,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Search per-group widths under a FLOPs budget, fine-tune the best, export it."""
-    config = _config_from(args)
+    config, key, budgets = _front_from(args)
     _setup(config)
+    if key is not None:  # a front of budgets: one search per budget, one profile
+        from automl_prune.run.front import run_front
+
+        run_front(config, key, budgets)
+        return 0
     from automl_prune.run.pipeline import run_search
 
     run_search(config)
@@ -268,11 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         if name == "search":
             g = p.add_argument_group("budget")
-            g.add_argument("--flops", type=float, help=f"FLOPs budget, fraction of base ({DEFAULTS.flops}; 1 when only "
-                           "--size or --bops is given)")
-            g.add_argument("--size", help="model size budget: a fraction of the float32 model (0.125 = 4 bits on "
-                           "average) or a size such as 1.5MB")
-            g.add_argument("--bops", type=float, help="bit-operations budget, fraction of the 32/32-bit model")
+            front = (" (several values: a front, one search per budget in OUT/<budget>-<value>, sharing the "
+                     "sensitivity profile)")
+            g.add_argument("--flops", type=float, nargs="+", help=f"FLOPs budget, fraction of base ({DEFAULTS.flops}; "
+                           "1 when only --size or --bops is given)" + front)
+            g.add_argument("--size", nargs="+", help="model size budget: a fraction of the float32 model (0.125 = 4 "
+                           "bits on average) or a size such as 1.5MB" + front)
+            g.add_argument("--bops", type=float, nargs="+", help="bit-operations budget, fraction of the 32/32-bit "
+                           "model" + front)
             g.add_argument("--latency", type=float, help="latency budget, fraction of the base model's latency "
                            "measured on this device (replaces --flops; a per-layer latency table is measured once "
                            "and cached in --cache-dir)")

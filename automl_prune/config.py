@@ -47,9 +47,12 @@ NumberOrText = Annotated[str | None, BeforeValidator(_number_as_text)]
 SEARCH_STARTS = ("uniform", "one-shot")
 #: When the re-ranking ladder enters the sensitivity one-shot answer beside the uniform one (`run.rerank_stage`).
 ONE_SHOT_ENTRANTS = ("always", "if-cheaper", "never")
+#: The budgets that may be given as a list: a front, one search per value (`run.front`).
+FRONT_KEYS = ("flops", "size", "bops")
 
 __all__ = [
     "DEFAULTS",
+    "FRONT_KEYS",
     "ONE_SHOT_ENTRANTS",
     "SEARCH_MODES",
     "SEARCH_STARTS",
@@ -503,5 +506,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             hint = did_you_mean(key, _TYPES)
             suggestion = f" (did you mean {hint!r}?)" if hint else ""
             raise ConfigError(f"{path}: unknown key {raw_key!r}{suggestion}; valid keys are {sorted(_TYPES)}")
-        values[key] = check_setting(key, value, str(path))
+        if key in FRONT_KEYS and isinstance(value, list):  # a front of budgets (`run.front`): each one checked
+            values[key] = [check_setting(key, item, str(path)) for item in value]
+        else:
+            values[key] = check_setting(key, value, str(path))
     return values
