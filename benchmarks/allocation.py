@@ -229,7 +229,47 @@ def report(out_dir: Path) -> str:
     from automl_prune.atomic import atomic_write_text
 
     atomic_write_text(out_dir / "allocation.md", header + "\n" + text + "\n")
+    if rows:
+        plot(rows, out_dir / "allocation.png")
     return header + "\n" + text
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per model, kind and budget: each seed's test accuracy by method (a line joins one seed's methods, so the
+    pairing shows) and each method's mean seconds of search (with the profile where the row measured it, not
+    where it read it from the cache) and of re-ranking."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cases = sorted({(r["model"], r["kind"], r["budget"]) for r in rows})
+    fig = Figure(figsize=(11, 3.8 * len(cases)), dpi=100)
+    FigureCanvasAgg(fig)
+    order = {a: i for i, a in enumerate(AGENTS)}
+    for k, (model, kind, budget) in enumerate(cases):
+        mine = [r for r in rows if (r["model"], r["kind"], r["budget"]) == (model, kind, budget)]
+        methods = sorted({r["method"] for r in mine}, key=lambda m: (order.get(m.split("-e")[0], 9), m))
+        label = f"{model}, {kind}, " + ("4-bit size" if kind == "bits" else f"{budget:g} FLOPs")
+        ax = fig.add_subplot(len(cases), 2, 2 * k + 1)
+        for seed in sorted({r["seed"] for r in mine}):
+            points = [(i, 100 * r["test_acc"]) for i, m in enumerate(methods) for r in mine
+                      if r["method"] == m and r["seed"] == seed]
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", alpha=0.8, label=f"seed {seed}")
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_ylabel("test accuracy % (after fine-tune)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = fig.add_subplot(len(cases), 2, 2 * k + 2)
+        search = [float(np.mean([r["search_seconds"] for r in mine if r["method"] == m])) for m in methods]
+        rerank = [float(np.mean([r["rerank_seconds"] for r in mine if r["method"] == m])) for m in methods]
+        ax.bar(range(len(methods)), search, label="search (with the profile where the row measured it)")
+        ax.bar(range(len(methods)), rerank, bottom=search, label="re-ranking ladder (fine-tunes)")
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_ylabel("seconds, mean over seeds")
+        ax.set_title(f"{label}: cost (2-core CPU, loose)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def main() -> int:
