@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,7 +78,7 @@ def _search(model: nn.Module, data: dict, out, **settings):
     common = {"flops": 0.5, "agent": "random", "episodes": 4, "workers": 0, "finetune_epochs": 0.1,
               "rerank_top_k": 1, "progress": False}
     return automl_prune.search(model, data["train"], data["val"], test=data["test"], out=out,
-                               **{**common, **settings})
+                               cache_dir=Path(out).parent / "cache", **{**common, **settings})
 
 
 def test_the_metric_is_the_searchers_score_and_the_summarys_numbers(trained, tmp_path, capsys) -> None:

@@ -295,7 +295,8 @@ def test_the_users_model_is_copied_never_moved_or_changed(tmp_path) -> None:
     result = automl_prune.search(model, train=(splits.train.images, splits.train.labels),
                                  val=(splits.val.images, splits.val.labels), flops=0.6, agent="random",
                                  out=tmp_path / "run", episodes=2, workers=0, finetune_epochs=0.1, rerank_top_k=1,
-                                 criterion="l1", progress=False, device="cpu", deterministic=True)
+                                 criterion="l1", progress=False, device="cpu", deterministic=True,
+                                 cache_dir=tmp_path / "cache")
     assert _same(before, _fingerprint(model))
     assert flags == (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
                      torch.backends.cudnn.benchmark)  # the run's determinism was the run's only

@@ -158,7 +158,7 @@ def user_search(tmp_path_factory):
     threads = torch.get_num_threads()
     result = automl_prune.search(model, train=loaders["train"], val=loaders["val"], test=loaders["test"], flops=0.4,
                                  agent="random", out=out, episodes=3, workers=0, finetune_epochs=0.1,
-                                 rerank_top_k=1, progress=False)
+                                 rerank_top_k=1, progress=False, cache_dir=Path(out).parent / "cache")
     after_call = (float(torch.rand(1)), float(np.random.rand()), random.random(), torch.get_num_threads())
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
     without_call = (float(torch.rand(1)), float(np.random.rand()), random.random(), threads)
@@ -304,7 +304,7 @@ def test_an_api_run_resumes_with_a_shuffling_loader(tmp_path) -> None:
     train_loader = DataLoader(TensorDataset(splits.train.images, splits.train.labels), batch_size=64, shuffle=True)
     val = (splits.val.images, splits.val.labels)
     options = {"flops": 0.5, "agent": "random", "out": tmp_path / "run", "workers": 0, "finetune_epochs": 0.05,
-               "rerank_top_k": 0, "progress": False}
+               "rerank_top_k": 0, "progress": False, "cache_dir": tmp_path / "cache"}
     automl_prune.search(model, train=train_loader, val=val, episodes=2, **options)
     automl_prune.search(model, train=train_loader, val=val, episodes=3, **options)  # same data, another order
     assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 3
