@@ -297,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
             g = p.add_argument_group("search")
             g.add_argument("--search", help="what is decided: widths, bits, both, or auto (default: widths, plus "
                            "bits when --size or --bops is given)")
-            g.add_argument("--agent", help="ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, global, uniform, "
-                           "random (default ddpg)")
+            g.add_argument("--agent", help="auto (default: sensitivity when only bits are searched, else ddpg), "
+                           "ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, global, uniform, random")
             g.add_argument("--episodes", type=int, help="architectures to evaluate")
             g.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
                            help="searcher option, repeatable (e.g. steps=300 for dmcp, warmup_episodes=10 for ddpg)")

@@ -45,12 +45,19 @@ NumberOrText = Annotated[str | None, BeforeValidator(_number_as_text)]
 
 #: Where DDPG, PPO and Optuna start: the uniform width, or the sensitivity profile's one-shot answer.
 SEARCH_STARTS = ("uniform", "one-shot")
+#: What ``agent: auto`` (the default) runs for each ``resolved_search``. Bits alone: the sensitivity profile's
+#: one-shot knapsack, as good as DDPG and Optuna on resnet20 at the size of the uniform 4-bit model in
+#: benchmarks/allocation.py (3 seeds; docs/benchmarks.md) for less search (DDPG's ladder holds the one-shot
+#: answer anyway, whose profile it must measure). Widths and joint searches: DDPG, whose widths runs match
+#: uniform (benchmarks/quality.py); the one-shot answer enters its ladder.
+AUTO_AGENTS = {"widths": "ddpg", "both": "ddpg", "bits": "sensitivity"}
 #: When the re-ranking ladder enters the sensitivity one-shot answer beside the uniform one (`run.rerank_stage`).
 ONE_SHOT_ENTRANTS = ("always", "if-cheaper", "never")
 #: The budgets that may be given as a list: a front, one search per value (`run.front`).
 FRONT_KEYS = ("flops", "size", "bops")
 
 __all__ = [
+    "AUTO_AGENTS",
     "DEFAULTS",
     "FRONT_KEYS",
     "ONE_SHOT_ENTRANTS",
@@ -76,7 +83,7 @@ class SearchConfig:
     stream: str = "auto"
     loader_workers: int | None = None
     flops: float = 0.5
-    agent: str = "ddpg"
+    agent: str = "auto"
     episodes: int = 100
     out: str = "runs/search"
     cache_dir: str = "runs/cache"
@@ -135,6 +142,9 @@ class SearchConfig:
                 object.__setattr__(self, item.name, checked)
             if isinstance(checked, float) and not math.isfinite(checked):
                 raise ConfigError(f"`{item.name}` must be a finite number, but got {checked}")
+        if self.agent == "auto":  # the measured default for what is searched (AUTO_AGENTS)
+            object.__setattr__(self, "agent", AUTO_AGENTS[self.resolved_search] if self.search_start == "uniform"
+                               else "ddpg")  # a one-shot start is for a searcher; sensitivity is the one shot
         self._check_paths()
         if self.input_size is not None and self.input_size < 8:
             raise ConfigError(f"`input_size` must be >= 8 pixels, but got {self.input_size}")

@@ -311,3 +311,18 @@ def test_allocation_benchmark_plan_and_table(tmp_path: Path) -> None:
     ddpg = next(x for x in table.splitlines() if "| ddpg-e40" in x)
     assert "+1.00 ± 2.00 (n=3)" in ddpg and "-1.00 ± 3.00 (n=3)" in ddpg  # 1, -1, 3 and -1, -4, 2
     assert (tmp_path / "allocation.md").exists()
+
+
+def test_agent_auto_runs_the_one_shot_allocator_for_bits_alone_and_ddpg_otherwise() -> None:
+    """The measured default (docs/benchmarks.md, the allocation benchmark): ``agent: auto`` is ``sensitivity``
+    when only bits are searched, ``ddpg`` for widths or both; an explicit agent is kept, and a one-shot search
+    start (a searcher's option) resolves to ``ddpg``. The run directory records the resolved name."""
+    from automl_prune.config import SearchConfig
+
+    assert SearchConfig().agent == "ddpg"
+    assert SearchConfig(size="0.125", flops=1.0).agent == "sensitivity"
+    assert SearchConfig(size="0.125", flops=0.5).agent == "ddpg"  # both
+    assert SearchConfig(bops=0.05, flops=1.0).agent == "sensitivity"
+    assert SearchConfig(size="0.125", flops=1.0, agent="optuna").agent == "optuna"
+    assert SearchConfig(size="0.125", flops=1.0, search_start="one-shot").agent == "ddpg"
+    assert SearchConfig(size="0.125", flops=1.0).to_dict()["agent"] == "sensitivity"
