@@ -30,6 +30,8 @@ from automl_prune.run.rerank_stage import one_shot_entrant
 from automl_prune.run.search_stage import profile_options
 from search_spaces import Architecture, Budget, SearchSpace
 
+pytestmark = pytest.mark.one_shot_entrant  # the ladder may measure the profile here (tests/conftest.py)
+
 IDENTITY = {"sha256": "abc", "data_fingerprint": "def"}
 
 
