@@ -90,16 +90,19 @@ class Cell:
         return out / self.model / self.kind / f"{self.budget:g}" / name / f"seed{self.seed}"
 
 
-def plan(models: list[str] | None, kinds: list[str], agents: list[str], seeds: list[int]) -> list[Cell]:
+def plan(models: list[str] | None, kinds: list[str], agents: list[str], seeds: list[int],
+         budgets: list[float] | None = None) -> list[Cell]:
     """Rows in run order: seed outermost, then model, kind, budget, and the methods in ``agents`` order (uniform
-    and sensitivity first, so the profile is cached before the other searchers of that model and seed)."""
+    and sensitivity first, so the profile is cached before the other searchers of that model and seed).
+    ``budgets`` replaces the plan's FLOPs fractions of the widths rows (bits rows are at full width)."""
     cells = []
     for seed in seeds:
         for kind in kinds:
             default = [0.25] if kind == "widths" else [1.0]
             chosen = PLAN[kind] if models is None else {m: PLAN[kind].get(m, default) for m in models}
-            for model, budgets in chosen.items():
-                cells += [Cell(model, kind, b, a, seed) for b in budgets for a in agents]
+            for model, planned in chosen.items():
+                fractions = budgets if budgets and kind == "widths" else planned
+                cells += [Cell(model, kind, b, a, seed) for b in fractions for a in agents]
     return cells
 
 
@@ -279,6 +282,8 @@ def main() -> int:
     parser.add_argument("--kinds", nargs="+", default=list(PLAN), choices=list(PLAN))
     parser.add_argument("--agents", nargs="+", default=AGENTS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budgets", type=float, nargs="+", default=None,
+                        help="FLOPs fractions of the widths rows (default: the plan's 0.25 and 0.1)")
     parser.add_argument("--episodes", type=int, default=40, help="evaluations of ddpg and optuna")
     parser.add_argument("--one-shot-episodes", type=int, default=1, help="evaluations of the sensitivity row")
     parser.add_argument("--equal-cost", action="store_true",
@@ -307,7 +312,7 @@ def main() -> int:
         from automl_prune.train.runtime import configure_torch
 
         configure_torch()
-        cells = plan(args.models, args.kinds, args.agents, args.seeds)
+        cells = plan(args.models, args.kinds, args.agents, args.seeds, args.budgets)
         print(f"{len(cells)} rows planned", flush=True)
         for index, cell in enumerate(cells, 1):
             episodes = episodes_of(args, cell, out_dir)

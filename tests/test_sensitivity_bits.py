@@ -294,6 +294,9 @@ def test_allocation_benchmark_plan_and_table(tmp_path: Path) -> None:
     assert len(cells) == 3 * (2 * 2 + 2) * 4
     assert {(c.model, c.budget) for c in cells if c.kind == "bits"} == {("resnet20", 1.0), ("mobilenetv2-small", 1.0)}
     assert [c.agent for c in cells[:4]] == ["uniform", "sensitivity", "ddpg", "optuna"]  # the profile first
+    narrowed = allocation.plan(["resnet56", "resnet20"], ["widths", "bits"], ["uniform"], [0], budgets=[0.1])
+    assert [(c.model, c.kind, c.budget) for c in narrowed] == [("resnet56", "widths", 0.1), ("resnet20", "widths", 0.1),
+                                                               ("resnet56", "bits", 1.0), ("resnet20", "bits", 1.0)]
     rows = []
     for seed, (uniform, one_shot, ddpg) in enumerate([(0.80, 0.82, 0.81), (0.70, 0.73, 0.69), (0.75, 0.76, 0.78)]):
         for method, acc, measured in (("uniform", uniform, 0), ("sensitivity", one_shot, 309), ("ddpg-e40", ddpg, 0)):
