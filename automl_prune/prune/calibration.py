@@ -91,11 +91,16 @@ class Calibration:
 
 @dataclass(frozen=True)
 class Site:
-    """A mixing layer that reads channels of a group: its input channel ``layer_idxs[k]`` is ``root_idxs[k]``."""
+    """A mixing layer that reads channels of a group: its input channel ``layer_idxs[k]`` is ``root_idxs[k]``.
+
+    ``block`` > 1: a linear layer behind a flatten, whose inputs ``c * block`` to ``(c + 1) * block - 1`` are the
+    ``block`` positions of channel ``c`` (its "channels" are ``in_features // block``), as a conv's kernel taps.
+    """
 
     module: nn.Conv2d | nn.Linear
     layer_idxs: Tensor
     root_idxs: Tensor
+    block: int = 1
 
 
 def mixing_layers(model: nn.Module) -> list[nn.Module]:
@@ -107,24 +112,38 @@ def _is_mixing(module: object) -> TypeGuard[nn.Linear | nn.Conv2d]:
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
-def consumer_sites(group: tp.Group, size: int) -> list[Site]:
+def consumer_sites(group: tp.Group, size: int, *, flattened: bool = False) -> list[Site]:
     """The mixing layers reading the channels of ``group`` (of ``size`` channels), one `Site` each.
 
     A consumer that reads each channel more than once (a flatten of a spatial map into a linear layer) is
-    left out: its inputs are not one value per channel.
+    left out, as its inputs are not one value per channel, unless ``flattened``: then a linear layer that reads
+    every channel as one contiguous block of positions is a `Site` with that ``block``.
     """
     dg = group._DG
     sites: dict[nn.Module, Site] = {}
     for item in group:
         module = item.dep.target.module
-        if not _is_mixing(module) or dg.is_out_channel_pruning_fn(item.dep.handler):
+        if not _is_mixing(module) or dg.is_out_channel_pruning_fn(item.dep.handler) or module in sites:
             continue
-        if len(item.idxs) != size or module in sites:
-            continue
-        sites[module] = Site(
-            module, torch.as_tensor([int(i) for i in item.idxs]), torch.as_tensor([int(r) for r in item.root_idxs])
-        )
+        idxs = torch.as_tensor([int(i) for i in item.idxs])
+        roots = torch.as_tensor([int(r) for r in item.root_idxs])
+        if len(idxs) == size:
+            sites[module] = Site(module, idxs, roots)
+        elif flattened and isinstance(module, nn.Linear) and (block := _flatten_block(idxs, roots, size, module)):
+            sites[module] = Site(module, idxs[::block] // block, roots[::block], block)
     return list(sites.values())
+
+
+def _flatten_block(idxs: Tensor, roots: Tensor, size: int, module: nn.Linear) -> int:
+    """The positions per channel when ``module`` reads each of the ``size`` channels as one aligned, contiguous
+    block of its inputs in ``idxs`` (a flatten of ``(C, H, W)``), else 0."""
+    if len(idxs) % size or module.in_features % (len(idxs) // size):
+        return 0
+    block = len(idxs) // size
+    starts, rest = idxs.view(size, block), roots.view(size, block)
+    aligned = bool((starts[:, 0] % block == 0).all())
+    contiguous = bool((starts - starts[:, :1] == torch.arange(block)).all()) and bool((rest == rest[:, :1]).all())
+    return block if block > 1 and aligned and contiguous else 0
 
 
 def producer_filters(group: tp.Group, size: int) -> list[tuple[Tensor, Tensor]]:

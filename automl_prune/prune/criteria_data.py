@@ -35,6 +35,12 @@ _ZERO_TOL = 1e-12  # relative to the site's mean channel energy
 _DUPLICATE_TOL = 1e-6  # squared distance relative to the two channels' energies
 
 
+def _root_name(group: tp.Group) -> str:
+    """The name of the layer a group was built from (its first item's), for messages."""
+    target = group[0].dep.target
+    return str(getattr(target, "name", target)).split(" ")[0]
+
+
 def group_size(group: tp.Group) -> int:
     """Channels of the group's root layer."""
     return len(group[0].idxs)
@@ -80,11 +86,13 @@ class ActivationCriterion(Criterion):
 
     requires_data: ClassVar[bool] = True
     needs_grads: ClassVar[bool] = False
+    reads_flatten: ClassVar[bool] = False  # whether `sites` includes a linear layer behind a flatten (`Site.block`)
     name: ClassVar[str] = "data-driven"
 
     def __init__(self) -> None:
         self._stats: dict[nn.Module, dict[str, Any]] | None = None
         self._batch = 0
+        self.fallback_groups: list[str] = []
 
     def prepare(self, model: nn.Module, calibration: Calibration | None) -> None:
         """Record the statistics of ``model``'s mixing layers over ``calibration``."""
@@ -136,11 +144,19 @@ class ActivationCriterion(Criterion):
     def sites(self, group: tp.Group) -> list[Site]:
         """The group's consumer sites that were observed in `prepare`."""
         observed = self._observed
-        sites = consumer_sites(group, group_size(group))
+        sites = consumer_sites(group, group_size(group), flattened=self.reads_flatten)
         seen = [s for s in sites if s.module in observed]
         if sites and not seen:
             raise ConfigError(f"criterion {self.name!r} was prepared on another model than the one being pruned")
         return seen
+
+    def fallback(self, group: tp.Group) -> Tensor:
+        """Scores of a group with no consumer this criterion can measure (it is read only through a flatten into
+        a linear layer, or by layers too wide to observe): the L1 magnitude of its weights over every coupled
+        layer (criterion ``l1``), so that such a group is still pruned, by the data-free rule. The group's
+        producing layer is named in `fallback_groups`."""
+        self.fallback_groups.append(_root_name(group))
+        return tp.importance.GroupMagnitudeImportance(p=1)(group).double().cpu()
 
     @abc.abstractmethod
     def score(self, group: tp.Group, sites: list[Site], size: int) -> Tensor:
@@ -151,7 +167,7 @@ class ActivationCriterion(Criterion):
         size = group_size(group)
         sites = self.sites(group)
         if not sites:
-            return None
+            return self.fallback(group)
         raw = self.score(group, sites, size).double()
         return demote(raw, self.redundant(sites, size, raw))
 
@@ -161,7 +177,9 @@ class ActivationCriterion(Criterion):
         Both lists are in the order they should go: the lowest ``raw`` score first.
         """
         observed = self._observed
-        grams = [gram_to_root(observed[s.module]["gram"], s, size) for s in sites if "gram" in observed[s.module]]
+        # A flatten's linear layer (block > 1) keeps a Gram matrix of its inputs, not of the group's channels.
+        grams = [gram_to_root(observed[s.module]["gram"], s, size) for s in sites
+                 if s.block == 1 and "gram" in observed[s.module]]
         if not grams:
             return [], []
         diag = torch.stack([g.diagonal() for g in grams])  # (sites, size)
@@ -336,7 +354,9 @@ class ChannelSimilarity(ActivationCriterion):
 
     def _grams(self, sites: list[Site], size: int) -> list[Tensor]:
         observed = self._observed
-        grams = [gram_to_root(observed[s.module]["gram"], s, size) for s in sites if "gram" in observed[s.module]]
+        # A flatten's linear layer (block > 1) keeps a Gram matrix of its inputs, not of the group's channels.
+        grams = [gram_to_root(observed[s.module]["gram"], s, size) for s in sites
+                 if s.block == 1 and "gram" in observed[s.module]]
         if not grams:
             raise ConfigError(f"criterion {self.name!r} cannot compare channels read by layers of > 8192 inputs")
         return grams

@@ -43,8 +43,8 @@ class _SiteState:
 
     def __init__(self, module: nn.Conv2d | nn.Linear, gram: Tensor, site: Site, size: int, ridge: float) -> None:
         weight = flat_weight(module).double().cpu()  # (D, O)
-        channels = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
-        taps = weight.shape[0] // channels
+        channels = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features // site.block
+        taps = weight.shape[0] // channels  # a conv's kernel taps, or the positions of a flatten
         lam = ridge * float(gram.diagonal().mean().clamp_min(1e-12))
         layer = torch.empty(size, dtype=torch.long)
         layer[site.root_idxs] = site.layer_idxs
@@ -100,6 +100,7 @@ class REAP(ActivationCriterion):
     name = "reap"
     reconstructs = True
     nested = True  # the greedy elimination removes the same channels first whatever the width: `ranking`
+    reads_flatten = True  # a linear layer behind a flatten re-fits as a conv whose taps are the positions
 
     def __init__(self, positions: int = 32, ridge: float = 1e-3, step: float = 0.03, seed: int = 0) -> None:
         super().__init__()
@@ -123,15 +124,13 @@ class REAP(ActivationCriterion):
         gram = (rows.T @ rows).cpu()
         stats["patch_gram"] = gram if "patch_gram" not in stats else stats["patch_gram"] + gram
 
+    def sites(self, group: tp.Group) -> list[Site]:
+        """The consumer sites whose input patches were recorded (not those wider than ``_MAX_ROWS``)."""
+        return [s for s in super().sites(group) if "patch_gram" in self._observed[s.module]]
+
     def _states(self, sites: list[Site], size: int) -> list[_SiteState]:
-        states = [
-            _SiteState(s.module, self._observed[s.module]["patch_gram"].double(), s, size, self.ridge)
-            for s in sites
-            if "patch_gram" in self._observed[s.module]
-        ]
-        if not states:
-            raise ConfigError(f"criterion {self.name!r} cannot fit layers with more than {_MAX_ROWS} input entries")
-        return states
+        return [_SiteState(s.module, self._observed[s.module]["patch_gram"].double(), s, size, self.ridge)
+                for s in sites]
 
     def _eliminate(self, sites: list[Site], size: int, remove: int, forced: list[int]) -> list[int]:
         """Channels in greedy removal order, ``remove`` of them (``forced`` ones first, in one round)."""
@@ -174,12 +173,17 @@ class REAP(ActivationCriterion):
         """The whole greedy removal order, reversed: ``select(group, keep)`` keeps its first ``keep`` channels
         (a shorter elimination stops early on the same path; rounds only ever take a prefix of their ranking)."""
         size = group_size(group)
-        return self._removal_order(group, self.sites(group), size)[::-1]
+        sites = self.sites(group)
+        if not sites:
+            return torch.argsort(self.fallback(group), descending=True, stable=True).tolist()
+        return self._removal_order(group, sites, size)[::-1]
 
     def select(self, group: tp.Group, keep: int) -> list[int]:
         """The channels left after greedily removing ``size - keep`` (zero and duplicate channels first)."""
         size = group_size(group)
         sites = self.sites(group)
+        if not sites:
+            return sorted(self.ranking(group)[:keep])
         forced = self.forced_removals(group, torch.zeros(size, dtype=torch.float64))
         removed = set(self._eliminate(sites, size, size - keep, forced))
         return [c for c in range(size) if c not in removed]

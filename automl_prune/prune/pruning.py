@@ -6,6 +6,7 @@ Named `pruning`, not `compress`, so that `automl_prune.compress` stays the publi
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
@@ -119,7 +120,19 @@ def channel_order(
             chosen = set(_kept(crit, group, name, size, keep))
             ranking = [c for c in ranking if c in chosen] + [c for c in ranking if c not in chosen]
         orders[name] = ranking
+    _say_fallbacks(crit)
     return orders
+
+
+def _say_fallbacks(crit: Criterion) -> None:
+    """One line naming the groups a data-driven criterion ranked by weight magnitude instead (no consumer of
+    theirs it could measure: `automl_prune.prune.criteria_data.ActivationCriterion.fallback`)."""
+    fallbacks = sorted(set(getattr(crit, "fallback_groups", [])))
+    if fallbacks:
+        print(f"criterion {getattr(crit, 'name', type(crit).__name__)!r} cannot measure the layers reading group(s) "
+              f"{', '.join(fallbacks)} (a flatten into a linear layer, or a layer too wide to observe): ranked by L1 "
+              "weight magnitude ('l1') instead", file=sys.stderr, flush=True)
+        crit.fallback_groups.clear()  # type: ignore[attr-defined]
 
 
 def channel_scores(
@@ -143,8 +156,10 @@ def channel_scores(
     names = [g.name for g in graph.groups] if groups is None else groups
     dg = build_dependency_graph(model, _example(model, graph))
     crit.prepare(model, calibration)
-    return {name: _scores(crit, _full_group(dg, model, name, graph.group(name).size), name, graph.group(name).size)
-            for name in names}
+    scores = {name: _scores(crit, _full_group(dg, model, name, graph.group(name).size), name, graph.group(name).size)
+              for name in names}
+    _say_fallbacks(crit)
+    return scores
 
 
 def compress_widths(

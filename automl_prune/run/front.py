@@ -11,6 +11,7 @@ resumes the budget that was interrupted and skips the finished ones (their summa
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -71,8 +72,6 @@ def run_front(config: SearchConfig, key: str, budgets: Sequence[Any]) -> list[di
     for index, (budget, sub) in enumerate(zip(budgets, configs, strict=True)):
         done = Path(sub.out) / "summary.json"
         if done.exists():
-            import json
-
             log(f"front: budget {index + 1}/{len(configs)} (--{key} {budget}) already finished in {sub.out}")
             summary = json.loads(done.read_text())
         else:
