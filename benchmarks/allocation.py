@@ -10,6 +10,8 @@ Plan (``--models``, ``--kinds``, ``--agents``, ``--seeds`` narrow it):
   one-shot answer: its profile, then ``--one-shot-episodes`` (1) evaluation), ``ddpg`` and ``optuna``
   (``--episodes`` each; with ``--equal-cost`` as many as the sensitivity row spends: its profile + its
   evaluations);
+  ``ddpg-start`` and ``optuna-start`` (not in the default list): the same searchers started from the one-shot
+  answer (``--search-start one-shot``: their first proposal), to measure that setting's default;
 - seeds 0, 1, 2 (the search and fine-tune seed; one base model per model, ``--pretrain-seed``).
 
 Every row is the real pipeline (`automl_prune.run.pipeline.run_search`) in
@@ -64,6 +66,10 @@ from automl_prune.report.summary import format_table
 
 RESULTS = "results.jsonl"
 AGENTS = ["uniform", "sensitivity", "ddpg", "optuna"]
+#: Searchers started from the one-shot answer (``search_start: one-shot``), to measure that setting's default.
+STARTED = {"ddpg-start": "ddpg", "optuna-start": "optuna"}
+SEARCHERS = ("ddpg", "optuna", *STARTED)  # the rows whose evaluations are ``--episodes``
+ORDER = {a: i for i, a in enumerate([*AGENTS[:3], "ddpg-start", "optuna", "optuna-start"])}
 PLAN: dict[str, dict[str, list[float]]] = {  # kind -> model -> budgets (FLOPs fractions; bits: full width)
     "widths": {"resnet56": [0.25, 0.1], "mobilenetv2-small": [0.25, 0.1]},
     "bits": {"resnet20": [1.0], "mobilenetv2-small": [1.0]},
@@ -82,11 +88,11 @@ class Cell:
 
     def key(self, episodes: int) -> str:
         """Identity in the results file (a searcher row's evaluations are part of it)."""
-        tail = f"|e{episodes}" if self.agent in ("ddpg", "optuna") else ""
+        tail = f"|e{episodes}" if self.agent in SEARCHERS else ""
         return f"{self.model}|{self.kind}|{self.budget:g}|{self.agent}|{self.seed}{tail}"
 
     def run_dir(self, out: Path, episodes: int) -> Path:
-        name = f"{self.agent}-e{episodes}" if self.agent in ("ddpg", "optuna") else self.agent
+        name = f"{self.agent}-e{episodes}" if self.agent in SEARCHERS else self.agent
         return out / self.model / self.kind / f"{self.budget:g}" / name / f"seed{self.seed}"
 
 
@@ -110,15 +116,16 @@ def config_of(args: argparse.Namespace, cell: Cell, episodes: int, out: Path) ->
     """The pipeline config of one row, built by the helpers of `benchmarks/quality.py` (widths) and
     `benchmarks/bits_quality.py` (bits) so that the settings match those benchmarks'."""
     if cell.kind == "widths":
-        config = base_config(args, Row(cell.model, cell.budget, cell.agent, cell.seed), out)
+        config = base_config(args, Row(cell.model, cell.budget, STARTED.get(cell.agent, cell.agent), cell.seed), out)
     else:
         probe = SearchConfig(model=cell.model, dataset=args.dataset, data_root=args.data_root,
                              cache_dir=args.cache_dir, pretrain_seed=args.pretrain_seed, progress=not args.quiet,
                              pretrain_epochs=args.pretrain_epochs)
         size_bits, _ = size_budget_bits(probe, "bits", 1.0, args.uniform_bits)
-        config = row_config(args, cell.model, "bits", cell.agent, cell.seed, size_bits, out)
+        config = row_config(args, cell.model, "bits", STARTED.get(cell.agent, cell.agent), cell.seed, size_bits, out)
     return config.replace(episodes=episodes, pretrain_epochs=args.pretrain_epochs,
-                          finetune_epochs=args.finetune_epochs)
+                          finetune_epochs=args.finetune_epochs,
+                          search_start="one-shot" if cell.agent in STARTED else "uniform")
 
 
 def profile_cost(config: SearchConfig) -> int:
@@ -200,7 +207,7 @@ def report(out_dir: Path) -> str:
     def fmt(value: tuple[float, float, int] | None) -> str:
         return "-" if value is None else f"{value[0]:+.2f} ± {value[1]:.2f} (n={value[2]})"
 
-    order = {a: i for i, a in enumerate(AGENTS)}
+    order = ORDER
     table = []
     for (model, kind, budget, method), items in sorted(
             groups.items(), key=lambda g: (g[0][1], g[0][0], -g[0][2], order.get(g[0][3].split("-e")[0], 9), g[0][3])):
@@ -247,7 +254,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     cases = sorted({(r["model"], r["kind"], r["budget"]) for r in rows})
     fig = Figure(figsize=(11, 3.8 * len(cases)), dpi=100)
     FigureCanvasAgg(fig)
-    order = {a: i for i, a in enumerate(AGENTS)}
+    order = ORDER
     for k, (model, kind, budget) in enumerate(cases):
         mine = [r for r in rows if (r["model"], r["kind"], r["budget"]) == (model, kind, budget)]
         methods = sorted({r["method"] for r in mine}, key=lambda m: (order.get(m.split("-e")[0], 9), m))
@@ -280,7 +287,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=None, help="default: the plan's models per kind")
     parser.add_argument("--kinds", nargs="+", default=list(PLAN), choices=list(PLAN))
-    parser.add_argument("--agents", nargs="+", default=AGENTS)
+    parser.add_argument("--agents", nargs="+", default=AGENTS, choices=list(ORDER),
+                        help="the methods; ddpg-start and optuna-start: ddpg and optuna with --search-start one-shot")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=None,
                         help="FLOPs fractions of the widths rows (default: the plan's 0.25 and 0.1)")
@@ -333,7 +341,7 @@ def main() -> int:
                 release_row(out_dir, key)
                 print(f"[{index}/{len(cells)}] FAILED {key}; continuing", flush=True)
                 continue
-            method = cell.agent if cell.agent not in ("ddpg", "optuna") else f"{cell.agent}-e{episodes}"
+            method = f"{cell.agent}-e{episodes}" if cell.agent in SEARCHERS else cell.agent
             append_result(out_dir / RESULTS, {"key": key, **dataclasses.asdict(cell), "method": method,
                                               "episodes": episodes, **metrics, "run_dir": str(run_dir),
                                               "wall_seconds": time.perf_counter() - start,

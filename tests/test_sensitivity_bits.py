@@ -297,6 +297,17 @@ def test_allocation_benchmark_plan_and_table(tmp_path: Path) -> None:
     narrowed = allocation.plan(["resnet56", "resnet20"], ["widths", "bits"], ["uniform"], [0], budgets=[0.1])
     assert [(c.model, c.kind, c.budget) for c in narrowed] == [("resnet56", "widths", 0.1), ("resnet20", "widths", 0.1),
                                                                ("resnet56", "bits", 1.0), ("resnet20", "bits", 1.0)]
+    import argparse
+
+    args = argparse.Namespace(dataset="synthetic", data_root=None, episodes=40, cache_dir=str(tmp_path / "cache"),
+                              quiet=True, workers=0, threads=1, criterion="auto", pretrain_seed=0,
+                              pretrain_epochs=1.0, finetune_epochs=0.5)
+    started = allocation.plan(["resnet56"], ["widths"], ["ddpg", "ddpg-start"], [2], budgets=[0.25])
+    plain, start = (allocation.config_of(args, c, 40, tmp_path / c.agent) for c in started)
+    assert (plain.agent, plain.search_start) == ("ddpg", "uniform")
+    assert (start.agent, start.search_start, start.episodes, start.flops) == ("ddpg", "one-shot", 40, 0.25)
+    assert started[1].key(40) == "resnet56|widths|0.25|ddpg-start|2|e40"
+    assert started[1].run_dir(tmp_path, 40).parts[-2:] == ("ddpg-start-e40", "seed2")
     rows = []
     for seed, (uniform, one_shot, ddpg) in enumerate([(0.80, 0.82, 0.81), (0.70, 0.73, 0.69), (0.75, 0.76, 0.78)]):
         for method, acc, measured in (("uniform", uniform, 0), ("sensitivity", one_shot, 309), ("ddpg-e40", ddpg, 0)):
