@@ -20,7 +20,10 @@ The allocation is checked once more with `Budget.violations`, the independent co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,8 +102,9 @@ def solve_multiple_choice(
         constraints = [LinearConstraint(one_hot, 1.0, 1.0)]
         constraints += [LinearConstraint(row[None, :], -np.inf, 1.0 - t)
                         for row, t in zip(rows, tighten, strict=True) if row is not None]
-        result = milp(objective, integrality=np.ones(n), bounds=Bounds(np.zeros(n), upper),
-                      constraints=constraints, options=options)
+        with _solver_output_hidden():
+            result = milp(objective, integrality=np.ones(n), bounds=Bounds(np.zeros(n), upper),
+                          constraints=constraints, options=options)
         if result.status == 2:  # infeasible
             return None
         if result.x is None:
@@ -115,6 +119,32 @@ def solve_multiple_choice(
         if not over:
             return choice
     raise RuntimeError("the bit allocation stayed over a limit after tightening it; this is a bug")
+
+
+@contextlib.contextmanager
+def _solver_output_hidden() -> Iterator[None]:
+    """Send the process's standard output to /dev/null while HiGHS solves: some HiGHS versions print a debug
+    line ("HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();", ERGO-Code/HiGHS#2783)
+    from C++ whatever ``disp`` says, into the user's log. A solve takes milliseconds. C++ writes to file
+    descriptor 1 whatever ``sys.stdout`` is; where that descriptor is not open, nothing is redirected."""
+    fd = 1
+    try:
+        sys.stdout.flush()
+        saved: int | None = os.dup(fd)
+    except (AttributeError, OSError, ValueError):
+        saved = None
+    if saved is None:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), fd)
+            try:
+                yield
+            finally:
+                os.dup2(saved, fd)
+    finally:
+        os.close(saved)
 
 
 def bit_options(space: SearchSpace, *, float_choice: bool = False) -> dict[str, list[BitPair]]:

@@ -340,3 +340,16 @@ def test_agent_auto_runs_the_one_shot_allocator_for_bits_alone_and_ddpg_otherwis
     assert SearchConfig(size="0.125", flops=1.0, agent="optuna").agent == "optuna"
     assert SearchConfig(size="0.125", flops=1.0, search_start="one-shot").agent == "ddpg"
     assert SearchConfig(size="0.125", flops=1.0).to_dict()["agent"] == "sensitivity"
+
+
+def test_the_solver_cannot_write_into_the_users_standard_output(capfd: pytest.CaptureFixture[str]) -> None:
+    """HiGHS may print a debug line from C++ whatever ``disp`` says; the solve's standard output is discarded at
+    the file-descriptor level and restored afterwards."""
+    import os
+
+    from agents.bit_knapsack import _solver_output_hidden
+
+    with _solver_output_hidden():
+        os.write(1, b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();\n")
+    print("after the solve", flush=True)
+    assert capfd.readouterr().out == "after the solve\n"
