@@ -88,3 +88,18 @@ def test_the_pruned_flatten_net_runs_with_the_asked_widths(name: str) -> None:
     assert pruned.head.in_features == 2 * 16
     assert pruned(calibration.images[:3]).shape == (3, 4)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model is untouched
+
+
+def test_layers_too_wide_to_refit_keep_their_pruned_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`reconstruct` re-fits a layer only up to ``MAX_REFIT_INPUTS`` input entries (a VGG classifier behind a
+    25,088-input flatten would need a gigabyte Gram matrix per candidate): with the limit at 33 the linear layer
+    (32 inputs left) is re-fit and conv2 (4 x 9 = 36) keeps the weights pruning left it."""
+    from automl_prune.prune import reconstruct as refit
+
+    model, space, calibration = _setup()
+    pruned = compress_widths(model, space.graph, {"conv1": 4, "conv2": 2}, "l1", calibration=calibration)
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    monkeypatch.setattr(refit, "MAX_REFIT_INPUTS", 33)
+    refit.reconstruct(model, pruned, calibration)
+    assert torch.equal(pruned.conv2.weight, before["conv2.weight"])
+    assert not torch.equal(pruned.head.weight, before["head.weight"])

@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from automl_prune.errors import ConfigError
 from automl_prune.prune.calibration import Calibration, Site
 from automl_prune.prune.criteria_data import ActivationCriterion, group_size
-from automl_prune.prune.reconstruct import flat_weight, patches
+from automl_prune.prune.reconstruct import MAX_REFIT_INPUTS, flat_weight, patches
 
 __all__ = ["REAP"]
 
-_MAX_ROWS = 9216  # a layer with more input patch entries than this (e.g. a big flatten-linear) is not observed
+_MAX_ROWS = MAX_REFIT_INPUTS  # a layer with more input patch entries (a big flatten-linear) is not observed
 
 
 class _SiteState:

@@ -26,8 +26,12 @@ from torch import Tensor, nn
 from automl_prune.errors import ConfigError
 from automl_prune.prune.calibration import Calibration
 
-__all__ = ["KEPT_ATTR", "OriginalOutputs", "kept_channels", "normal_equations", "reconstruct", "record_kept",
-           "solve_ridge"]
+__all__ = ["KEPT_ATTR", "MAX_REFIT_INPUTS", "OriginalOutputs", "kept_channels", "normal_equations", "reconstruct",
+           "record_kept", "solve_ridge"]
+
+MAX_REFIT_INPUTS = 9216
+"""A layer with more input patch entries than this is not re-fit (a VGG classifier reading a 512 x 7 x 7 flatten:
+its Gram matrix alone would take gigabytes and the solve minutes, per candidate); it keeps its pruned weights."""
 
 KEPT_ATTR = "automl_prune_kept"
 """Attribute of a compressed model: ``{layer: {"in": [...], "out": [...]}}`` kept indices of the original."""
@@ -82,6 +86,12 @@ class OriginalOutputs:
         if self.bytes + size <= self.max_bytes:
             self._rows[key] = rows
             self.bytes += size
+
+
+def _inputs(module: nn.Module) -> int:
+    """Input patch entries of a conv/linear layer: what its least-squares re-fit solves for, per output."""
+    weight = module.weight
+    return int(weight[0].numel()) if isinstance(weight, Tensor) else 0
 
 
 def _mixing(module: nn.Module) -> bool:
@@ -198,6 +208,7 @@ def reconstruct(
         name
         for name, dims in layers.items()
         if "in" in dims and _mixing(compressed.get_submodule(name)) and _mixing(original.get_submodule(name))
+        and _inputs(compressed.get_submodule(name)) <= MAX_REFIT_INPUTS
     }
     was = original.training, compressed.training
     original.eval()
