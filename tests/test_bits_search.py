@@ -4,7 +4,6 @@ search=bits and search=both, the best never over budget, projection, one-line er
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from agents.base import HistoryEntry
 from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.models import build_model
 from search_spaces import Architecture, Budget, SearchSpace
+from tests.fakes import FakeMetrics
 
 BIT_SEARCHERS = ("uniform", "random", "optuna", "optuna-mo", "ddpg", "ppo", "sensitivity")
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -40,29 +40,20 @@ BUDGETS: dict[str, list[tuple[float, float | None, float | None]]] = {
 }
 
 
-@dataclass
-class _Metrics:
-    accuracy: float
-    flops: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "flops": self.flops}
-
-
 class FakeEvaluator:
     """Accuracy grows with the channels kept and the bits given; instant and deterministic."""
 
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
 
-    def evaluate(self, architecture: Architecture) -> _Metrics:
+    def evaluate(self, architecture: Architecture) -> FakeMetrics:
         arch = self.space.complete(architecture)
         kept = sum(arch.widths.values()) / sum(d.size for d in self.space.decisions)
         bits = [min(w, 8) * 2 + min(a, 8) for w, a in arch.bits.values()] or [24]
         # a per-layer weighting, so that the best bits differ between layers
         weights = np.linspace(1.0, 2.0, len(bits))
         quality = float(np.dot(bits, weights) / (24 * weights.sum()))
-        return _Metrics(accuracy=round(0.4 * kept + 0.6 * quality, 6), flops=self.space.flops(arch))
+        return FakeMetrics(accuracy=round(0.4 * kept + 0.6 * quality, 6), flops=self.space.flops(arch))
 
 
 @pytest.fixture(scope="module")

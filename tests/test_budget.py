@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from automl_prune.cost.latency import latency_budget
 from automl_prune.errors import BudgetError, ConfigError
 from automl_prune.models import build_model
 from search_spaces import Architecture, Budget, SearchSpace
+from tests.fakes import FakeMetrics
 
 
 class _Nanoseconds(CostModel):
@@ -25,21 +24,12 @@ class _Nanoseconds(CostModel):
     unit = "ns"
 
 
-@dataclass
-class _Metrics:
-    accuracy: float
-    flops: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "flops": self.flops}
-
-
 class _Evaluator:
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
 
-    def evaluate(self, architecture: Architecture) -> _Metrics:
-        return _Metrics(accuracy=0.5, flops=self.space.flops(architecture))
+    def evaluate(self, architecture: Architecture) -> FakeMetrics:
+        return FakeMetrics(accuracy=0.5, flops=self.space.flops(architecture))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ run of another budget measures nothing again. One log line and ``summary.json`` 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,38 +28,11 @@ from automl_prune.run.base_model import BaseModel
 from automl_prune.run.rerank_stage import one_shot_entrant
 from automl_prune.run.search_stage import profile_options
 from search_spaces import Architecture, Budget, SearchSpace
+from tests.fakes import AnalyticEvaluator, FakeMetrics
 
 pytestmark = pytest.mark.one_shot_entrant  # the ladder may measure the profile here (tests/conftest.py)
 
 IDENTITY = {"sha256": "abc", "data_fingerprint": "def"}
-
-
-@dataclass
-class _Metrics:
-    accuracy: float
-    flops: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "flops": self.flops}
-
-
-class AnalyticEvaluator:
-    """Accuracy falls with each group's narrowing and each layer's lost bits; counts its calls (microseconds
-    each, so these tests time the stage, not a network)."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-        self.weights = {d.name: 0.05 * (i + 1) ** 2 for i, d in enumerate(space.decisions)}
-        self.bit_weights = {name: 0.01 * (i + 1) for i, name in enumerate(space.quantizable_layers)}
-        self.calls: list[Architecture] = []
-
-    def evaluate(self, architecture: Architecture) -> _Metrics:
-        self.calls.append(architecture)
-        loss = sum(w * (1 - architecture.widths.get(name, self.space[name].size) / self.space[name].size) ** 2
-                   for name, w in self.weights.items())
-        for name, (w_bits, a_bits) in architecture.bits.items():
-            loss += self.bit_weights[name] * ((8 - min(w_bits, 8)) + 0.5 * (8 - min(a_bits, 8))) / 8
-        return _Metrics(accuracy=max(0.0, 0.9 - loss), flops=self.space.flops(architecture))
 
 
 class PoolEvaluator(AnalyticEvaluator):
@@ -72,7 +44,7 @@ class PoolEvaluator(AnalyticEvaluator):
         super().__init__(space)
         self.batches: list[int] = []
 
-    def evaluate_many(self, architectures: list[Architecture]) -> list[_Metrics]:
+    def evaluate_many(self, architectures: list[Architecture]) -> list[FakeMetrics]:
         self.batches.append(len(architectures))
         return [self.evaluate(a) for a in architectures]
 
@@ -163,7 +135,7 @@ def test_an_interrupted_measurement_resumes_where_it_stopped(space: SearchSpace,
     points = _points(space, budget, "widths")
 
     class Dying(AnalyticEvaluator):
-        def evaluate(self, architecture: Architecture) -> _Metrics:
+        def evaluate(self, architecture: Architecture) -> FakeMetrics:
             if len(self.calls) == 5:
                 raise KeyboardInterrupt
             return super().evaluate(architecture)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,7 @@ from agents.optuna_search import OptunaSearcher
 from automl_prune.errors import ConfigError
 from automl_prune.models import build_model
 from search_spaces import Architecture, Budget, SearchSpace
-
-
-@dataclass
-class _Metrics:
-    accuracy: float
-    flops: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "flops": self.flops}
+from tests.fakes import FakeMetrics
 
 
 class FakeEvaluator:
@@ -35,9 +26,9 @@ class FakeEvaluator:
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
 
-    def evaluate(self, architecture: Architecture) -> _Metrics:
+    def evaluate(self, architecture: Architecture) -> FakeMetrics:
         kept = sum(architecture.widths.values()) / sum(d.size for d in self.space.decisions)
-        return _Metrics(accuracy=0.5 * kept, flops=self.space.flops(architecture))
+        return FakeMetrics(accuracy=0.5 * kept, flops=self.space.flops(architecture))
 
 
 @pytest.fixture(scope="module")

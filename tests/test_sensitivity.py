@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,7 @@ from agents.sensitivity import SensitivitySearcher
 from automl_prune.errors import ConfigError
 from automl_prune.models import build_model
 from search_spaces import Architecture, Budget, SearchSpace
-
-
-@dataclass
-class _Metrics:
-    accuracy: float
-    flops: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "flops": self.flops}
+from tests.fakes import FakeMetrics
 
 
 class SensitiveEvaluator:
@@ -36,13 +27,13 @@ class SensitiveEvaluator:
         self.calls: list[Architecture] = []
         self.fail_after = fail_after
 
-    def evaluate(self, architecture: Architecture) -> _Metrics:
+    def evaluate(self, architecture: Architecture) -> FakeMetrics:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt("killed")
         self.calls.append(architecture)
         loss = sum(w * (1 - architecture.widths[d.name] / d.size) ** 2
                    for d, w in zip(self.space.decisions, self.weights.values(), strict=True))
-        return _Metrics(accuracy=max(0.0, 0.9 - loss), flops=self.space.flops(architecture))
+        return FakeMetrics(accuracy=max(0.0, 0.9 - loss), flops=self.space.flops(architecture))
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +191,7 @@ class ParallelEvaluator(SensitiveEvaluator):
         super().__init__(space)
         self.batches: list[int] = []
 
-    def evaluate_many(self, architectures: list[Architecture]) -> list[_Metrics]:
+    def evaluate_many(self, architectures: list[Architecture]) -> list[FakeMetrics]:
         self.batches.append(len(architectures))
         return [self.evaluate(a) for a in architectures]
 
