@@ -125,6 +125,8 @@ def consumer_sites(group: tp.Group, size: int, *, flattened: bool = False) -> li
         module = item.dep.target.module
         if not _is_mixing(module) or dg.is_out_channel_pruning_fn(item.dep.handler) or module in sites:
             continue
+        if len(item.idxs) != size and not (flattened and isinstance(module, nn.Linear)):
+            continue
         idxs = torch.as_tensor([int(i) for i in item.idxs])
         roots = torch.as_tensor([int(r) for r in item.root_idxs])
         if len(idxs) == size:

@@ -195,7 +195,7 @@ class CCP(ActivationCriterion):
         size = group_size(group)
         sites = self.sites(group)
         if not sites:
-            return sorted(torch.argsort(self.fallback(group), descending=True, stable=True)[:keep].tolist())
+            return sorted(self.fallback_ranking(group)[:keep])
         g, h = self._problem(sites, size)
         raw = torch.empty(size, dtype=torch.float64)
         raw[torch.as_tensor(greedy_removal_order(g, h))] = torch.arange(size, dtype=torch.float64)

@@ -158,6 +158,10 @@ class ActivationCriterion(Criterion):
         self.fallback_groups.append(_root_name(group))
         return tp.importance.GroupMagnitudeImportance(p=1)(group).double().cpu()
 
+    def fallback_ranking(self, group: tp.Group) -> list[int]:
+        """The group's channels by `fallback` score, most important first."""
+        return torch.argsort(self.fallback(group), descending=True, stable=True).tolist()
+
     @abc.abstractmethod
     def score(self, group: tp.Group, sites: list[Site], size: int) -> Tensor:
         """Criterion-specific importance of each root channel (float64, higher = keep)."""

@@ -175,7 +175,7 @@ class REAP(ActivationCriterion):
         size = group_size(group)
         sites = self.sites(group)
         if not sites:
-            return torch.argsort(self.fallback(group), descending=True, stable=True).tolist()
+            return self.fallback_ranking(group)
         return self._removal_order(group, sites, size)[::-1]
 
     def select(self, group: tp.Group, keep: int) -> list[int]:
@@ -183,7 +183,7 @@ class REAP(ActivationCriterion):
         size = group_size(group)
         sites = self.sites(group)
         if not sites:
-            return sorted(self.ranking(group)[:keep])
+            return sorted(self.fallback_ranking(group)[:keep])
         forced = self.forced_removals(group, torch.zeros(size, dtype=torch.float64))
         removed = set(self._eliminate(sites, size, size - keep, forced))
         return [c for c in range(size) if c not in removed]
