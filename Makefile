@@ -39,14 +39,14 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # The main job end to end: pretrain (cached), search under a FLOPs budget, fine-tune, test, export.
-DEMO_AGENT ?= ddpg
+DEMO_AGENT ?= auto
 DEMO_FLOPS ?= 0.5
 DEMO_EPISODES ?= 20
-# One epoch of pretraining, 20 evaluations (each compressed with reap, the default criterion: 2-3 s) and a
-# ladder of 4 entrants (the search's best, its widened best, uniform and the sensitivity one-shot answer,
-# whose 31-point profile took 35 s) keep the whole demo within 6 minutes on the 2-core VMs here: 2 min 51 s
-# after set-up on 2026-12-07; two epochs and 5 entrants took 6 min 28 s on 2026-11-25. A real search uses the
-# defaults (`--rerank-top-k 3`).
+# One epoch of pretraining, the default searcher (`auto`: the sensitivity profile, 31 points at 20 evaluations,
+# then its one-shot answer and 19 hedges, each compressed with reap, the default criterion: 2-3 s) and a ladder
+# of the search's best, its widened best, uniform and the one-shot answer keep the whole demo within 6 minutes on
+# the 2-core VMs here (measured times: docs/benchmarks.md, "make demo on a fresh clone"). A real search uses
+# the defaults (`--episodes 100`, `--rerank-top-k 3`).
 DEMO_PRETRAIN_EPOCHS ?= 1
 DEMO_RERANK_TOP_K ?= 1
 demo: setup

@@ -73,7 +73,7 @@ from automl_prune.atomic import atomic_write, atomic_write_text
 from automl_prune.errors import ConfigError
 from search_spaces import Architecture
 
-__all__ = ["ProfilePoint", "SensitivitySearcher"]
+__all__ = ["ProfilePoint", "ProfileProgress", "SensitivitySearcher"]
 
 _PROFILE_FILE = "sensitivity.json"
 _BITS_FILE = "sensitivity_bits.json"  # the bits profile in a `save` folder
@@ -154,6 +154,10 @@ class SensitivitySearcher(Searcher):
         if not self.quiet:
             print(f"sensitivity: {message}", file=sys.stderr, flush=True)
 
+    def _progress(self, total: int, description: str) -> ProfileProgress:
+        """A bar with an ETA over the profile points being measured (nothing when quiet or none is pending)."""
+        return ProfileProgress(total, f"sensitivity: {description}", enabled=not self.quiet and total > 0)
+
     # the cache ------------------------------------------------------------------------------------------------
     def _open_caches(self, folder: Path) -> None:
         """Open the cache file of each profile this search needs and take the points it holds."""
@@ -225,11 +229,14 @@ class SensitivitySearcher(Searcher):
         """Evaluate the pending points, as many at once as the evaluator has workers (`Searcher.batch_size`)."""
         pending = self.pending_profile()
         self._log_profile("width", len(self.profile_plan()), len(pending), "widths")
-        for start in range(0, len(pending), self.batch_size):
-            chunk = pending[start : start + self.batch_size]
-            for point, metrics in zip(chunk, self._evaluate_points([p.architecture for p in chunk]), strict=True):
-                self.record_profile(point, metrics)
-                self.measured["widths"] += 1
+        with self._progress(len(pending), "width profile") as bar:
+            for start in range(0, len(pending), self.batch_size):
+                chunk = pending[start : start + self.batch_size]
+                for point, metrics in zip(chunk, self._evaluate_points([p.architecture for p in chunk]),
+                                          strict=True):
+                    self.record_profile(point, metrics)
+                    self.measured["widths"] += 1
+                    bar.update(point, metrics)
         if self.run_dir is not None and (pending or not (self.run_dir / _PLOT_FILE).exists()):
             self.plot_profile(self.run_dir / _PLOT_FILE)
 
@@ -303,11 +310,14 @@ class SensitivitySearcher(Searcher):
     def _measure_bit_profile(self) -> None:
         pending = self.pending_bit_profile()
         self._log_profile("bits", len(self.bit_profile_plan()), len(pending), "bits")
-        for start in range(0, len(pending), self.batch_size):
-            chunk = pending[start : start + self.batch_size]
-            for point, metrics in zip(chunk, self._evaluate_points([p.architecture for p in chunk]), strict=True):
-                self.record_bit_profile(point, metrics)
-                self.measured["bits"] += 1
+        with self._progress(len(pending), "bits profile") as bar:
+            for start in range(0, len(pending), self.batch_size):
+                chunk = pending[start : start + self.batch_size]
+                for point, metrics in zip(chunk, self._evaluate_points([p.architecture for p in chunk]),
+                                          strict=True):
+                    self.record_bit_profile(point, metrics)
+                    self.measured["bits"] += 1
+                    bar.update(point, metrics)
 
     def bit_drops(self, factors: Mapping[str, tuple[float, float]] | None = None) -> dict[str, dict[Any, float]]:
         """Per layer with a choice, the drop of each ``(weight, activation)`` option (`agents.bit_profile`)."""
@@ -558,3 +568,30 @@ class SensitivitySearcher(Searcher):
         if self.searches_bits and bits.exists():
             self._load_bit_profile(json.loads(bits.read_text()), bits)
 
+
+class ProfileProgress:
+    """A tqdm bar on stderr, one step per measured profile point, showing where the last one was measured; a
+    profile can take an hour on a CPU (redrawn rarely when stderr is a log file, not a terminal). Its last frame
+    stays, saying how long the profile took."""
+
+    def __init__(self, total: int, description: str, *, enabled: bool) -> None:
+        self.bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=description, file=sys.stderr, unit="point", leave=True,
+                            dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
+
+    def update(self, point: ProfilePoint | BitProfilePoint, metrics: Mapping[str, Any]) -> None:
+        """One point measured: ``metrics`` are its scores."""
+        if self.bar is not None:
+            where = point.group if isinstance(point, ProfilePoint) else f"{point.layer} {point.key}"
+            self.bar.set_postfix_str(f"{where}: acc={float(metrics['accuracy']):.3f}", refresh=False)
+            self.bar.update(1)
+
+    def __enter__(self) -> ProfileProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -107,7 +107,7 @@ def measure_one_shot(space: SearchSpace, evaluator: EvaluatorLike, budget: Budge
         announce: Called with ``(points to measure, points in the profile)`` before anything is measured, when
             something is (so a caller can say why it waits).
     """
-    from agents.sensitivity import SensitivitySearcher
+    from agents.sensitivity import ProfileProgress, SensitivitySearcher
 
     profiler = SensitivitySearcher(SearchContext(space, evaluator, budget, search=search,
                                                  run_dir=Path(folder) if folder is not None else None),
@@ -126,11 +126,14 @@ def measure_one_shot(space: SearchSpace, evaluator: EvaluatorLike, budget: Budge
         pending += [(profiler.record_bit_profile, p) for p in profiler.pending_bit_profile()]
     if pending and announce is not None:
         announce(len(pending), known() + len(pending))
-    for first in range(0, len(pending), batch):
-        chunk = pending[first:first + batch]
-        for (record, point), metrics in zip(chunk, _evaluate_points(evaluator, [p.architecture for _, p in chunk]),
-                                            strict=True):
-            record(point, metrics)
+    with ProfileProgress(len(pending), "sensitivity: one-shot profile", enabled=announce is not None and
+                         bool(pending)) as bar:
+        for first in range(0, len(pending), batch):
+            chunk = pending[first:first + batch]
+            for (record, point), metrics in zip(chunk, _evaluate_points(evaluator, [p.architecture for _, p in chunk]),
+                                                strict=True):
+                record(point, metrics)
+                bar.update(point, metrics)
     architecture = profiler.one_shot()
     cost = earlier + len(pending)
     files = ", ".join(str(c.path) for c in profiler.caches.values())

@@ -92,7 +92,7 @@ def search(
         test: Test data, measured once on the final model; without it the summary has no test accuracy.
         flops: The budget, a fraction of the model's FLOPs in (0, 1] (default 0.5; none when ``latency=`` is
             given: ``latency=0.5`` is a budget of half the model's latency measured on this device).
-        agent: The searcher: ``auto`` (``sensitivity`` when only bits are searched, else ``ddpg``), ``ddpg``,
+        agent: The searcher: ``auto`` (``sensitivity`` for widths or bits alone, ``ddpg`` for both), ``ddpg``,
             ``ppo``, ``optuna``, ``random``, ``dmcp``, ``sensitivity``, ...
         out: The run directory; calling again with the same settings, model, data, loss and metric resumes it.
         loss: ``loss(outputs, targets) -> Tensor``, a scalar to minimise (mean over the batch) used by every

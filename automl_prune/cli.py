@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
             g = p.add_argument_group("search")
             g.add_argument("--search", help="what is decided: widths, bits, both, or auto (default: widths, plus "
                            "bits when --size or --bops is given)")
-            g.add_argument("--agent", help="auto (default: sensitivity when only bits are searched, else ddpg), "
+            g.add_argument("--agent", help="auto (default: sensitivity for widths or bits alone, ddpg for both), "
                            "ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, global, uniform, random")
             g.add_argument("--episodes", type=int, help="architectures to evaluate")
             g.add_argument("--agent-option", action="append", metavar="KEY=VALUE",

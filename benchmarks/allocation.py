@@ -1,4 +1,4 @@
-"""One sensitivity profile against uniform, DDPG and Optuna: widths and bits allocation (not run by CI; hours).
+"""One sensitivity profile against uniform, DDPG and Optuna: widths, bits and joint allocation (not run by CI; hours).
 
 Plan (``--models``, ``--kinds``, ``--agents``, ``--seeds`` narrow it):
 
@@ -6,6 +6,8 @@ Plan (``--models``, ``--kinds``, ``--agents``, ``--seeds`` narrow it):
 - ``bits``: resnet20 and mobilenetv2-small at full width, with the size budget of the model with every layer at
   ``--uniform-bits`` (4) bits, in whole bytes, as `benchmarks/bits_quality.py` sets it (so the uniform answer
   is exactly the 4-bit model and a searcher must find a mixed precision of the same size);
+- ``joint``: resnet20 and mobilenetv2-small, widths and bits together (``search: both``) at 50% FLOPs and the size
+  of the uniform-width 4-bit model of that budget (so the uniform answer is the uniform width at 4 bits);
 - methods: ``uniform`` (the naive answer, not widened: as `benchmarks/quality.py`), ``sensitivity`` (the
   one-shot answer: its profile, then ``--one-shot-episodes`` (1) evaluation), ``ddpg`` and ``optuna``
   (``--episodes`` each; with ``--equal-cost`` as many as the sensitivity row spends: its profile + its
@@ -73,7 +75,10 @@ ORDER = {a: i for i, a in enumerate([*AGENTS[:3], "ddpg-start", "optuna", "optun
 PLAN: dict[str, dict[str, list[float]]] = {  # kind -> model -> budgets (FLOPs fractions; bits: full width)
     "widths": {"resnet56": [0.25, 0.1], "mobilenetv2-small": [0.25, 0.1]},
     "bits": {"resnet20": [1.0], "mobilenetv2-small": [1.0]},
+    "joint": {"resnet20": [0.5], "mobilenetv2-small": [0.5]},
 }
+#: A model outside the plan gets these budgets per kind.
+DEFAULT_BUDGETS = {"widths": [0.25], "bits": [1.0], "joint": [0.5]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,29 +105,30 @@ def plan(models: list[str] | None, kinds: list[str], agents: list[str], seeds: l
          budgets: list[float] | None = None) -> list[Cell]:
     """Rows in run order: seed outermost, then model, kind, budget, and the methods in ``agents`` order (uniform
     and sensitivity first, so the profile is cached before the other searchers of that model and seed).
-    ``budgets`` replaces the plan's FLOPs fractions of the widths rows (bits rows are at full width)."""
+    ``budgets`` replaces the plan's FLOPs fractions of the widths and joint rows (bits rows are at full width)."""
     cells = []
     for seed in seeds:
         for kind in kinds:
-            default = [0.25] if kind == "widths" else [1.0]
+            default = DEFAULT_BUDGETS[kind]
             chosen = PLAN[kind] if models is None else {m: PLAN[kind].get(m, default) for m in models}
             for model, planned in chosen.items():
-                fractions = budgets if budgets and kind == "widths" else planned
+                fractions = budgets if budgets and kind != "bits" else planned
                 cells += [Cell(model, kind, b, a, seed) for b in fractions for a in agents]
     return cells
 
 
 def config_of(args: argparse.Namespace, cell: Cell, episodes: int, out: Path) -> SearchConfig:
     """The pipeline config of one row, built by the helpers of `benchmarks/quality.py` (widths) and
-    `benchmarks/bits_quality.py` (bits) so that the settings match those benchmarks'."""
+    `benchmarks/bits_quality.py` (bits and joint) so that the settings match those benchmarks'."""
     if cell.kind == "widths":
         config = base_config(args, Row(cell.model, cell.budget, STARTED.get(cell.agent, cell.agent), cell.seed), out)
     else:
         probe = SearchConfig(model=cell.model, dataset=args.dataset, data_root=args.data_root,
                              cache_dir=args.cache_dir, pretrain_seed=args.pretrain_seed, progress=not args.quiet,
                              pretrain_epochs=args.pretrain_epochs)
-        size_bits, _ = size_budget_bits(probe, "bits", 1.0, args.uniform_bits)
-        config = row_config(args, cell.model, "bits", STARTED.get(cell.agent, cell.agent), cell.seed, size_bits, out)
+        size_bits, _ = size_budget_bits(probe, cell.kind, cell.budget, args.uniform_bits)
+        config = row_config(argparse.Namespace(**{**vars(args), "flops": cell.budget}), cell.model, cell.kind,
+                            STARTED.get(cell.agent, cell.agent), cell.seed, size_bits, out)
     return config.replace(episodes=episodes, pretrain_epochs=args.pretrain_epochs,
                           finetune_epochs=args.finetune_epochs,
                           search_start="one-shot" if cell.agent in STARTED else "uniform")
@@ -223,7 +229,7 @@ def report(out_dir: Path) -> str:
         pick = "-" if method == "uniform" else f"uniform {picks['uniform']}, one-shot {picks['sensitivity one-shot']}"
         cost = "size" if kind == "bits" else "FLOPs"
         ratio = mean_std(r["size_ratio" if kind == "bits" else "flops_ratio"] for r in items)
-        table.append([model, kind, f"{budget:g}" if kind == "widths" else "4-bit size", method,
+        table.append([model, kind, budget_label(kind, budget), method,
                       f"{acc[0]:.2f} ± {acc[1]:.2f}", fmt(vs_uniform), fmt(vs_one_shot),
                       f"{evaluations[0]:.0f}", f"{measured[0]:.0f}" + (f" (+{reused} reused)" if reused else ""),
                       f"{mean_std(r['search_seconds'] for r in items)[0]:.0f}",
@@ -244,6 +250,11 @@ def report(out_dir: Path) -> str:
     return header + "\n" + text
 
 
+def budget_label(kind: str, budget: float) -> str:
+    """How a row's budget reads in the table and figure."""
+    return {"widths": f"{budget:g} FLOPs", "bits": "4-bit size"}.get(kind, f"{budget:g} FLOPs, 4-bit size")
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Per model, kind and budget: each seed's test accuracy by method (a line joins one seed's methods, so the
     pairing shows) and each method's mean seconds of search (with the profile where the row measured it, not
@@ -258,7 +269,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for k, (model, kind, budget) in enumerate(cases):
         mine = [r for r in rows if (r["model"], r["kind"], r["budget"]) == (model, kind, budget)]
         methods = sorted({r["method"] for r in mine}, key=lambda m: (order.get(m.split("-e")[0], 9), m))
-        label = f"{model}, {kind}, " + ("4-bit size" if kind == "bits" else f"{budget:g} FLOPs")
+        label = f"{model}, {kind}, {budget_label(kind, budget)}"
         ax = fig.add_subplot(len(cases), 2, 2 * k + 1)
         for seed in sorted({r["seed"] for r in mine}):
             points = [(i, 100 * r["test_acc"]) for i, m in enumerate(methods) for r in mine
@@ -291,7 +302,8 @@ def main() -> int:
                         help="the methods; ddpg-start and optuna-start: ddpg and optuna with --search-start one-shot")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=None,
-                        help="FLOPs fractions of the widths rows (default: the plan's 0.25 and 0.1)")
+                        help="FLOPs fractions of the widths and joint rows (default: the plan's; widths 0.25 and 0.1, "
+                             "joint 0.5)")
     parser.add_argument("--episodes", type=int, default=40, help="evaluations of ddpg and optuna")
     parser.add_argument("--one-shot-episodes", type=int, default=1, help="evaluations of the sensitivity row")
     parser.add_argument("--equal-cost", action="store_true",

@@ -286,3 +286,16 @@ def test_if_cheaper_skips_a_profile_costlier_than_the_search_with_its_cost(
     err = capsys.readouterr().err
     assert f"would cost {points} evaluations, more than the search's {points - 1}" in err
     assert not evaluator.calls and "would cost" in searched.extra["ladder_one_shot"]["skipped"]  # nothing measured
+
+
+def test_measuring_the_entrants_profile_shows_a_bar_only_when_the_caller_announces_it(
+        space: SearchSpace, capfd: pytest.CaptureFixture[str]) -> None:
+    """The ladder announces the profile it measures; its points then advance a bar (with an ETA) on stderr."""
+    budget = Budget.from_fractions(space, 0.5)
+    told: list[int] = []
+    measure_one_shot(space, AnalyticEvaluator(space), budget, "widths", announce=lambda n, _total: told.append(n))
+    [n] = told
+    err = capfd.readouterr().err
+    assert "sensitivity: one-shot profile" in err and f"{n}/{n}" in err
+    measure_one_shot(space, AnalyticEvaluator(space), budget, "widths")
+    assert capfd.readouterr().err == ""

@@ -204,3 +204,22 @@ def test_batches_follow_the_evaluators_workers_and_change_nothing(space: SearchS
                                  steps=5).search(10).history
     assert [e.architecture for e in batched] == [e.architecture for e in serial]
     assert max(parallel.batches) == 3 and sum(parallel.batches) == len(parallel.calls)
+
+
+def test_a_profile_being_measured_shows_a_bar_with_its_count_and_nothing_when_quiet(
+        space: SearchSpace, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A profile can take an hour on a CPU: its points advance a bar (with an ETA) on stderr; a resumed run counts
+    only the points still pending, and ``quiet`` prints nothing."""
+    budget = Budget(space.flops_budget(0.3))
+    killed = SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space, fail_after=5), budget,
+                                               run_dir=tmp_path), steps=5)
+    n_plan = len(killed.profile_plan())
+    with pytest.raises(KeyboardInterrupt):
+        killed.search(1)
+    capfd.readouterr()
+    SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), budget, run_dir=tmp_path), steps=5).search(1)
+    err = capfd.readouterr().err
+    assert f"measuring {n_plan - 5} of {n_plan} points" in err
+    assert "sensitivity: width profile" in err and f"{n_plan - 5}/{n_plan - 5}" in err and "acc=" in err
+    SensitivitySearcher(SearchContext(space, SensitiveEvaluator(space), budget), steps=5, quiet=True).search(1)
+    assert capfd.readouterr().err == ""

@@ -301,13 +301,25 @@ def test_allocation_benchmark_plan_and_table(tmp_path: Path) -> None:
 
     args = argparse.Namespace(dataset="synthetic", data_root=None, episodes=40, cache_dir=str(tmp_path / "cache"),
                               quiet=True, workers=0, threads=1, criterion="auto", pretrain_seed=0,
-                              pretrain_epochs=1.0, finetune_epochs=0.5)
+                              pretrain_epochs=1.0, finetune_epochs=0.5, uniform_bits=4)
     started = allocation.plan(["resnet56"], ["widths"], ["ddpg", "ddpg-start"], [2], budgets=[0.25])
     plain, start = (allocation.config_of(args, c, 40, tmp_path / c.agent) for c in started)
     assert (plain.agent, plain.search_start) == ("ddpg", "uniform")
     assert (start.agent, start.search_start, start.episodes, start.flops) == ("ddpg", "one-shot", 40, 0.25)
     assert started[1].key(40) == "resnet56|widths|0.25|ddpg-start|2|e40"
     assert started[1].run_dir(tmp_path, 40).parts[-2:] == ("ddpg-start-e40", "seed2")
+    joint = allocation.plan(["tiny-resnet"], ["joint"], ["uniform", "ddpg"], [0])
+    assert [(c.kind, c.budget) for c in joint] == [("joint", 0.5), ("joint", 0.5)]
+    uniform_joint, ddpg_joint = (allocation.config_of(args, c, 40, tmp_path / c.agent) for c in joint)
+    assert (ddpg_joint.resolved_search, ddpg_joint.flops, ddpg_joint.agent) == ("both", 0.5, "ddpg")
+    from agents import uniform_architecture
+    from automl_prune.config import parse_size
+    from automl_prune.run.base_model import load_base
+
+    space = load_base(uniform_joint).space  # the size budget is the uniform width of 50% FLOPs at 4/4 bits
+    four_bits = space.size_bits(space.uniform_bits(4, 4, uniform_architecture(space, space.flops_budget(0.5))))
+    assert uniform_joint.size == ddpg_joint.size == f"{-(-four_bits // 8)}B" and not uniform_joint.fill_budget
+    assert parse_size(ddpg_joint.size) == ("bits", 8 * -(-four_bits // 8))
     rows = []
     for seed, (uniform, one_shot, ddpg) in enumerate([(0.80, 0.82, 0.81), (0.70, 0.73, 0.69), (0.75, 0.76, 0.78)]):
         for method, acc, measured in (("uniform", uniform, 0), ("sensitivity", one_shot, 309), ("ddpg-e40", ddpg, 0)):
@@ -327,13 +339,14 @@ def test_allocation_benchmark_plan_and_table(tmp_path: Path) -> None:
     assert (tmp_path / "allocation.md").exists()
 
 
-def test_agent_auto_runs_the_one_shot_allocator_for_bits_alone_and_ddpg_otherwise() -> None:
+def test_agent_auto_runs_the_one_shot_allocator_for_widths_or_bits_alone_and_ddpg_for_both() -> None:
     """The measured default (docs/benchmarks.md, the allocation benchmark): ``agent: auto`` is ``sensitivity``
-    when only bits are searched, ``ddpg`` for widths or both; an explicit agent is kept, and a one-shot search
-    start (a searcher's option) resolves to ``ddpg``. The run directory records the resolved name."""
+    when only widths or only bits are searched, ``ddpg`` for both; an explicit agent is kept, and a one-shot
+    search start (a searcher's option) resolves to ``ddpg``. The run directory records the resolved name."""
     from automl_prune.config import SearchConfig
 
-    assert SearchConfig().agent == "ddpg"
+    assert SearchConfig().agent == "sensitivity"
+    assert SearchConfig(flops=0.25, search_start="one-shot").agent == "ddpg"
     assert SearchConfig(size="0.125", flops=1.0).agent == "sensitivity"
     assert SearchConfig(size="0.125", flops=0.5).agent == "ddpg"  # both
     assert SearchConfig(bops=0.05, flops=1.0).agent == "sensitivity"
