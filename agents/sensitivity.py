@@ -56,7 +56,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -229,14 +229,7 @@ class SensitivitySearcher(Searcher):
         """Evaluate the pending points, as many at once as the evaluator has workers (`Searcher.batch_size`)."""
         pending = self.pending_profile()
         self._log_profile("width", len(self.profile_plan()), len(pending), "widths")
-        with self._progress(len(pending), "width profile") as bar:
-            for start in range(0, len(pending), self.batch_size):
-                chunk = pending[start : start + self.batch_size]
-                for point, metrics in zip(chunk, self._evaluate_points([p.architecture for p in chunk]),
-                                          strict=True):
-                    self.record_profile(point, metrics)
-                    self.measured["widths"] += 1
-                    bar.update(point, metrics)
+        self._measure(pending, self.record_profile, "widths")
         if self.run_dir is not None and (pending or not (self.run_dir / _PLOT_FILE).exists()):
             self.plot_profile(self.run_dir / _PLOT_FILE)
 
@@ -310,13 +303,18 @@ class SensitivitySearcher(Searcher):
     def _measure_bit_profile(self) -> None:
         pending = self.pending_bit_profile()
         self._log_profile("bits", len(self.bit_profile_plan()), len(pending), "bits")
-        with self._progress(len(pending), "bits profile") as bar:
+        self._measure(pending, self.record_bit_profile, "bits")
+
+    def _measure(self, pending: Sequence[Any], record: Callable[[Any, Mapping[str, Any]], None], kind: str) -> None:
+        """Evaluate ``pending`` profile points (`ProfilePoint` or `BitProfilePoint`), as many at once as the
+        evaluator has workers (`Searcher.batch_size`), each recorded as it finishes."""
+        with self._progress(len(pending), "width profile" if kind == "widths" else "bits profile") as bar:
             for start in range(0, len(pending), self.batch_size):
                 chunk = pending[start : start + self.batch_size]
                 for point, metrics in zip(chunk, self._evaluate_points([p.architecture for p in chunk]),
                                           strict=True):
-                    self.record_bit_profile(point, metrics)
-                    self.measured["bits"] += 1
+                    record(point, metrics)
+                    self.measured[kind] += 1
                     bar.update(point, metrics)
 
     def bit_drops(self, factors: Mapping[str, tuple[float, float]] | None = None) -> dict[str, dict[Any, float]]:
