@@ -44,7 +44,7 @@ DEMO_FLOPS ?= 0.5
 DEMO_EPISODES ?= 20
 # One epoch of pretraining, the default searcher (`auto`: the sensitivity profile, 31 points at 20 evaluations,
 # then its one-shot answer and 19 hedges, each compressed with reap, the default criterion: 2-3 s) and a ladder
-# of the search's best, its widened best, uniform and the one-shot answer keep the whole demo within 6 minutes on
+# of the search's best, uniform and the one-shot answer keep the whole demo within 6 minutes on
 # the 2-core VMs here (measured times: docs/benchmarks.md, "make demo on a fresh clone"). A real search uses
 # the defaults (`--episodes 100`, `--rerank-top-k 3`).
 DEMO_PRETRAIN_EPOCHS ?= 1

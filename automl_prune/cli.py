@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "bits when --size or --bops is given)")
             g.add_argument("--agent", help="auto (default: sensitivity for widths or bits alone, ddpg for both), "
                            "ddpg, ppo, optuna, optuna-mo, dmcp, sensitivity, global, uniform, random")
-            g.add_argument("--episodes", type=int, help="architectures to evaluate")
+            g.add_argument("--episodes", type=int, help=f"architectures to evaluate ({DEFAULTS.episodes}; sensitivity "
+                           "first measures its width profile: the finest grid of at most twice as many points, else "
+                           "the coarsest; cached per base model)")
             g.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
                            help="searcher option, repeatable (e.g. steps=300 for dmcp, warmup_episodes=10 for ddpg)")
             g.add_argument("--reward", help="RL reward: accuracy or acc_flops_log")
