@@ -14,6 +14,8 @@ Plan (``--models``, ``--kinds``, ``--agents``, ``--seeds`` narrow it):
   evaluations);
   ``ddpg-start`` and ``optuna-start`` (not in the default list): the same searchers started from the one-shot
   answer (``--search-start one-shot``: their first proposal), to measure that setting's default;
+  ``sensitivity-hedged`` (not in the default list): the sensitivity searcher with ``--episodes`` evaluations
+  (the one-shot answer, then the uniform answer, blends and perturbations), as ``agent: auto`` runs it;
 - seeds 0, 1, 2 (the search and fine-tune seed; one base model per model, ``--pretrain-seed``).
 
 Every row is the real pipeline (`automl_prune.run.pipeline.run_search`) in
@@ -70,8 +72,12 @@ RESULTS = "results.jsonl"
 AGENTS = ["uniform", "sensitivity", "ddpg", "optuna"]
 #: Searchers started from the one-shot answer (``search_start: one-shot``), to measure that setting's default.
 STARTED = {"ddpg-start": "ddpg", "optuna-start": "optuna"}
-SEARCHERS = ("ddpg", "optuna", *STARTED)  # the rows whose evaluations are ``--episodes``
-ORDER = {a: i for i, a in enumerate([*AGENTS[:3], "ddpg-start", "optuna", "optuna-start"])}
+#: The sensitivity searcher given ``--episodes`` evaluations (its one-shot answer, then hedges around it: the
+#: uniform answer, blends, perturbations), as ``agent: auto`` runs it for widths: the one-shot row's equal.
+HEDGED = {"sensitivity-hedged": "sensitivity"}
+AGENT_OF = {**STARTED, **HEDGED}  # benchmark method -> the pipeline's agent
+SEARCHERS = ("ddpg", "optuna", *STARTED, *HEDGED)  # the rows whose evaluations are ``--episodes``
+ORDER = {a: i for i, a in enumerate([*AGENTS[:2], *HEDGED, AGENTS[2], "ddpg-start", "optuna", "optuna-start"])}
 PLAN: dict[str, dict[str, list[float]]] = {  # kind -> model -> budgets (FLOPs fractions; bits: full width)
     "widths": {"resnet56": [0.25, 0.1], "mobilenetv2-small": [0.25, 0.1]},
     "bits": {"resnet20": [1.0], "mobilenetv2-small": [1.0]},
@@ -121,14 +127,14 @@ def config_of(args: argparse.Namespace, cell: Cell, episodes: int, out: Path) ->
     """The pipeline config of one row, built by the helpers of `benchmarks/quality.py` (widths) and
     `benchmarks/bits_quality.py` (bits and joint) so that the settings match those benchmarks'."""
     if cell.kind == "widths":
-        config = base_config(args, Row(cell.model, cell.budget, STARTED.get(cell.agent, cell.agent), cell.seed), out)
+        config = base_config(args, Row(cell.model, cell.budget, AGENT_OF.get(cell.agent, cell.agent), cell.seed), out)
     else:
         probe = SearchConfig(model=cell.model, dataset=args.dataset, data_root=args.data_root,
                              cache_dir=args.cache_dir, pretrain_seed=args.pretrain_seed, progress=not args.quiet,
                              pretrain_epochs=args.pretrain_epochs)
         size_bits, _ = size_budget_bits(probe, cell.kind, cell.budget, args.uniform_bits)
         config = row_config(argparse.Namespace(**{**vars(args), "flops": cell.budget}), cell.model, cell.kind,
-                            STARTED.get(cell.agent, cell.agent), cell.seed, size_bits, out)
+                            AGENT_OF.get(cell.agent, cell.agent), cell.seed, size_bits, out)
     return config.replace(episodes=episodes, pretrain_epochs=args.pretrain_epochs,
                           finetune_epochs=args.finetune_epochs,
                           search_start="one-shot" if cell.agent in STARTED else "uniform")
@@ -277,7 +283,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.plot([p[0] for p in points], [p[1] for p in points], "o-", alpha=0.8, label=f"seed {seed}")
         ax.set_xticks(range(len(methods)), methods)
         ax.set_ylabel("test accuracy % (after fine-tune)")
-        ax.set_title(label)
+        ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax = fig.add_subplot(len(cases), 2, 2 * k + 2)
@@ -287,7 +293,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.bar(range(len(methods)), rerank, bottom=search, label="re-ranking ladder (fine-tunes)")
         ax.set_xticks(range(len(methods)), methods)
         ax.set_ylabel("seconds, mean over seeds")
-        ax.set_title(f"{label}: cost (2-core CPU, loose)")
+        ax.set_title(f"{label}: cost (2-core CPU, loose)", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -299,7 +305,8 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=None, help="default: the plan's models per kind")
     parser.add_argument("--kinds", nargs="+", default=list(PLAN), choices=list(PLAN))
     parser.add_argument("--agents", nargs="+", default=AGENTS, choices=list(ORDER),
-                        help="the methods; ddpg-start and optuna-start: ddpg and optuna with --search-start one-shot")
+                        help="the methods; ddpg-start and optuna-start: ddpg and optuna with --search-start one-shot; "
+                             "sensitivity-hedged: sensitivity with --episodes evaluations")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=None,
                         help="FLOPs fractions of the widths and joint rows (default: the plan's; widths 0.25 and 0.1, "

@@ -308,6 +308,10 @@ def test_allocation_benchmark_plan_and_table(tmp_path: Path) -> None:
     assert (start.agent, start.search_start, start.episodes, start.flops) == ("ddpg", "one-shot", 40, 0.25)
     assert started[1].key(40) == "resnet56|widths|0.25|ddpg-start|2|e40"
     assert started[1].run_dir(tmp_path, 40).parts[-2:] == ("ddpg-start-e40", "seed2")
+    [hedged_cell] = allocation.plan(["resnet56"], ["widths"], ["sensitivity-hedged"], [1], budgets=[0.1])
+    hedged = allocation.config_of(args, hedged_cell, 40, tmp_path / "hedged")
+    assert (hedged.agent, hedged.search_start, hedged.episodes) == ("sensitivity", "uniform", 40)
+    assert hedged_cell.key(40) == "resnet56|widths|0.1|sensitivity-hedged|1|e40"
     joint = allocation.plan(["tiny-resnet"], ["joint"], ["uniform", "ddpg"], [0])
     assert [(c.kind, c.budget) for c in joint] == [("joint", 0.5), ("joint", 0.5)]
     uniform_joint, ddpg_joint = (allocation.config_of(args, c, 40, tmp_path / c.agent) for c in joint)
